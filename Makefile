@@ -1,0 +1,53 @@
+# The two commands: `make run` and `make test`. Everything installs project-locally.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CLAUDE_VERSION := 2.1.331
+CLAUDE_DIR := .tools/claude
+CLAUDE_LOCAL := $(CLAUDE_DIR)/node_modules/.bin/claude
+ARGS ?=
+
+.PHONY: run test lint bench clean
+
+## run: install the project (and the claude CLI if none is on PATH), then `concordia run`
+run: $(VENV)/.run-installed
+	@command -v claude >/dev/null 2>&1 || $(MAKE) --no-print-directory $(CLAUDE_LOCAL)
+	PATH="$(CURDIR)/$(CLAUDE_DIR)/node_modules/.bin:$$PATH" $(BIN)/concordia run $(ARGS)
+
+## test: install what the tests need (the pinned claude CLI included) and run the whole suite
+test: $(VENV)/.dev-installed $(CLAUDE_LOCAL)
+	$(BIN)/pytest -q
+
+## lint: format check, lint and strict types, as CI runs them
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+## bench: print the benchmark figures (see bench/)
+bench: $(VENV)/.dev-installed $(CLAUDE_LOCAL)
+	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.memory
+
+$(VENV)/bin/python:
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+# The pinned CLI, project-local. Its native binary ships inside an npm package: no download.
+$(CLAUDE_LOCAL):
+	@command -v npm >/dev/null 2>&1 || { echo "npm is needed to install the claude CLI (install Node.js 18+)"; exit 1; }
+	npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code@$(CLAUDE_VERSION)
+	$(CLAUDE_LOCAL) --version
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,287 @@
+"""`concordia run | setup | invite | join`: the entry points, and the one place that wires parts together."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from bot import ConcordiaError
+from bot.config import ClaudeSettings, Settings, load_settings
+from bot.dedupe import LocalDeduper
+from bot.invite import InviteBook, Invites, invite_url
+from bot.party import Party
+from bot.safety import Redactor
+from bot.session import ClaudeSession
+from bot.store import Store
+
+log = logging.getLogger("concordia")
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+_API_KEY_VAR = "ANTHROPIC_API_KEY"
+_CREDENTIAL_VARS = (_API_KEY_VAR, "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
+_DEFAULT_API_BASE = "https://api.anthropic.com"
+_KEY_CHECK_TIMEOUT_S = 15.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="concordia", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        help="config file (default: $CONCORDIA_CONFIG, else built-in defaults)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", parents=[common], help="run the bot in this directory")
+    commands.add_parser(
+        "setup", parents=[common], help="store the Anthropic API key for Claude (0600 file)"
+    )
+    invite = commands.add_parser("invite", parents=[common], help="show the invite tokens")
+    invite.add_argument(
+        "--rotate",
+        action="store_true",
+        help="replace the prompter token; the old one stops working",
+    )
+    join = commands.add_parser("join", help="join a party from this terminal")
+    join.add_argument("url", help="concordia://HOST:PORT/TOKEN")
+    join.add_argument(
+        "--name", default=os.environ.get("USER", "guest"), help="your name in the party"
+    )
+    args = parser.parse_args(argv)
+
+    if args.command == "join":
+        from adapters.terminal import main as join_main
+
+        return join_main(args.url, args.name)
+    try:
+        settings = load_settings(args.config)
+    except ConcordiaError as exc:
+        print(f"concordia: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings)
+    try:
+        match args.command:
+            case "run":
+                return asyncio.run(_run(settings))
+            case "setup":
+                return _setup(settings.claude)
+            case "invite":
+                return asyncio.run(_invite(settings, rotate=args.rotate))
+    except ConcordiaError as exc:
+        print(f"concordia: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log.level, handlers=[handler])
+
+
+class _RedactingFilter(logging.Filter):
+    """Keeps tokens and keys out of the log, whatever a message interpolates."""
+
+    def __init__(self, redactor: Redactor):
+        super().__init__()
+        self._redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self._redactor.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def _state_file(settings: Settings, name: str) -> Path:
+    return settings.store.path.parent / name
+
+
+# -- credentials --------------------------------------------------------------------------
+
+
+def _stored_api_key(claude: ClaudeSettings) -> str | None:
+    try:
+        data = json.loads(claude.credentials_file.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    key = data.get("anthropic_api_key") if isinstance(data, dict) else None
+    return str(key) if key else None
+
+
+def _claude_env(claude: ClaudeSettings) -> dict[str, str]:
+    """The CLI's environment: ours, plus claude.env, plus the stored key if none is set."""
+    env = {**os.environ, **claude.env}
+    # Few retries: an API outage should fail the turn with the API's message, not hang it.
+    env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(claude.api_max_retries))
+    env.setdefault("DISABLE_AUTOUPDATER", "1")
+    if not any(env.get(var) for var in _CREDENTIAL_VARS):
+        key = _stored_api_key(claude)
+        if key:
+            env[_API_KEY_VAR] = key
+    return env
+
+
+def _has_credentials(env: Mapping[str, str]) -> bool:
+    if any(env.get(var) for var in _CREDENTIAL_VARS):
+        return True
+    home = Path(env.get("HOME", str(Path.home())))
+    return (home / ".claude" / ".credentials.json").exists()
+
+
+def _check_api_key(claude: ClaudeSettings, key: str) -> bool | None:
+    """True if the API accepts the key, False if it rejects it, None if it cannot be reached."""
+    base = (
+        claude.env.get("ANTHROPIC_BASE_URL")
+        or os.environ.get("ANTHROPIC_BASE_URL")
+        or _DEFAULT_API_BASE
+    ).rstrip("/")
+    request = urllib.request.Request(
+        f"{base}/v1/models", headers={"x-api-key": key, "anthropic-version": "2023-06-01"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=_KEY_CHECK_TIMEOUT_S):
+            return True
+    except urllib.error.HTTPError as exc:
+        return False if exc.code in (401, 403) else None
+    except (urllib.error.URLError, TimeoutError, OSError):
+        return None
+
+
+def _setup(claude: ClaudeSettings) -> int:
+    """Ask for the API key until the API accepts it, then keep it in a 0600 file."""
+    while True:
+        try:
+            key = getpass.getpass("Anthropic API key (input hidden): ").strip()
+        except EOFError:
+            print("no key given", file=sys.stderr)
+            return 1
+        if not key:
+            continue
+        verdict = _check_api_key(claude, key)
+        if verdict is False:
+            print("that key was rejected by the API; try again (Ctrl-C to stop)", file=sys.stderr)
+            continue
+        if verdict is None:
+            print("could not reach the API to check the key; storing it unchecked", file=sys.stderr)
+        break
+    path = claude.credentials_file
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        json.dump({"anthropic_api_key": key}, file)
+    os.chmod(path, 0o600)
+    print(f"stored the key in {path} (mode 0600)")
+    return 0
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+async def _invite(settings: Settings, *, rotate: bool) -> int:
+    async with Store(settings.store.path) as store:
+        await store.ensure_party(settings.party.name)
+        book = InviteBook(store, settings.party.name, _state_file(settings, "tokens.json"))
+        if rotate:
+            from bot.model import Role
+
+            await book.rotate(Role.PROMPTER)
+        invites = await book.ensure()
+    ws = settings.websocket
+    print(f"invite: {invite_url(ws.host, ws.port, invites.prompter)}")
+    print(f"host:   {invite_url(ws.host, ws.port, invites.host)}")
+    return 0
+
+
+async def _run(settings: Settings) -> int:
+    from adapters.websocket import WebSocketAdapter
+
+    claude_env = _claude_env(settings.claude)
+    if not _has_credentials(claude_env):
+        if not sys.stdin.isatty():
+            print(
+                "concordia: Claude has no credentials: run `concordia setup` (or set ANTHROPIC_API_KEY)",
+                file=sys.stderr,
+            )
+            return 2
+        if _setup(settings.claude) != 0:
+            return 1
+        claude_env = _claude_env(settings.claude)
+
+    async with Store(settings.store.path) as store:
+        await store.ensure_party(settings.party.name)
+        book = InviteBook(store, settings.party.name, _state_file(settings, "tokens.json"))
+        invites = await book.ensure()
+        redactor = Redactor(_secrets(settings.claude, claude_env, invites))
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_RedactingFilter(redactor))
+        session_id = await store.session_id(settings.party.name)
+        async with ClaudeSession(settings.claude, session_id=session_id, env=claude_env) as session:
+            party = Party(
+                settings,
+                store=store,
+                session=session,
+                deduper=LocalDeduper(),
+                invites=book,
+                redactor=redactor,
+            )
+            await party.load()
+            adapter = WebSocketAdapter(settings.websocket, party)
+            await adapter.start()
+            try:
+                ws = settings.websocket
+                print(f"concordia: party {party.name!r} in {settings.claude.workdir}", flush=True)
+                print(f"invite: {invite_url(ws.host, adapter.port, invites.prompter)}", flush=True)
+                print(f"host:   {invite_url(ws.host, adapter.port, invites.host)}", flush=True)
+                print(
+                    f"teammates join with: concordia join {invite_url(ws.host, adapter.port, invites.prompter)} --name NAME",
+                    flush=True,
+                )
+                await _serve_until_signal(party)
+            finally:
+                await adapter.stop()
+    return 0
+
+
+async def _serve_until_signal(party: Party) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as group:
+            runner = group.create_task(party.run(), name="runner")
+            await stop.wait()
+            log.info("stopping")
+            runner.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):
+                loop.remove_signal_handler(sig)
+
+
+def _secrets(claude: ClaudeSettings, env: Mapping[str, str], invites: Invites) -> list[str]:
+    """What must never reach chat or the log: tokens, keys, and secret-named claude.env values."""
+    found = [invites.prompter, invites.host]
+    found += [env[var] for var in _CREDENTIAL_VARS if env.get(var)]
+    found += [value for name, value in claude.env.items() if _SECRET_NAME.search(name)]
+    return found
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Settings: TOML file + environment, validated in one pass into frozen, typed settings.
+
+Every problem is reported at once, each naming its dotted key, where the value came
+from (file or variable) and how to fix it. Defaults run with no accounts at all:
+SQLite, the local deduper and the WebSocket transport on loopback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bot import ConcordiaError
+
+__all__ = [
+    "ClaudeSettings",
+    "ConfigError",
+    "LogSettings",
+    "PartySettings",
+    "Settings",
+    "StoreSettings",
+    "WebSocketSettings",
+    "load_settings",
+]
+
+ENV_PREFIX = "CONCORDIA_"
+CONFIG_ENV = "CONCORDIA_CONFIG"
+
+
+class ConfigError(ConcordiaError):
+    """The configuration is invalid; ``problems`` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StoreSettings(_Section):
+    path: Path = Field(
+        default=Path(".concordia/concordia.db"),
+        description="SQLite file; relative paths are relative to the directory concordia runs in",
+    )
+
+
+class PartySettings(_Section):
+    name: str = Field(default="default", min_length=1, max_length=64)
+    collect_window_s: float = Field(default=1.5, ge=0, le=60)
+    max_prompt_chars: int = Field(default=256_000, ge=1, le=10_000_000)
+
+
+class ClaudeSettings(_Section):
+    command: str = Field(default="claude", min_length=1)
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: Path = Path(".")
+    turn_timeout_s: float = Field(default=1800.0, gt=0)
+    interrupt_grace_s: float = Field(default=10.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, gt=0)
+    restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    api_max_retries: int = Field(default=2, ge=0, le=10)
+    credentials_file: Path = Path("~/.config/concordia/credentials.json")
+
+
+class WebSocketSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    max_frame_bytes: int = Field(default=2_097_152, ge=1024)
+    join_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+
+
+class Settings(_Section):
+    store: StoreSettings = StoreSettings()
+    party: PartySettings = PartySettings()
+    claude: ClaudeSettings = ClaudeSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
+    log: LogSettings = LogSettings()
+
+    def resolved(self, base: Path) -> Self:
+        """Return a copy with relative paths made absolute against ``base``."""
+        store = self.store.model_copy(update={"path": _absolute(self.store.path, base)})
+        claude = self.claude.model_copy(
+            update={
+                "workdir": _absolute(self.claude.workdir, base),
+                "credentials_file": self.claude.credentials_file.expanduser(),
+            }
+        )
+        return self.model_copy(update={"store": store, "claude": claude})
+
+
+def _absolute(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None, *, base: Path | None = None
+) -> Settings:
+    """Read ``path`` (or $CONCORDIA_CONFIG, or nothing: defaults), apply CONCORDIA_* overrides.
+
+    Raises `ConfigError` listing every problem. Relative paths resolve against ``base``
+    (default: the current directory).
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get(CONFIG_ENV):
+        path = Path(env[CONFIG_ENV])
+    raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    problems: list[str] = []
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: no such config file (copy config.example.toml)"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+        for section, table in raw.items():
+            if isinstance(table, dict):
+                for key in table:
+                    origin[f"{section}.{key}"] = str(path)
+    problems += _unknown_keys(raw, origin)
+    problems += _apply_env(raw, origin, env)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, origin) for err in exc.errors()]) from None
+    return settings.resolved(base or Path.cwd())
+
+
+def _unknown_keys(raw: dict[str, Any], origin: dict[str, str]) -> list[str]:
+    problems = []
+    sections = Settings.model_fields
+    for section, table in raw.items():
+        if section not in sections:
+            problems.append(f"[{section}] is not a section{_did_you_mean(section, sections)}")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"[{section}] must be a table")
+            continue
+        fields = _section_model(section).model_fields
+        for key in table:
+            if key not in fields:
+                where = origin.get(f"{section}.{key}", "")
+                hint = _did_you_mean(key, fields)
+                problems.append(f"{section}.{key} is not a setting{hint} ({where})")
+    return problems
+
+
+def _section_model(section: str) -> type[BaseModel]:
+    annotation = Settings.model_fields[section].annotation
+    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return annotation
+
+
+def _apply_env(raw: dict[str, Any], origin: dict[str, str], env: Mapping[str, str]) -> list[str]:
+    """Overlay CONCORDIA_<SECTION>_<KEY> variables; tables and lists are JSON."""
+    problems = []
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section = next((s for s in Settings.model_fields if rest.startswith(s + "_")), None)
+        if section is None:
+            problems.append(f"{name} names no setting (expected CONCORDIA_<SECTION>_<KEY>)")
+            continue
+        key = rest[len(section) + 1 :]
+        fields = _section_model(section).model_fields
+        if key not in fields:
+            problems.append(f"{name} names no setting{_did_you_mean(key, fields)}")
+            continue
+        parsed: Any = value
+        if value[:1] in "[{":
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                problems.append(f"{name}: a list or table must be JSON")
+                continue
+        raw.setdefault(section, {})[key] = parsed
+        origin[f"{section}.{key}"] = f"${name}"
+    return problems
+
+
+def _describe(err: Any, origin: dict[str, str]) -> str:
+    dotted = ".".join(str(p) for p in err["loc"])
+    top = ".".join(str(p) for p in err["loc"][:2])
+    where = origin.get(top, "default")
+    return f"{dotted}: {err['msg']} (got {err.get('input')!r} from {where})"
+
+
+def _did_you_mean(word: str, choices: Mapping[str, object] | list[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

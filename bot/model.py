@@ -1,0 +1,197 @@
+"""The core's vocabulary: what adapters hand in and what a party hands back out.
+
+Everything here is a frozen dataclass or a StrEnum so that nothing mutable crosses
+the boundary between an adapter and the core. Platform ids are opaque strings.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "Accepted",
+    "Author",
+    "Batch",
+    "BatchDone",
+    "BatchStarted",
+    "Command",
+    "CommandResult",
+    "MergeGroup",
+    "Listener",
+    "Notice",
+    "OutputText",
+    "PartyEvent",
+    "Prompt",
+    "PromptState",
+    "Rejected",
+    "Role",
+    "SourcePrompt",
+    "Submission",
+    "TurnStatus",
+]
+
+
+class PromptState(enum.StrEnum):
+    """A prompt's life: accepted, merged into a batch, sent to Claude, answered."""
+
+    PENDING = "pending"
+    BATCHED = "batched"
+    SENT = "sent"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class TurnStatus(enum.StrEnum):
+    """How a batch's turn ended, as shown to participants."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"
+
+
+class Role(enum.StrEnum):
+    """What a participant may do. The host may also run host-only commands."""
+
+    PROMPTER = "prompter"
+    HOST = "host"
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """Who sent something: a platform name plus that platform's opaque user id."""
+
+    platform: str
+    user_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """A prompt as an adapter hands it in.
+
+    ``source_id`` is unique per platform message (a WebSocket client id, a Discord
+    message id): the store refuses a second prompt with the same one, so a resent
+    frame or a redelivered event is not queued twice. ``thread`` is where the answer
+    belongs on that platform, opaque to the core.
+    """
+
+    source_id: str
+    author: Author
+    text: str
+    thread: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A `/concordia <name> <args>` request from a participant."""
+
+    name: str
+    args: str
+    author: Author
+    thread: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    name: str
+    ok: bool
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The prompt is durably queued (or was already, when ``is_duplicate``)."""
+
+    prompt_id: int
+    position: int
+    is_duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The prompt was refused; ``reason`` is one line fit to show the sender."""
+
+    reason: str
+
+
+Submission = Accepted | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePrompt:
+    """One accepted prompt as the merger and the batch header see it."""
+
+    prompt_id: int
+    author: str
+    text: str
+    thread: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MergeGroup:
+    """Source prompts that ask the same thing, and the one instruction that stands for them."""
+
+    prompt_ids: tuple[int, ...]
+    authors: tuple[str, ...]
+    instruction: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one Claude turn answers: the merged prompt and every prompt it stands for."""
+
+    batch_id: int
+    prompt: str
+    sources: tuple[SourcePrompt, ...]
+    groups: tuple[MergeGroup, ...]
+    attempt: int = 1
+
+    @property
+    def authors(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.author for s in self.sources))
+
+    @property
+    def is_rerun(self) -> bool:
+        return self.attempt > 1
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStarted:
+    batch: Batch
+
+
+@dataclass(frozen=True, slots=True)
+class OutputText:
+    """A piece of Claude's reply, in order, already made safe for chat."""
+
+    batch_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    batch_id: int
+    status: TurnStatus
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something every participant should read (a restart, a re-run, a rotated invite)."""
+
+    message: str
+
+
+PartyEvent = BatchStarted | OutputText | BatchDone | Notice
+
+
+class Listener(Protocol):
+    """Whoever shows a party's events (a WebSocket client, a chat thread relay).
+
+    `deliver` must not block or raise: it queues the event for the listener's own task,
+    so a slow client never holds up the runner.
+    """
+
+    def deliver(self, event: PartyEvent) -> None: ...

@@ -1,0 +1,447 @@
+"""Party: the people sharing one Claude session, their queue, and the one runner.
+
+Only the runner task writes to Claude. Everyone else (adapters submitting prompts,
+commands such as cancel or restart) asks it through the store, its wake-up event and
+its control queue. Every accepted prompt is in SQLite before `submit` returns, and
+the runner resumes whatever a previous process left pending or in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import assert_never
+
+from bot.config import Settings
+from bot.dedupe import Deduper
+from bot.invite import InviteBook
+from bot.metrics import Metrics
+from bot.model import (
+    Accepted,
+    Author,
+    Batch,
+    BatchDone,
+    BatchStarted,
+    Command,
+    CommandResult,
+    Listener,
+    Notice,
+    OutputText,
+    PartyEvent,
+    Prompt,
+    Rejected,
+    Role,
+    SourcePrompt,
+    Submission,
+    TurnStatus,
+)
+from bot.safety import ChatSafeStream, Redactor, UnsafeInput, sanitize_prompt
+from bot.session import ClaudeSession, SessionDied, SessionError, TextDelta, ToolUse, TurnEnd
+from bot.store import Participant, Store
+
+__all__ = ["Party"]
+
+log = logging.getLogger(__name__)
+
+# Said to Claude when a batch is sent again after the process or the bot died mid-turn.
+_RERUN_NOTE = (
+    "(This request is being re-sent: the previous attempt was cut off when the agent "
+    "restarted. Check what was already done before repeating it.)\n\n"
+)
+_MAX_ATTEMPTS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Restart:
+    fresh: bool
+
+
+_Control = _Cancel | _Restart
+
+_HOST_ONLY = frozenset({"invite", "restart", "new"})
+COMMANDS = ("status", "queue", "cancel", "leave", "invite", "restart", "new")
+
+
+class Party:
+    """One channel's worth of people and their shared Claude session.
+
+    `submit`, `command`, `join` and `leave` may be called from any task; `run` is the
+    runner and must run exactly once, for as long as the party lives.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        session: ClaudeSession,
+        deduper: Deduper,
+        invites: InviteBook,
+        redactor: Redactor,
+    ):
+        self.name = settings.party.name
+        self._settings = settings
+        self._store = store
+        self.session = session
+        self._deduper = deduper
+        self._invites = invites
+        self._redactor = redactor
+        self.metrics = Metrics()
+        self._listeners: set[Listener] = set()
+        self._members: dict[tuple[str, str], Participant] = {}
+        self._wake = asyncio.Event()
+        self._controls: asyncio.Queue[_Control] = asyncio.Queue()
+        self._running: Batch | None = None  # written by the runner only
+        self._last_turn_at: float | None = None
+
+    async def load(self) -> None:
+        """Read who has joined; call once before serving."""
+        await self._store.ensure_party(self.name)
+        for member in await self._store.participants(self.name):
+            self._members[(member.platform, member.user_id)] = member
+        if await self._store.pending_prompts(self.name) or await self._store.open_batches(
+            self.name
+        ):
+            self._wake.set()
+
+    # -- listeners ----------------------------------------------------------------------
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Start delivering every party event to ``listener``; returns the unsubscribe call."""
+        self._listeners.add(listener)
+        return lambda: self._listeners.discard(listener)
+
+    def _publish(self, event: PartyEvent) -> None:
+        for listener in list(self._listeners):
+            listener.deliver(event)
+
+    # -- membership -----------------------------------------------------------------------
+
+    async def join(self, token: str, author: Author) -> Role | None:
+        """Admit ``author`` if ``token`` is a live invite; return the role granted, or None."""
+        role = await self._store.check_invite(self.name, token)
+        if role is None:
+            return None
+        member = Participant(author.platform, author.user_id, author.name, role)
+        await self._store.join(self.name, member)
+        self._members[(author.platform, author.user_id)] = member
+        log.info("%s joined as %s", author.name, role.value, extra={"party": self.name})
+        return role
+
+    async def leave(self, author: Author) -> None:
+        await self._store.leave(self.name, author.platform, author.user_id)
+        self._members.pop((author.platform, author.user_id), None)
+
+    def role_of(self, author: Author) -> Role | None:
+        member = self._members.get((author.platform, author.user_id))
+        return member.role if member else None
+
+    # -- intake -----------------------------------------------------------------------------
+
+    async def submit(self, prompt: Prompt) -> Submission:
+        """Authorize, sanitise and durably queue a prompt.
+
+        Returns `Accepted` once the prompt is committed to the store (a repeated
+        ``source_id`` returns the first acceptance again), or `Rejected` with a reason.
+        """
+        if self.role_of(prompt.author) is None:
+            return self._reject("you have not joined this party: join with an invite token first")
+        try:
+            text = sanitize_prompt(prompt.text)
+        except UnsafeInput as exc:
+            return self._reject(str(exc))
+        if not text.strip():
+            return self._reject("the prompt is empty")
+        limit = self._settings.party.max_prompt_chars
+        if len(text) > limit:
+            return self._reject(
+                f"the prompt has {len(text):,} characters; the limit is {limit:,} (party.max_prompt_chars)"
+            )
+        prompt_id, position, is_duplicate = await self._store.add_prompt(self.name, prompt, text)
+        if is_duplicate:
+            self.metrics.prompts_duplicate += 1
+        else:
+            self.metrics.prompts_accepted += 1
+            self._wake.set()
+            log.debug(
+                "accepted prompt %d",
+                prompt_id,
+                extra={"party": self.name, "prompt_ids": [prompt_id]},
+            )
+        return Accepted(prompt_id, position, is_duplicate)
+
+    def _reject(self, reason: str) -> Rejected:
+        self.metrics.prompts_rejected += 1
+        return Rejected(reason)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def command(self, command: Command) -> CommandResult:
+        """Run a participant's command; the answer is one short text fit for chat."""
+        role = self.role_of(command.author)
+        name = command.name
+        if role is None:
+            return CommandResult(name, False, "you have not joined this party")
+        if name in _HOST_ONLY and role is not Role.HOST:
+            return CommandResult(name, False, f"`{name}` is for the host only")
+        match name:
+            case "status":
+                return CommandResult(name, True, await self._status())
+            case "queue":
+                return CommandResult(name, True, await self._queue_text())
+            case "cancel":
+                return await self._cancel(command)
+            case "leave":
+                await self.leave(command.author)
+                return CommandResult(name, True, "you left the party")
+            case "invite":
+                return await self._invite(command.args)
+            case "restart" | "new":
+                fresh = name == "new"
+                self._controls.put_nowait(_Restart(fresh=fresh))
+                self._wake.set()
+                what = "a fresh Claude conversation" if fresh else "restarting Claude"
+                when = " after the running turn is interrupted" if self._running else ""
+                return CommandResult(name, True, f"{what}{when}")
+            case _:
+                known = ", ".join(COMMANDS)
+                return CommandResult(name, False, f"unknown command `{name}`; try one of: {known}")
+
+    async def _cancel(self, command: Command) -> CommandResult:
+        running = self._running
+        if running is not None:
+            self._controls.put_nowait(_Cancel())
+            return CommandResult("cancel", True, f"interrupting batch {running.batch_id}")
+        withdrawn = await self._store.withdraw_latest(
+            self.name, command.author.platform, command.author.user_id
+        )
+        if withdrawn is None:
+            return CommandResult("cancel", False, "nothing is running and you have nothing queued")
+        return CommandResult("cancel", True, f"withdrew your prompt #{withdrawn}")
+
+    async def _invite(self, args: str) -> CommandResult:
+        if args.strip() == "rotate":
+            token = await self._invites.rotate(Role.PROMPTER)
+            return CommandResult(
+                "invite", True, f"new invite token: {token} (the old one no longer works)"
+            )
+        tokens = await self._invites.ensure()
+        return CommandResult("invite", True, f"invite token: {tokens.prompter}")
+
+    async def _status(self) -> str:
+        session = self.session
+        pending = await self._store.pending_prompts(self.name)
+        state = "running batch %d" % self._running.batch_id if self._running else "idle"
+        if not session.ready.is_set():
+            state = "starting" if not session.restarts else "restarting"
+        if self._last_turn_at is None:
+            last = "no turn yet"
+        else:
+            last = f"last turn ended {time.monotonic() - self._last_turn_at:.0f} s ago"
+        lines = [
+            f"party {self.name}: Claude is {state}; {len(pending)} prompt(s) queued; {last}",
+            f"restarts: {session.restarts}; merger: {self._deduper.name}; "
+            f"participants: {len(self._members)}",
+            *self.metrics.lines(),
+        ]
+        return "\n".join(lines)
+
+    async def _queue_text(self) -> str:
+        pending = await self._store.pending_prompts(self.name)
+        lines = []
+        if self._running:
+            lines.append(
+                f"running: batch {self._running.batch_id} for {', '.join(self._running.authors)}"
+            )
+        if not pending:
+            lines.append("nobody is waiting")
+        for source in pending:
+            lines.append(f"#{source.prompt_id} {source.author}: {_preview(source.text)}")
+        return "\n".join(lines)
+
+    # -- the runner -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The runner: the only task that sends anything to Claude. Runs until cancelled."""
+        for open_batch in await self._store.open_batches(self.name):
+            if open_batch.was_sent:
+                self._publish(
+                    Notice(
+                        f"batch {open_batch.batch.batch_id} was cut off by a restart; re-running it once"
+                    )
+                )
+            await self._run_batch(open_batch.batch)
+        skip_window = True  # prompts left from a previous run have waited long enough
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._apply_controls()
+            if not await self._store.pending_prompts(self.name):
+                skip_window = False
+                continue
+            await self._wait_ready()
+            if not skip_window and self._settings.party.collect_window_s:
+                # pacing: the collect window lets a burst of prompts land in one batch
+                await asyncio.sleep(self._settings.party.collect_window_s)
+            await self._apply_controls()
+            sources = await self._store.pending_prompts(self.name)
+            if not sources:
+                continue
+            batch = await self._merge(sources)
+            await self._run_batch(batch)
+            # Prompts that arrived during the turn were collected while Claude was busy.
+            skip_window = True
+            self._wake.set()
+
+    async def _wait_ready(self) -> None:
+        if not self.session.ready.is_set():
+            log.info("waiting for Claude to be ready", extra={"party": self.name})
+            await self.session.ready.wait()
+
+    async def _apply_controls(self) -> None:
+        while not self._controls.empty():
+            control = self._controls.get_nowait()
+            match control:
+                case _Cancel():
+                    pass  # nothing is running between turns
+                case _Restart(fresh=fresh):
+                    await self.session.restart(fresh=fresh)
+                    if fresh:
+                        await self._store.set_session_id(self.name, None)
+                    self._publish(
+                        Notice(
+                            "started a fresh Claude conversation" if fresh else "Claude restarted"
+                        )
+                    )
+                case _:
+                    assert_never(control)
+
+    async def _merge(self, sources: list[SourcePrompt]) -> Batch:
+        started = time.monotonic()
+        merge = await self._deduper.merge(sources)
+        self.metrics.dedupe.add(time.monotonic() - started)
+        return await self._store.create_batch(self.name, merge.prompt, merge.groups, sources)
+
+    async def _run_batch(self, batch: Batch) -> None:
+        """Send one batch to Claude, stream its output, and record how it ended."""
+        while True:
+            batch = await self._store.mark_sent(batch)
+            if batch.attempt > _MAX_ATTEMPTS:
+                detail = (
+                    f"Claude stopped mid-turn {_MAX_ATTEMPTS} times on this batch; giving up on it"
+                )
+                await self._finish(batch, TurnStatus.ERROR, detail)
+                return
+            if batch.is_rerun:
+                self.metrics.batches_rerun += 1
+            self._publish(BatchStarted(batch))
+            try:
+                status, detail = await self._turn(batch)
+            except SessionDied as exc:
+                log.warning(
+                    "claude died during batch %d: %s",
+                    batch.batch_id,
+                    exc,
+                    extra={"batch_id": batch.batch_id},
+                )
+                self._publish(
+                    Notice(
+                        f"Claude stopped in the middle of batch {batch.batch_id}; restarting it and re-running the batch once"
+                    )
+                )
+                await self._wait_ready()
+                await self._remember_session()
+                continue
+            except SessionError as exc:
+                await self._finish(batch, TurnStatus.ERROR, str(exc))
+                return
+            await self._finish(batch, status, detail)
+            return
+
+    async def _turn(self, batch: Batch) -> tuple[TurnStatus, str]:
+        text = _RERUN_NOTE + batch.prompt if batch.is_rerun else batch.prompt
+        output = ChatSafeStream(self._redactor)
+        started = time.monotonic()
+        self._running = batch
+        end: TurnEnd | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                watcher = group.create_task(self._watch_controls(), name="turn-controls")
+                try:
+                    await self._wait_ready()
+                    async for event in self.session.run(text):
+                        match event:
+                            case TextDelta(text=delta):
+                                self._emit(batch, output.feed(delta))
+                            case ToolUse(name=tool, detail=detail):
+                                self._emit(batch, output.feed(f"\n\n⚙ {tool}: {detail}\n\n"))
+                            case TurnEnd():
+                                end = event
+                            case _:
+                                assert_never(event)
+                finally:
+                    watcher.cancel()
+        except* SessionDied as group_error:
+            raise group_error.exceptions[0] from None
+        except* SessionError as group_error:
+            raise group_error.exceptions[0] from None
+        finally:
+            self._running = None
+            self._emit(batch, output.flush())
+            self.metrics.turn.add(time.monotonic() - started)
+            self._last_turn_at = time.monotonic()
+        assert end is not None
+        await self._remember_session()
+        return end.status, self._redactor.redact(end.error)
+
+    async def _watch_controls(self) -> None:
+        """During a turn: cancel interrupts it; restart interrupts it and waits its turn."""
+        while True:
+            control = await self._controls.get()
+            match control:
+                case _Cancel():
+                    await self.session.interrupt()
+                case _Restart():
+                    await self.session.interrupt()
+                    self._controls.put_nowait(control)  # applied once the turn has ended
+                    return
+                case _:
+                    assert_never(control)
+
+    def _emit(self, batch: Batch, text: str) -> None:
+        if text:
+            self._publish(OutputText(batch.batch_id, text))
+
+    async def _finish(self, batch: Batch, status: TurnStatus, detail: str) -> None:
+        await self._store.finish_batch(batch.batch_id, status, detail)
+        self.metrics.batches += 1
+        if status is TurnStatus.ERROR:
+            self.metrics.batches_failed += 1
+        log.info(
+            "batch %d ended: %s",
+            batch.batch_id,
+            status.value,
+            extra={
+                "party": self.name,
+                "batch_id": batch.batch_id,
+                "prompt_ids": [s.prompt_id for s in batch.sources],
+            },
+        )
+        self._publish(BatchDone(batch.batch_id, status, detail))
+
+    async def _remember_session(self) -> None:
+        if self.session.session_id:
+            await self._store.set_session_id(self.name, self.session.session_id)
+
+
+def _preview(text: str, limit: int = 80) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,447 @@
+"""ClaudeSession: one `claude -p` stream-json process, driven through pexpect over pipes.
+
+Pipes, not a pty: with a tty on stdin `claude -p` refuses to start, and a canonical
+pty cuts input lines at 4095 bytes. The reading side is `pexpect.fdpexpect.fdspawn`
+on the stdout pipe, whose `expect(async_=True)` is event-driven; `PopenSpawn` reads
+through a thread and its expect loop polls every 0.1 ms, which would burn a core
+while Claude thinks. The session's supervisor task owns the process: it spawns it,
+reads every line, and restarts it with `--resume <session_id>` when it dies.
+The party's runner is the only caller of `run`, `interrupt` and `restart`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import pexpect
+import pexpect.fdpexpect
+
+from bot import ConcordiaError
+from bot.config import ClaudeSettings
+from bot.model import TurnStatus
+
+__all__ = [
+    "ClaudeSession",
+    "Event",
+    "SessionDied",
+    "SessionError",
+    "TextDelta",
+    "ToolUse",
+    "TurnEnd",
+    "stream_json_command",
+]
+
+log = logging.getLogger(__name__)
+
+_STREAM_JSON_FLAGS = (
+    "-p",
+    "--input-format",
+    "stream-json",
+    "--output-format",
+    "stream-json",
+    "--verbose",
+    "--include-partial-messages",
+)
+_READ_CHUNK_BYTES = 65536
+_TAIL_LINES = 20
+
+
+class SessionError(ConcordiaError):
+    """Claude could not be started or driven."""
+
+
+class SessionDied(SessionError):
+    """The Claude process exited while a turn was running."""
+
+    def __init__(self, message: str, *, exit_status: int | None):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """Claude asked to use a tool; ``detail`` is a one-line summary of its input."""
+
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    status: TurnStatus
+    result: str
+    error: str = ""
+
+
+Event = TextDelta | ToolUse | TurnEnd
+
+
+@dataclass(frozen=True, slots=True)
+class _Exited:
+    """Put on the line queue by the supervisor when the process is gone."""
+
+    exit_status: int | None
+    tail: str
+
+
+def stream_json_command(settings: ClaudeSettings, session_id: str | None) -> list[str]:
+    command = [settings.command, *_STREAM_JSON_FLAGS, *settings.args]
+    if session_id:
+        command += ["--resume", session_id]
+    return command
+
+
+class ClaudeSession:
+    """The Claude process behind one party.
+
+    ``ready`` is set while a process is up and able to take a turn. ``restarts`` counts
+    unplanned exits. Use as an async context manager; `stop` is idempotent.
+    """
+
+    def __init__(self, settings: ClaudeSettings, *, session_id: str | None, env: Mapping[str, str]):
+        self._settings = settings
+        self._env = dict(env)
+        self.session_id = session_id
+        self.ready = asyncio.Event()
+        self.restarts = 0
+        self._lines: asyncio.Queue[dict[str, Any] | _Exited] = asyncio.Queue()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._write_lock = asyncio.Lock()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._is_turn_active = False
+        self._is_stopping = False
+        self._planned_restart: asyncio.Event = asyncio.Event()
+        self._start_fresh = False
+        self._interrupts = 0
+        self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self.last_exit: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Spawn the process; returns once it is ready. Raises SessionError if it cannot start."""
+        if self._supervisor is not None:
+            raise RuntimeError("the session is already started")
+        self._spawn()  # the first spawn raises here, so a wrong claude.command is reported at once
+        self._supervisor = asyncio.create_task(self._supervise(), name="claude-supervisor")
+
+    async def stop(self) -> None:
+        """Close stdin, give the process a moment to exit, then kill its process group."""
+        self._is_stopping = True
+        if self._proc is not None:
+            await self._terminate(self._proc)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+
+    async def restart(self, *, fresh: bool) -> None:
+        """End the current process and start another; ``fresh`` starts a new conversation."""
+        if self._is_turn_active:
+            raise RuntimeError("restart() while a turn runs: interrupt it first")
+        self._start_fresh = fresh
+        self._planned_restart.set()
+        if self._proc is not None:
+            await self._terminate(self._proc)
+
+    # -- the process ----------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        if self._start_fresh:
+            self.session_id = None
+            self._start_fresh = False
+        command = stream_json_command(self._settings, self.session_id)
+        log.info("starting claude", extra={"command": command[0], "resume": bool(self.session_id)})
+        try:
+            # A session of its own, so that killing the group also ends the tools Claude ran.
+            self._proc = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=self._settings.workdir,
+                env=self._env,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise SessionError(
+                f"claude.command {self._settings.command!r} was not found: install Claude Code "
+                "(make run does) or set claude.command to its path"
+            ) from None
+        except OSError as exc:
+            raise SessionError(f"could not start {self._settings.command!r}: {exc}") from None
+        self.ready.set()
+
+    async def _supervise(self) -> None:
+        backoff = self._settings.restart_backoff_s
+        while True:
+            proc = self._proc
+            assert proc is not None and proc.stdout is not None
+            started = time.monotonic()
+            # The reader owns a duplicate of the pipe and closes it; closing the original
+            # too would close whatever fd number the next process's pipe reuses.
+            fd = os.dup(proc.stdout.fileno())
+            proc.stdout.close()
+            await self._pump(fd)
+            self.ready.clear()
+            exit_status = await asyncio.to_thread(proc.wait)
+            tail = "\n".join(self._tail)
+            self.last_exit = f"exit status {exit_status}"
+            self._lines.put_nowait(_Exited(exit_status, tail))
+            if self._is_stopping:
+                return
+            if self._planned_restart.is_set():
+                self._planned_restart.clear()
+                log.info("claude restarted on request")
+            else:
+                self.restarts += 1
+                log.warning(
+                    "claude exited unexpectedly (status %s); restarting in %.1f s",
+                    exit_status,
+                    backoff,
+                    extra={"exit_status": exit_status, "tail": tail[-500:]},
+                )
+                await asyncio.sleep(backoff)  # pacing: restart backoff
+                lived_s = time.monotonic() - started
+                backoff = (
+                    self._settings.restart_backoff_s
+                    if lived_s > 60
+                    else min(backoff * 2, self._settings.restart_backoff_max_s)
+                )
+            self._spawn()
+
+    async def _pump(self, fd: int) -> None:
+        """Read stdout line by line until EOF, handing JSON lines to the running turn."""
+        reader = pexpect.fdpexpect.fdspawn(
+            fd, encoding="utf-8", codec_errors="replace", maxread=_READ_CHUNK_BYTES
+        )
+        try:
+            while True:
+                index = await reader.expect_exact(["\n", pexpect.EOF], timeout=None, async_=True)
+                line = reader.before
+                if index == 1:
+                    if line.strip():
+                        self._note_text(line)
+                    return
+                self._route(line)
+        finally:
+            # The transport that pexpect's async expect opened on the fd is left to us.
+            pair = getattr(reader, "async_pw_transport", None)
+            if pair is not None:
+                pair[1].close()
+
+    def _route(self, line: str) -> None:
+        line = line.strip()
+        if not line:
+            return
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            self._note_text(line)
+            return
+        if not isinstance(message, dict):
+            self._note_text(line)
+            return
+        if message.get("session_id"):
+            self.session_id = str(message["session_id"])
+        if self._is_turn_active:
+            self._lines.put_nowait(message)
+        elif message.get("type") not in ("control_response",):
+            log.debug("claude said something between turns", extra={"line": line[:200]})
+
+    def _note_text(self, text: str) -> None:
+        """Non-JSON output (warnings, API errors in some versions): kept for error messages."""
+        for line in text.splitlines():
+            if line.strip():
+                self._tail.append(line.strip()[:500])
+                log.warning("claude: %s", line.strip()[:500])
+
+    async def _write(self, message: Mapping[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            raise SessionError("claude is not running")
+        data = (json.dumps(message, ensure_ascii=False) + "\n").encode()
+        stdin = proc.stdin
+        async with self._write_lock:
+            try:
+                # A 200 kB prompt is larger than the pipe buffer: write it off the loop.
+                await asyncio.to_thread(_write_all, stdin, data)
+            except (BrokenPipeError, ValueError, OSError) as exc:
+                raise SessionDied(f"claude's stdin is closed: {exc}", exit_status=None) from None
+
+    async def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(proc.wait), self._settings.interrupt_grace_s)
+        except TimeoutError:
+            log.warning("claude did not exit after stdin closed; killing it")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    # -- turns ----------------------------------------------------------------------------
+
+    async def run(self, prompt: str) -> AsyncIterator[Event]:
+        """Send one user turn and yield its events; the last one is always a `TurnEnd`.
+
+        Raises `SessionDied` if the process exits before the turn ends (the supervisor is
+        already restarting it). A turn longer than ``claude.turn_timeout_s`` is interrupted
+        and ends with an error. Only one turn at a time.
+        """
+        if self._is_turn_active:
+            raise RuntimeError("a turn is already running: only the runner sends turns")
+        if not self.ready.is_set():
+            raise SessionError("claude is not running")
+        while not self._lines.empty():  # leftovers of a process that died between turns
+            self._lines.get_nowait()
+        self._is_turn_active = True
+        self._tail.clear()
+        interrupts_before = self._interrupts
+        deadline = time.monotonic() + self._settings.turn_timeout_s
+        has_text = False
+        needs_separator = False
+        timed_out = False
+        try:
+            await self._write({"type": "user", "message": {"role": "user", "content": prompt}})
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 and not timed_out:
+                    timed_out = True
+                    log.warning(
+                        "turn timed out after %.0f s; interrupting", self._settings.turn_timeout_s
+                    )
+                    await self.interrupt()
+                    deadline = time.monotonic() + self._settings.interrupt_grace_s
+                    continue
+                if remaining <= 0:
+                    log.error("claude ignored the interrupt; killing it")
+                    if self._proc is not None:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(self._proc.pid, signal.SIGKILL)
+                    deadline = float("inf")
+                    continue
+                timeout = None if remaining == float("inf") else remaining
+                try:
+                    item = await asyncio.wait_for(self._lines.get(), timeout)
+                except TimeoutError:
+                    continue
+                if isinstance(item, _Exited):
+                    if timed_out:
+                        yield TurnEnd(TurnStatus.ERROR, "", self._timeout_message())
+                        return
+                    raise SessionDied(
+                        f"claude exited mid-turn ({item.exit_status}): {item.tail[-300:]}".strip(),
+                        exit_status=item.exit_status,
+                    )
+                kind = item.get("type")
+                if kind == "stream_event":
+                    event = item.get("event") or {}
+                    if event.get("type") == "message_start" and has_text:
+                        needs_separator = True
+                    delta = event.get("delta") or {}
+                    if (
+                        event.get("type") == "content_block_delta"
+                        and delta.get("type") == "text_delta"
+                    ):
+                        text = str(delta.get("text", ""))
+                        if text:
+                            if needs_separator:
+                                text = "\n\n" + text
+                                needs_separator = False
+                            has_text = True
+                            yield TextDelta(text)
+                elif kind == "assistant":
+                    for block in (item.get("message") or {}).get("content") or []:
+                        if isinstance(block, dict) and block.get("type") == "tool_use":
+                            yield ToolUse(
+                                str(block.get("name", "?")), _summarize(block.get("input"))
+                            )
+                elif kind == "result":
+                    if timed_out:
+                        yield TurnEnd(
+                            TurnStatus.ERROR, str(item.get("result") or ""), self._timeout_message()
+                        )
+                    else:
+                        yield _turn_end(item, was_interrupted=self._interrupts > interrupts_before)
+                    return
+        finally:
+            self._is_turn_active = False
+
+    async def interrupt(self) -> bool:
+        """Ask Claude to stop the running turn (a stream-json control request).
+
+        Returns False when no turn is running. The turn still ends with its `TurnEnd`.
+        """
+        if not self._is_turn_active:
+            return False
+        self._interrupts += 1
+        await self._write(
+            {
+                "type": "control_request",
+                "request_id": f"interrupt-{self._interrupts}",
+                "request": {"subtype": "interrupt"},
+            }
+        )
+        return True
+
+    def _timeout_message(self) -> str:
+        return (
+            f"the turn took longer than claude.turn_timeout_s ({self._settings.turn_timeout_s:g} s)"
+        )
+
+
+def _write_all(stdin: Any, data: bytes) -> None:
+    stdin.write(data)
+    stdin.flush()
+
+
+def _turn_end(result: Mapping[str, Any], *, was_interrupted: bool) -> TurnEnd:
+    text = str(result.get("result") or "")
+    if was_interrupted and result.get("subtype") != "success":
+        return TurnEnd(TurnStatus.INTERRUPTED, text)
+    if result.get("is_error") or result.get("subtype") != "success":
+        errors = result.get("errors")
+        detail = text or (("; ".join(map(str, errors))) if isinstance(errors, list) else "")
+        return TurnEnd(TurnStatus.ERROR, text, detail or str(result.get("subtype", "error")))
+    return TurnEnd(TurnStatus.SUCCESS, text)
+
+
+def _summarize(tool_input: object) -> str:
+    if isinstance(tool_input, dict):
+        for key in ("command", "file_path", "path", "pattern", "url", "description"):
+            if key in tool_input:
+                return str(tool_input[key]).splitlines()[0][:200] if tool_input[key] else ""
+    return json.dumps(tool_input)[:200] if tool_input is not None else ""

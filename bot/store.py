@@ -1,0 +1,553 @@
+"""The durable state: SQLite through aiosqlite, WAL, migrations from the `migrations` package.
+
+A prompt is written the moment it is accepted and moves only forward through
+`pending -> batched -> sent -> done | failed` (`advance` rejects anything else), so a
+crash at any point leaves enough behind for the party to resume. The store owns its
+connection: every transaction runs under one lock, and accepted prompts are written
+by one group-commit writer so that a burst costs one commit, not one per prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import importlib.resources
+import json
+import logging
+import os
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiosqlite
+
+from bot import ConcordiaError
+from bot.model import Batch, MergeGroup, Prompt, PromptState, Role, SourcePrompt, TurnStatus
+from bot.output import OutboxEntry
+
+__all__ = ["OpenBatch", "Participant", "Store", "StoreError", "hash_token"]
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+# The only legal moves of a prompt; `advance` refuses the rest.
+_TRANSITIONS: dict[PromptState, frozenset[PromptState]] = {
+    PromptState.PENDING: frozenset({PromptState.BATCHED, PromptState.FAILED}),
+    PromptState.BATCHED: frozenset({PromptState.SENT, PromptState.FAILED}),
+    PromptState.SENT: frozenset({PromptState.SENT, PromptState.DONE, PromptState.FAILED}),
+    PromptState.DONE: frozenset(),
+    PromptState.FAILED: frozenset(),
+}
+
+
+class StoreError(ConcordiaError):
+    """The store refused an operation (an illegal state change, a newer schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    platform: str
+    user_id: str
+    name: str
+    role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBatch:
+    """A batch that was merged or sent but never finished: what recovery resumes."""
+
+    batch: Batch
+    was_sent: bool
+
+
+def hash_token(token: str) -> str:
+    """Tokens are 256-bit random strings, so a plain SHA-256 is enough to store them."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(slots=True)
+class _PendingInsert:
+    party: str
+    prompt: Prompt
+    text: str
+    done: asyncio.Future[tuple[int, int, bool]]
+
+
+class Store:
+    """Async access to the SQLite file. Use as ``async with Store(path) as store``."""
+
+    def __init__(self, path: Path):
+        self._path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._inserts: asyncio.Queue[_PendingInsert] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The file holds prompts and hashed tokens: readable by the host only.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        self._db = await aiosqlite.connect(self._path, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process (not a power cut) at a fraction
+        # of FULL's cost; a crash of the bot is the failure we recover from.
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute("PRAGMA foreign_keys=ON")
+        await self._db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+        self._writer = asyncio.create_task(self._write_inserts(), name="store-writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; idempotent."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open: use `async with Store(path)`")
+        return self._db
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            await self.db.execute("COMMIT")
+
+    async def _migrate(self) -> None:
+        files = sorted(
+            (
+                f
+                for f in importlib.resources.files("migrations").iterdir()
+                if _MIGRATION_NAME.match(f.name)
+            ),
+            key=lambda f: f.name,
+        )
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        latest = int(files[-1].name[:4]) if files else 0
+        if current > latest:
+            raise StoreError(
+                f"{self._path} has schema version {current}, newer than this concordia knows "
+                f"({latest}): upgrade concordia"
+            )
+        for file in files:
+            version = int(file.name[:4])
+            if version <= current:
+                continue
+            log.info("applying migration %s", file.name)
+            # executescript commits on its own; user_version is set in the same script so
+            # that a crash cannot leave the schema applied but the version behind.
+            await self.db.executescript(
+                f"BEGIN;\n{file.read_text(encoding='utf-8')}\nPRAGMA user_version={version};\nCOMMIT;"
+            )
+
+    # -- parties and sessions ---------------------------------------------------------
+
+    async def ensure_party(self, party: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO parties (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (party, _now()),
+            )
+
+    async def session_id(self, party: str) -> str | None:
+        async with self.db.execute(
+            "SELECT session_id FROM parties WHERE name = ?", (party,)
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    async def set_session_id(self, party: str, session_id: str | None) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE parties SET session_id = ? WHERE name = ?", (session_id, party)
+            )
+
+    # -- invites and participants -----------------------------------------------------
+
+    async def replace_invite(self, party: str, role: Role, token: str) -> None:
+        """Make ``token`` the one valid invite of ``role``; older ones stop working at once."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE invites SET revoked_at = ? WHERE party = ? AND role = ? AND revoked_at IS NULL",
+                (_now(), party, role.value),
+            )
+            await db.execute(
+                "INSERT INTO invites (party, token_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                (party, hash_token(token), role.value, _now()),
+            )
+
+    async def has_invite(self, party: str, role: Role) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM invites WHERE party = ? AND role = ? AND revoked_at IS NULL",
+            (party, role.value),
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def check_invite(self, party: str, token: str) -> Role | None:
+        """The role the token grants, or None. Every live hash is compared in constant time."""
+        digest = hash_token(token)
+        async with self.db.execute(
+            "SELECT token_hash, role FROM invites WHERE party = ? AND revoked_at IS NULL", (party,)
+        ) as cur:
+            rows = await cur.fetchall()
+        granted: Role | None = None
+        for stored, role in rows:
+            if hmac.compare_digest(str(stored), digest):
+                granted = Role(role)
+        return granted
+
+    async def join(self, party: str, participant: Participant) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO participants (party, platform, user_id, name, role, joined_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (party, platform, user_id) DO UPDATE"
+                " SET name = excluded.name, role = excluded.role, joined_at = excluded.joined_at,"
+                " left_at = NULL",
+                (
+                    party,
+                    participant.platform,
+                    participant.user_id,
+                    participant.name,
+                    participant.role.value,
+                    _now(),
+                ),
+            )
+
+    async def leave(self, party: str, platform: str, user_id: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE participants SET left_at = ? WHERE party = ? AND platform = ? AND user_id = ?",
+                (_now(), party, platform, user_id),
+            )
+
+    async def participants(self, party: str) -> list[Participant]:
+        async with self.db.execute(
+            "SELECT platform, user_id, name, role FROM participants"
+            " WHERE party = ? AND left_at IS NULL",
+            (party,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [Participant(str(p), str(u), str(n), Role(r)) for p, u, n, r in rows]
+
+    # -- prompts ------------------------------------------------------------------------
+
+    async def add_prompt(self, party: str, prompt: Prompt, text: str) -> tuple[int, int, bool]:
+        """Durably record an accepted prompt; return (prompt_id, queue position, is_duplicate).
+
+        Returns once the row is committed. A prompt whose ``source_id`` is already known
+        is not written again: the earlier id comes back with ``is_duplicate`` True and
+        position 0.
+        """
+        done: asyncio.Future[tuple[int, int, bool]] = asyncio.get_running_loop().create_future()
+        self._inserts.put_nowait(_PendingInsert(party, prompt, text, done))
+        return await done
+
+    async def _write_inserts(self) -> None:
+        """Group commit: everything queued while the last commit ran goes in the next one."""
+        while True:
+            group = [await self._inserts.get()]
+            while not self._inserts.empty():
+                group.append(self._inserts.get_nowait())
+            try:
+                results = await self._insert_group(group)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                log.exception("writing %d accepted prompts failed", len(group))
+                for item in group:
+                    if not item.done.done():
+                        item.done.set_exception(StoreError(f"could not store the prompt: {exc}"))
+                continue
+            for item, result in zip(group, results, strict=True):
+                if not item.done.done():
+                    item.done.set_result(result)
+
+    async def _insert_group(self, group: list[_PendingInsert]) -> list[tuple[int, int, bool]]:
+        now = _now()
+        inserted: list[tuple[int, bool]] = []
+        async with self._transaction() as db:
+            for item in group:
+                p = item.prompt
+                async with db.execute(
+                    "INSERT INTO prompts (party, source_id, platform, user_id, author, text, thread,"
+                    " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
+                    " ON CONFLICT (party, source_id) DO NOTHING RETURNING id",
+                    (
+                        item.party,
+                        p.source_id,
+                        p.author.platform,
+                        p.author.user_id,
+                        p.author.name,
+                        item.text,
+                        p.thread,
+                        now,
+                    ),
+                ) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    inserted.append((int(row[0]), False))
+                    continue
+                async with db.execute(
+                    "SELECT id FROM prompts WHERE party = ? AND source_id = ?",
+                    (item.party, p.source_id),
+                ) as cur:
+                    existing = await cur.fetchone()
+                assert existing is not None
+                inserted.append((int(existing[0]), True))
+            # Positions for the whole group from one count: the i-th new prompt of a party
+            # sits behind everything pending before the group and the group's earlier ones.
+            queued: dict[str, int] = {}
+            for party in {item.party for item in group}:
+                async with db.execute(
+                    "SELECT COUNT(*) FROM prompts WHERE party = ? AND state = 'pending'", (party,)
+                ) as cur:
+                    row = await cur.fetchone()
+                new = sum(
+                    1
+                    for item, (_, dup) in zip(group, inserted, strict=True)
+                    if item.party == party and not dup
+                )
+                queued[party] = (int(row[0]) if row else 0) - new
+        results = []
+        for item, (prompt_id, is_duplicate) in zip(group, inserted, strict=True):
+            if is_duplicate:
+                results.append((prompt_id, 0, True))
+            else:
+                queued[item.party] += 1
+                results.append((prompt_id, queued[item.party], False))
+        return results
+
+    async def pending_prompts(self, party: str) -> list[SourcePrompt]:
+        async with self.db.execute(
+            "SELECT id, author, text, thread FROM prompts WHERE party = ? AND state = 'pending'"
+            " ORDER BY id",
+            (party,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [SourcePrompt(int(i), str(a), str(t), str(th)) for i, a, t, th in rows]
+
+    async def prompt_state(self, prompt_id: int) -> PromptState:
+        async with self.db.execute("SELECT state FROM prompts WHERE id = ?", (prompt_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"no prompt {prompt_id}")
+        return PromptState(row[0])
+
+    async def withdraw(self, party: str, prompt_id: int, platform: str, user_id: str) -> bool:
+        """Fail a still-pending prompt of this author; False if it is not theirs or not pending."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE prompts SET state = 'failed' WHERE id = ? AND party = ? AND platform = ?"
+                " AND user_id = ? AND state = 'pending'",
+                (prompt_id, party, platform, user_id),
+            )
+            return cur.rowcount == 1
+
+    async def withdraw_latest(self, party: str, platform: str, user_id: str) -> int | None:
+        """Withdraw this author's newest pending prompt; return its id, or None."""
+        async with self._transaction() as db:
+            async with db.execute(
+                "UPDATE prompts SET state = 'failed' WHERE id = (SELECT MAX(id) FROM prompts"
+                " WHERE party = ? AND platform = ? AND user_id = ? AND state = 'pending')"
+                " RETURNING id",
+                (party, platform, user_id),
+            ) as cur:
+                row = await cur.fetchone()
+        return int(row[0]) if row else None
+
+    # -- batches --------------------------------------------------------------------------
+
+    async def create_batch(
+        self, party: str, prompt: str, groups: Sequence[MergeGroup], sources: Sequence[SourcePrompt]
+    ) -> Batch:
+        """Record a merged batch and move its sources `pending -> batched` in one transaction.
+
+        Sources that stopped being pending in the meantime (withdrawn) are left out; if
+        none is left, StoreError.
+        """
+        ids = [s.prompt_id for s in sources]
+        async with self._transaction() as db:
+            await self._advance(db, ids, PromptState.BATCHED)
+            async with db.execute(
+                "INSERT INTO batches (party, prompt, groups_json, state, created_at)"
+                " VALUES (?, ?, ?, 'batched', ?) RETURNING id",
+                (party, prompt, _groups_json(groups), _now()),
+            ) as cur:
+                row = await cur.fetchone()
+            assert row is not None
+            batch_id = int(row[0])
+            await db.execute(
+                f"UPDATE prompts SET batch_id = ? WHERE id IN ({','.join('?' * len(ids))})",
+                (batch_id, *ids),
+            )
+        return Batch(batch_id, prompt, tuple(sources), tuple(groups), attempt=1)
+
+    async def mark_sent(self, batch: Batch) -> Batch:
+        """Record that the batch is about to reach Claude; returns it with its attempt number."""
+        async with self._transaction() as db:
+            async with db.execute(
+                "UPDATE batches SET state = 'sent', attempts = attempts + 1 WHERE id = ?"
+                " AND state IN ('batched', 'sent') RETURNING attempts",
+                (batch.batch_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise StoreError(f"batch {batch.batch_id} is already finished")
+            await self._advance(db, [s.prompt_id for s in batch.sources], PromptState.SENT)
+        return Batch(batch.batch_id, batch.prompt, batch.sources, batch.groups, attempt=int(row[0]))
+
+    async def finish_batch(self, batch_id: int, status: TurnStatus, detail: str = "") -> None:
+        """Close the batch: its prompts become done (success, interrupted) or failed (error)."""
+        final = PromptState.FAILED if status is TurnStatus.ERROR else PromptState.DONE
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE batches SET state = ?, status = ?, detail = ?, finished_at = ? WHERE id = ?",
+                (
+                    "failed" if final is PromptState.FAILED else "done",
+                    status.value,
+                    detail,
+                    _now(),
+                    batch_id,
+                ),
+            )
+            async with db.execute("SELECT id FROM prompts WHERE batch_id = ?", (batch_id,)) as cur:
+                ids = [int(r[0]) for r in await cur.fetchall()]
+            await self._advance(db, ids, final)
+
+    async def open_batches(self, party: str) -> list[OpenBatch]:
+        """Batches merged or sent but never finished, oldest first (for recovery)."""
+        async with self.db.execute(
+            "SELECT id, prompt, groups_json, state, attempts FROM batches"
+            " WHERE party = ? AND state IN ('batched', 'sent') ORDER BY id",
+            (party,),
+        ) as cur:
+            rows = await cur.fetchall()
+        found = []
+        for batch_id, prompt, groups_json, state, attempts in rows:
+            async with self.db.execute(
+                "SELECT id, author, text, thread FROM prompts WHERE batch_id = ? ORDER BY id",
+                (batch_id,),
+            ) as cur:
+                sources = tuple(
+                    SourcePrompt(int(i), str(a), str(t), str(th))
+                    for i, a, t, th in await cur.fetchall()
+                )
+            batch = Batch(
+                int(batch_id),
+                str(prompt),
+                sources,
+                _groups_from_json(str(groups_json)),
+                int(attempts),
+            )
+            found.append(OpenBatch(batch, was_sent=state == "sent"))
+        return found
+
+    async def last_finished_at(self, party: str) -> str | None:
+        async with self.db.execute(
+            "SELECT MAX(finished_at) FROM batches WHERE party = ?", (party,)
+        ) as cur:
+            row = await cur.fetchone()
+        return str(row[0]) if row and row[0] else None
+
+    async def _advance(self, db: aiosqlite.Connection, ids: Sequence[int], to: PromptState) -> None:
+        """The one place a prompt changes state; refuses moves `_TRANSITIONS` does not allow."""
+        if not ids:
+            return
+        marks = ",".join("?" * len(ids))
+        async with db.execute(
+            f"SELECT id, state FROM prompts WHERE id IN ({marks})", tuple(ids)
+        ) as cur:
+            rows = await cur.fetchall()
+        for prompt_id, state in rows:
+            if to not in _TRANSITIONS[PromptState(state)]:
+                raise StoreError(f"prompt {prompt_id} cannot go from {state} to {to.value}")
+        await db.execute(f"UPDATE prompts SET state = ? WHERE id IN ({marks})", (to.value, *ids))
+
+    # -- outbox (bot.output.Outbox) -------------------------------------------------------
+
+    async def outbox_write(
+        self, platform: str, thread: str, batch_id: int, seq: int, text: str
+    ) -> int:
+        async with self._transaction() as db:
+            async with db.execute(
+                "INSERT INTO outbox (platform, thread, batch_id, seq, text) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (platform, thread, batch_id, seq) DO UPDATE SET text = excluded.text"
+                " RETURNING id",
+                (platform, thread, batch_id, seq, text),
+            ) as cur:
+                row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def outbox_confirm(self, entry_id: int, ref: str, text: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET ref = ?, shown = ? WHERE id = ?", (ref, text, entry_id)
+            )
+
+    async def outbox_unsynced(self, platform: str) -> list[OutboxEntry]:
+        async with self.db.execute(
+            "SELECT id, platform, thread, batch_id, seq, text, ref FROM outbox"
+            " WHERE platform = ? AND (ref IS NULL OR shown IS NOT text) ORDER BY batch_id, seq",
+            (platform,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            OutboxEntry(
+                int(i), str(p), str(th), int(b), int(s), str(t), None if r is None else str(r)
+            )
+            for i, p, th, b, s, t, r in rows
+        ]
+
+
+def _groups_json(groups: Sequence[MergeGroup]) -> str:
+    return json.dumps(
+        [
+            {
+                "prompt_ids": list(g.prompt_ids),
+                "authors": list(g.authors),
+                "instruction": g.instruction,
+            }
+            for g in groups
+        ]
+    )
+
+
+def _groups_from_json(text: str) -> tuple[MergeGroup, ...]:
+    return tuple(
+        MergeGroup(tuple(g["prompt_ids"]), tuple(g["authors"]), str(g["instruction"]))
+        for g in json.loads(text)
+    )

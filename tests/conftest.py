@@ -1,0 +1,76 @@
+"""Shared fixtures: a clean environment, the fake Anthropic API and settings pointing at it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings, load_settings
+from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
+
+_CLEARED_PREFIXES = ("CONCORDIA_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "CLAUDE_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ() -> Iterator[None]:
+    """No test reads the developer's environment (httpx's clean_environ)."""
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith(_CLEARED_PREFIXES):
+            del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+async def fake_api() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic(slow_interval_s=0.2, slow_steps=50) as api:
+        yield api
+
+
+def make_settings(tmp_path: Path, api: FakeAnthropic, **overrides: dict[str, object]) -> Settings:
+    """Settings for one test: files under tmp_path, the real CLI pointed at the fake API."""
+    home = tmp_path / "home"
+    workdir = tmp_path / "work"
+    home.mkdir(exist_ok=True)
+    workdir.mkdir(exist_ok=True)
+    env = claude_env(home, api.base_url)
+    env["CLAUDE_CODE_MAX_RETRIES"] = "0"
+    raw: dict[str, dict[str, object]] = {
+        "store": {"path": str(tmp_path / "state" / "concordia.db")},
+        "party": {"collect_window_s": 0.05},
+        "claude": {
+            "command": claude_command(),
+            "env": env,
+            "workdir": str(workdir),
+            "turn_timeout_s": 60.0,
+            "restart_backoff_s": 0.2,
+        },
+        "websocket": {"host": "127.0.0.1", "port": 0},
+    }
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    config = tmp_path / "config.toml"
+    config.write_text(_to_toml(raw), encoding="utf-8")
+    return load_settings(config, environ={})
+
+
+def _to_toml(raw: dict[str, dict[str, object]]) -> str:
+    import json
+
+    lines = []
+    for section, values in raw.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,181 @@
+"""End-to-end harness: `concordia run` as a real subprocess and protocol-v1 WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+_URL = re.compile(r"^(invite|host):\s+concordia://([\d.]+):(\d+)/(\S+)$")
+_START_TIMEOUT_S = 30.0
+
+
+class BotProcess:
+    """`concordia run --config FILE` in a subprocess; knows its port and tokens once started."""
+
+    def __init__(self, config: Path, cwd: Path):
+        self._config = config
+        self._cwd = cwd
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.invite = ""
+        self.host_token = ""
+        self.log: list[str] = []
+        self._stderr_task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        if exc_type is not None:
+            sys.stderr.write("---- concordia run's log ----\n" + "".join(self.log))
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "run",
+            "--config",
+            str(self._config),
+            cwd=self._cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self._stderr_task = asyncio.create_task(self._collect(self.proc.stderr))
+        async with asyncio.timeout(_START_TIMEOUT_S):
+            while not (self.invite and self.host_token):
+                line = (await self.proc.stdout.readline()).decode()
+                if not line:
+                    await self.proc.wait()
+                    raise RuntimeError(
+                        f"concordia run exited: {self.proc.returncode}\n" + "".join(self.log)
+                    )
+                match = _URL.match(line.strip())
+                if match:
+                    self.port = int(match.group(3))
+                    if match.group(1) == "invite":
+                        self.invite = match.group(4)
+                    else:
+                        self.host_token = match.group(4)
+
+    async def _collect(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.log.append(line.decode(errors="replace"))
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._stderr_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._stderr_task, 5)
+        self.proc = None
+
+    async def wait_exit(self) -> int:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self._stderr_task is not None:
+            await self._stderr_task
+        return code
+
+
+class Client:
+    """A protocol-v1 client that records every frame it receives in a queue."""
+
+    def __init__(self, port: int, token: str, name: str):
+        self._url = f"ws://127.0.0.1:{port}/"
+        self._token = token
+        self.name = name
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.all: list[dict[str, Any]] = []
+        self.ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        self.ws = await connect(self._url, max_size=None)
+        await self.send({"type": "join", "token": self._token, "name": self.name})
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await self._reader
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in self.ws:
+                frame = json.loads(raw)
+                self.all.append(frame)
+                self.frames.put_nowait(frame)
+        self.closed.set()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send(json.dumps(frame))
+
+    async def prompt(self, client_id: str, text: str) -> None:
+        await self.send({"type": "prompt", "id": client_id, "text": text})
+
+    async def expect(self, kind: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """The next frame of ``kind`` matching ``fields``; frames skipped stay in ``all``."""
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.frames.get()
+                if frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items()):
+                    return frame
+
+    async def until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0) -> None:
+        """Wait until ``predicate(all frames so far)`` holds, woken by each new frame."""
+        async with asyncio.timeout(timeout):
+            while not predicate(self.all):
+                await self.frames.get()
+
+    async def frames_until(
+        self, kind: str, timeout: float = 30.0, **fields: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.frames.get()
+                yield frame
+                if frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items()):
+                    return
