@@ -141,6 +141,6 @@ class MemoryAdapter:
     async def command(self, user: str, name: str, args: str = "") -> CommandResult:
         return await self._party.command(Command(name, args, self.author(user)))
 
-    async def pop_message(self, timeout: float = 10.0) -> PostedMessage:
+    async def pop_message(self, within_s: float = 10.0) -> PostedMessage:
         """The next post or edit, in order; TimeoutError if none comes in time."""
-        return await asyncio.wait_for(self.platform.calls.get(), timeout)
+        return await asyncio.wait_for(self.platform.calls.get(), within_s)

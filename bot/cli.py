@@ -1,4 +1,4 @@
-"""`concordia run | setup | invite | join`: the entry points, and the one place that wires parts together."""
+"""`concordia run | setup | invite | join`: the entry points, and where the parts are wired."""
 
 from __future__ import annotations
 
@@ -215,7 +215,8 @@ async def _run(settings: Settings) -> int:
     if not _has_credentials(claude_env):
         if not sys.stdin.isatty():
             print(
-                "concordia: Claude has no credentials: run `concordia setup` (or set ANTHROPIC_API_KEY)",
+                "concordia: Claude has no credentials: "
+                "run `concordia setup` (or set ANTHROPIC_API_KEY)",
                 file=sys.stderr,
             )
             return 2
@@ -249,7 +250,8 @@ async def _run(settings: Settings) -> int:
                 print(f"invite: {invite_url(ws.host, adapter.port, invites.prompter)}", flush=True)
                 print(f"host:   {invite_url(ws.host, adapter.port, invites.host)}", flush=True)
                 print(
-                    f"teammates join with: concordia join {invite_url(ws.host, adapter.port, invites.prompter)} --name NAME",
+                    "teammates join with: concordia join "
+                    f"{invite_url(ws.host, adapter.port, invites.prompter)} --name NAME",
                     flush=True,
                 )
                 await _serve_until_signal(party)

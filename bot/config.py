@@ -164,7 +164,8 @@ def _unknown_keys(raw: dict[str, Any], origin: dict[str, str]) -> list[str]:
 
 def _section_model(section: str) -> type[BaseModel]:
     annotation = Settings.model_fields[section].annotation
-    assert isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    assert isinstance(annotation, type)
+    assert issubclass(annotation, BaseModel)
     return annotation
 
 

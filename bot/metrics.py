@@ -29,7 +29,10 @@ class Timing:
     def describe(self) -> str:
         if not self.count:
             return "none yet"
-        return f"last {self.last_s:.2f} s, mean {self.mean_s:.2f} s, max {self.max_s:.2f} s ({self.count})"
+        return (
+            f"last {self.last_s:.2f} s, mean {self.mean_s:.2f} s, "
+            f"max {self.max_s:.2f} s ({self.count})"
+        )
 
 
 @dataclass(slots=True)
@@ -47,7 +50,8 @@ class Metrics:
         return [
             f"prompts: {self.prompts_accepted} accepted, {self.prompts_rejected} rejected, "
             f"{self.prompts_duplicate} duplicate",
-            f"batches: {self.batches} run, {self.batches_failed} failed, {self.batches_rerun} re-run",
+            f"batches: {self.batches} run, {self.batches_failed} failed, "
+            f"{self.batches_rerun} re-run",
             f"merge time: {self.dedupe.describe()}",
             f"turn time: {self.turn.describe()}",
         ]

@@ -163,7 +163,8 @@ class Party:
         limit = self._settings.party.max_prompt_chars
         if len(text) > limit:
             return self._reject(
-                f"the prompt has {len(text):,} characters; the limit is {limit:,} (party.max_prompt_chars)"
+                f"the prompt has {len(text):,} characters; "
+                f"the limit is {limit:,} (party.max_prompt_chars)"
             )
         prompt_id, position, is_duplicate = await self._store.add_prompt(self.name, prompt, text)
         if is_duplicate:
@@ -239,7 +240,7 @@ class Party:
     async def _status(self) -> str:
         session = self.session
         pending = await self._store.pending_prompts(self.name)
-        state = "running batch %d" % self._running.batch_id if self._running else "idle"
+        state = f"running batch {self._running.batch_id}" if self._running else "idle"
         if not session.ready.is_set():
             state = "starting" if not session.restarts else "restarting"
         if self._last_turn_at is None:
@@ -275,7 +276,8 @@ class Party:
             if open_batch.was_sent:
                 self._publish(
                     Notice(
-                        f"batch {open_batch.batch.batch_id} was cut off by a restart; re-running it once"
+                        f"batch {open_batch.batch.batch_id} was cut off by a restart; "
+                        "re-running it once"
                     )
                 )
             await self._run_batch(open_batch.batch)
@@ -354,7 +356,8 @@ class Party:
                 )
                 self._publish(
                     Notice(
-                        f"Claude stopped in the middle of batch {batch.batch_id}; restarting it and re-running the batch once"
+                        f"Claude stopped in the middle of batch {batch.batch_id}; "
+                        "restarting it and re-running the batch once"
                     )
                 )
                 await self._wait_ready()

@@ -15,8 +15,8 @@ from bot import ConcordiaError
 
 __all__ = [
     "MIN_SECRET_CHARS",
-    "ChatSafeStream",
     "REDACTED",
+    "ChatSafeStream",
     "Redactor",
     "StreamRedactor",
     "UnsafeInput",

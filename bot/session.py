@@ -40,6 +40,7 @@ __all__ = [
     "TextDelta",
     "ToolUse",
     "TurnEnd",
+    "TurnParser",
     "stream_json_command",
 ]
 
@@ -101,6 +102,51 @@ class _Exited:
     tail: str
 
 
+class TurnParser:
+    """Turns one turn's stream-json lines into events; pure, so transcripts can test it.
+
+    Text comes from the partial-message deltas (the full ``assistant`` message repeats
+    it and is used only for tool calls). A turn of several model messages (text, tool,
+    text) gets a paragraph break between them. The ``result`` line ends the turn.
+    """
+
+    def __init__(self) -> None:
+        self.was_interrupted = False
+        self._has_text = False
+        self._needs_separator = False
+
+    def feed(self, line: Mapping[str, Any]) -> list[Event]:
+        match line.get("type"):
+            case "stream_event":
+                return self._stream_event(line.get("event") or {})
+            case "assistant":
+                content = (line.get("message") or {}).get("content") or []
+                return [
+                    ToolUse(str(block.get("name", "?")), _summarize(block.get("input")))
+                    for block in content
+                    if isinstance(block, dict) and block.get("type") == "tool_use"
+                ]
+            case "result":
+                return [_turn_end(line, was_interrupted=self.was_interrupted)]
+            case _:
+                return []
+
+    def _stream_event(self, event: Mapping[str, Any]) -> list[Event]:
+        if event.get("type") == "message_start" and self._has_text:
+            self._needs_separator = True
+        delta = event.get("delta") or {}
+        if event.get("type") != "content_block_delta" or delta.get("type") != "text_delta":
+            return []
+        text = str(delta.get("text", ""))
+        if not text:
+            return []
+        if self._needs_separator:
+            text = "\n\n" + text
+            self._needs_separator = False
+        self._has_text = True
+        return [TextDelta(text)]
+
+
 def stream_json_command(settings: ClaudeSettings, session_id: str | None) -> list[str]:
     command = [settings.command, *_STREAM_JSON_FLAGS, *settings.args]
     if session_id:
@@ -130,6 +176,7 @@ class ClaudeSession:
         self._planned_restart: asyncio.Event = asyncio.Event()
         self._start_fresh = False
         self._interrupts = 0
+        self._parser = TurnParser()
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.last_exit: str = ""
 
@@ -208,7 +255,8 @@ class ClaudeSession:
         backoff = self._settings.restart_backoff_s
         while True:
             proc = self._proc
-            assert proc is not None and proc.stdout is not None
+            assert proc is not None
+            assert proc.stdout is not None
             started = time.monotonic()
             # The reader owns a duplicate of the pipe and closes it; closing the original
             # too would close whatever fd number the next process's pipe reuses.
@@ -329,10 +377,8 @@ class ClaudeSession:
             self._lines.get_nowait()
         self._is_turn_active = True
         self._tail.clear()
-        interrupts_before = self._interrupts
         deadline = time.monotonic() + self._settings.turn_timeout_s
-        has_text = False
-        needs_separator = False
+        parser = self._parser = TurnParser()
         timed_out = False
         try:
             await self._write({"type": "user", "message": {"role": "user", "content": prompt}})
@@ -366,37 +412,12 @@ class ClaudeSession:
                         f"claude exited mid-turn ({item.exit_status}): {item.tail[-300:]}".strip(),
                         exit_status=item.exit_status,
                     )
-                kind = item.get("type")
-                if kind == "stream_event":
-                    event = item.get("event") or {}
-                    if event.get("type") == "message_start" and has_text:
-                        needs_separator = True
-                    delta = event.get("delta") or {}
-                    if (
-                        event.get("type") == "content_block_delta"
-                        and delta.get("type") == "text_delta"
-                    ):
-                        text = str(delta.get("text", ""))
-                        if text:
-                            if needs_separator:
-                                text = "\n\n" + text
-                                needs_separator = False
-                            has_text = True
-                            yield TextDelta(text)
-                elif kind == "assistant":
-                    for block in (item.get("message") or {}).get("content") or []:
-                        if isinstance(block, dict) and block.get("type") == "tool_use":
-                            yield ToolUse(
-                                str(block.get("name", "?")), _summarize(block.get("input"))
-                            )
-                elif kind == "result":
-                    if timed_out:
-                        yield TurnEnd(
-                            TurnStatus.ERROR, str(item.get("result") or ""), self._timeout_message()
-                        )
-                    else:
-                        yield _turn_end(item, was_interrupted=self._interrupts > interrupts_before)
-                    return
+                for event in parser.feed(item):
+                    if isinstance(event, TurnEnd) and timed_out:
+                        event = TurnEnd(TurnStatus.ERROR, event.result, self._timeout_message())
+                    yield event
+                    if isinstance(event, TurnEnd):
+                        return
         finally:
             self._is_turn_active = False
 
@@ -408,6 +429,7 @@ class ClaudeSession:
         if not self._is_turn_active:
             return False
         self._interrupts += 1
+        self._parser.was_interrupted = True
         await self._write(
             {
                 "type": "control_request",

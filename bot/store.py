@@ -171,8 +171,9 @@ class Store:
             log.info("applying migration %s", file.name)
             # executescript commits on its own; user_version is set in the same script so
             # that a crash cannot leave the schema applied but the version behind.
+            script = file.read_text(encoding="utf-8")
             await self.db.executescript(
-                f"BEGIN;\n{file.read_text(encoding='utf-8')}\nPRAGMA user_version={version};\nCOMMIT;"
+                f"BEGIN;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
             )
 
     # -- parties and sessions ---------------------------------------------------------
@@ -203,7 +204,8 @@ class Store:
         """Make ``token`` the one valid invite of ``role``; older ones stop working at once."""
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE invites SET revoked_at = ? WHERE party = ? AND role = ? AND revoked_at IS NULL",
+                "UPDATE invites SET revoked_at = ?"
+                " WHERE party = ? AND role = ? AND revoked_at IS NULL",
                 (_now(), party, role.value),
             )
             await db.execute(
@@ -251,7 +253,8 @@ class Store:
     async def leave(self, party: str, platform: str, user_id: str) -> None:
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE participants SET left_at = ? WHERE party = ? AND platform = ? AND user_id = ?",
+                "UPDATE participants SET left_at = ?"
+                " WHERE party = ? AND platform = ? AND user_id = ?",
                 (_now(), party, platform, user_id),
             )
 
@@ -285,7 +288,7 @@ class Store:
                 group.append(self._inserts.get_nowait())
             try:
                 results = await self._insert_group(group)
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+            except Exception as exc:
                 log.exception("writing %d accepted prompts failed", len(group))
                 for item in group:
                     if not item.done.done():
@@ -302,8 +305,8 @@ class Store:
             for item in group:
                 p = item.prompt
                 async with db.execute(
-                    "INSERT INTO prompts (party, source_id, platform, user_id, author, text, thread,"
-                    " state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
+                    "INSERT INTO prompts (party, source_id, platform, user_id, author, text,"
+                    " thread, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
                     " ON CONFLICT (party, source_id) DO NOTHING RETURNING id",
                     (
                         item.party,
@@ -378,14 +381,16 @@ class Store:
 
     async def withdraw_latest(self, party: str, platform: str, user_id: str) -> int | None:
         """Withdraw this author's newest pending prompt; return its id, or None."""
-        async with self._transaction() as db:
-            async with db.execute(
+        async with (
+            self._transaction() as db,
+            db.execute(
                 "UPDATE prompts SET state = 'failed' WHERE id = (SELECT MAX(id) FROM prompts"
                 " WHERE party = ? AND platform = ? AND user_id = ? AND state = 'pending')"
                 " RETURNING id",
                 (party, platform, user_id),
-            ) as cur:
-                row = await cur.fetchone()
+            ) as cur,
+        ):
+            row = await cur.fetchone()
         return int(row[0]) if row else None
 
     # -- batches --------------------------------------------------------------------------
@@ -434,7 +439,8 @@ class Store:
         final = PromptState.FAILED if status is TurnStatus.ERROR else PromptState.DONE
         async with self._transaction() as db:
             await db.execute(
-                "UPDATE batches SET state = ?, status = ?, detail = ?, finished_at = ? WHERE id = ?",
+                "UPDATE batches SET state = ?, status = ?, detail = ?, finished_at = ?"
+                " WHERE id = ?",
                 (
                     "failed" if final is PromptState.FAILED else "done",
                     status.value,
@@ -501,14 +507,16 @@ class Store:
     async def outbox_write(
         self, platform: str, thread: str, batch_id: int, seq: int, text: str
     ) -> int:
-        async with self._transaction() as db:
-            async with db.execute(
+        async with (
+            self._transaction() as db,
+            db.execute(
                 "INSERT INTO outbox (platform, thread, batch_id, seq, text) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (platform, thread, batch_id, seq) DO UPDATE SET text = excluded.text"
                 " RETURNING id",
                 (platform, thread, batch_id, seq, text),
-            ) as cur:
-                row = await cur.fetchone()
+            ) as cur,
+        ):
+            row = await cur.fetchone()
         assert row is not None
         return int(row[0])
 

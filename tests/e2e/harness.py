@@ -62,7 +62,8 @@ class BotProcess:
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
         self._stderr_task = asyncio.create_task(self._collect(self.proc.stderr))
         async with asyncio.timeout(_START_TIMEOUT_S):
             while not (self.invite and self.host_token):
@@ -156,24 +157,26 @@ class Client:
     async def prompt(self, client_id: str, text: str) -> None:
         await self.send({"type": "prompt", "id": client_id, "text": text})
 
-    async def expect(self, kind: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    async def expect(self, kind: str, within_s: float = 30.0, **fields: Any) -> dict[str, Any]:
         """The next frame of ``kind`` matching ``fields``; frames skipped stay in ``all``."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while True:
                 frame = await self.frames.get()
                 if frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items()):
                     return frame
 
-    async def until(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0) -> None:
+    async def until(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], within_s: float = 60.0
+    ) -> None:
         """Wait until ``predicate(all frames so far)`` holds, woken by each new frame."""
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while not predicate(self.all):
                 await self.frames.get()
 
     async def frames_until(
-        self, kind: str, timeout: float = 30.0, **fields: Any
+        self, kind: str, within_s: float = 30.0, **fields: Any
     ) -> AsyncIterator[dict[str, Any]]:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             while True:
                 frame = await self.frames.get()
                 yield frame

@@ -66,14 +66,16 @@ async def test_three_clients_thirty_prompts_each_in_exactly_one_batch(
                 return sources == prompt_ids and started == ended
 
             for client in clients:
-                await client.until(covered, timeout=90)
+                await client.until(covered, within_s=90)
                 batches = [f for f in client.all if f["type"] == "batch"]
                 listed = [s["prompt_id"] for b in batches for s in b["sources"]]
                 assert sorted(listed) == sorted(prompt_ids), "each prompt in exactly one batch"
                 dones = [f for f in client.all if f["type"] == "done"]
                 assert [d["status"] for d in dones] == ["success"] * len(batches)
                 outputs = {f["batch_id"] for f in client.all if f["type"] == "output"}
-                assert outputs == {b["batch_id"] for b in batches}, "every batch's output reached every client"
+                assert outputs == {b["batch_id"] for b in batches}, (
+                    "every batch's output reached every client"
+                )
         finally:
             for client in clients:
                 await client.__aexit__(None, None, None)
@@ -84,48 +86,50 @@ async def test_three_clients_thirty_prompts_each_in_exactly_one_batch(
 async def test_prompt_sent_during_a_turn_goes_into_the_next_batch(
     fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
-    async with BotProcess(_config(tmp_path, fake_api), tmp_path) as bot:
-        async with Client(bot.port, bot.invite, "alice") as alice:
-            await alice.expect("welcome")
-            await alice.prompt("a", "SLOW first")
-            first = await alice.expect("batch")
-            await asyncio.wait_for(fake_api.first_delta.wait(), 30)
-            await alice.prompt("b", "second while busy")
-            held = await alice.expect("queued", id="b")
-            second = await alice.expect("batch", timeout=60)
-            assert second["batch_id"] != first["batch_id"]
-            assert [s["prompt_id"] for s in second["sources"]] == [held["prompt_id"]]
-            # The first batch finished before the second started.
-            kinds = [(f["type"], f.get("batch_id")) for f in alice.all]
-            assert kinds.index(("done", first["batch_id"])) < kinds.index(
-                ("batch", second["batch_id"])
-            )
-            await alice.expect("done", batch_id=second["batch_id"])
+    async with (
+        BotProcess(_config(tmp_path, fake_api), tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        await alice.prompt("a", "SLOW first")
+        first = await alice.expect("batch")
+        await asyncio.wait_for(fake_api.first_delta.wait(), 30)
+        await alice.prompt("b", "second while busy")
+        held = await alice.expect("queued", id="b")
+        second = await alice.expect("batch", within_s=60)
+        assert second["batch_id"] != first["batch_id"]
+        assert [s["prompt_id"] for s in second["sources"]] == [held["prompt_id"]]
+        # The first batch finished before the second started.
+        kinds = [(f["type"], f.get("batch_id")) for f in alice.all]
+        assert kinds.index(("done", first["batch_id"])) < kinds.index(("batch", second["batch_id"]))
+        await alice.expect("done", batch_id=second["batch_id"])
 
 
 async def test_killed_claude_restarts_resumes_and_reruns_the_batch(
     fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
-    async with BotProcess(_config(tmp_path, fake_api), tmp_path) as bot:
-        async with Client(bot.port, bot.invite, "alice") as alice:
-            await alice.expect("welcome")
-            await alice.prompt("warm", "hello")
-            await alice.expect("done")
-            session_id = fake_api.turns[-1].session_id
-            assert session_id
+    async with (
+        BotProcess(_config(tmp_path, fake_api), tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        await alice.prompt("warm", "hello")
+        await alice.expect("done")
+        session_id = fake_api.turns[-1].session_id
+        assert session_id
 
-            fake_api.first_delta.clear()
-            await alice.prompt("k", "SLOW to be killed")
-            batch = await alice.expect("batch")
-            await asyncio.wait_for(fake_api.first_delta.wait(), 30)
-            psutil.Process(_claude_pid(bot)).kill()
+        fake_api.first_delta.clear()
+        await alice.prompt("k", "SLOW to be killed")
+        batch = await alice.expect("batch")
+        await asyncio.wait_for(fake_api.first_delta.wait(), 30)
+        psutil.Process(_claude_pid(bot)).kill()
 
-            notice = await alice.expect("system")
-            assert "re-run" in notice["message"]
-            rerun = await alice.expect("batch", batch_id=batch["batch_id"])
-            assert rerun["attempt"] == 2
-            done = await alice.expect("done", batch_id=batch["batch_id"], timeout=60)
-            assert done["status"] == "success"
+        notice = await alice.expect("system")
+        assert "re-run" in notice["message"]
+        rerun = await alice.expect("batch", batch_id=batch["batch_id"])
+        assert rerun["attempt"] == 2
+        done = await alice.expect("done", batch_id=batch["batch_id"], within_s=60)
+        assert done["status"] == "success"
     rerun_request = fake_api.turns[-1]
     assert "SLOW to be killed" in rerun_request.user_text
     assert rerun_request.session_id == session_id, "the restarted CLI resumed the same conversation"
@@ -154,12 +158,14 @@ async def test_killed_bot_answers_every_accepted_prompt_once_after_restart(
     states = _db_states(tmp_path)
     assert sorted(states.values()) == ["pending", "sent"]
 
-    async with BotProcess(config, tmp_path) as bot2:
-        async with Client(bot2.port, bot2.invite, "alice") as alice:
-            await alice.expect("welcome")
-            async with asyncio.timeout(90):
-                while set(_db_states(tmp_path).values()) != {"done"}:
-                    await alice.expect("done")
+    async with (
+        BotProcess(config, tmp_path) as bot2,
+        Client(bot2.port, bot2.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        async with asyncio.timeout(90):
+            while set(_db_states(tmp_path).values()) != {"done"}:
+                await alice.expect("done")
     done_frames = [f for f in alice.all if f["type"] == "done"]
     assert len({f["batch_id"] for f in done_frames}) == len(done_frames), "a batch answered twice"
     with sqlite3.connect(tmp_path / "state" / "concordia.db") as db:
@@ -175,29 +181,31 @@ async def test_bad_input_is_rejected_and_the_connection_stays(
     config = _config(
         tmp_path, fake_api, party={"collect_window_s": 0.05, "max_prompt_chars": 250_000}
     )
-    async with BotProcess(config, tmp_path) as bot:
-        async with Client(bot.port, bot.invite, "alice") as alice:
-            await alice.expect("welcome")
-            cases = {"empty": "", "blank": "  \n\t ", "nul": "a\x00b", "long": "x" * 250_001}
-            for client_id, text in cases.items():
-                await alice.prompt(client_id, text)
-                rejected = await alice.expect("rejected", id=client_id)
-                assert rejected["reason"]
-            await alice.send({"type": "bogus"})
-            assert (await alice.expect("error"))["code"] == "unknown_type"
-            assert alice.ws is not None
-            await alice.ws.send("{not json")
-            assert (await alice.expect("error"))["code"] == "malformed"
+    async with (
+        BotProcess(config, tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        cases = {"empty": "", "blank": "  \n\t ", "nul": "a\x00b", "long": "x" * 250_001}
+        for client_id, text in cases.items():
+            await alice.prompt(client_id, text)
+            rejected = await alice.expect("rejected", id=client_id)
+            assert rejected["reason"]
+        await alice.send({"type": "bogus"})
+        assert (await alice.expect("error"))["code"] == "unknown_type"
+        assert alice.ws is not None
+        await alice.ws.send("{not json")
+        assert (await alice.expect("error"))["code"] == "malformed"
 
-            big = "B" * 200_000
-            escape = "fix it\x1b[31m red\x1b]0;title\x07\x9b2J now"
-            await alice.prompt("big", big)
-            await alice.prompt("esc", escape)
-            await alice.expect("queued", id="big")
-            await alice.expect("queued", id="esc")
-            async with asyncio.timeout(60):
-                while not any(f["type"] == "done" for f in alice.all):
-                    await alice.frames.get()
+        big = "B" * 200_000
+        escape = "fix it\x1b[31m red\x1b]0;title\x07\x9b2J now"
+        await alice.prompt("big", big)
+        await alice.prompt("esc", escape)
+        await alice.expect("queued", id="big")
+        await alice.expect("queued", id="esc")
+        async with asyncio.timeout(60):
+            while not any(f["type"] == "done" for f in alice.all):
+                await alice.frames.get()
     sent = "\n".join(t.user_text for t in fake_api.turns)
     assert big in sent, "the 200 kB prompt reached the API whole"
     assert "fix it red now" in sent
@@ -205,32 +213,39 @@ async def test_bad_input_is_rejected_and_the_connection_stays(
 
 
 async def test_bad_token_closes_with_4001(fake_api: FakeAnthropic, tmp_path: Path) -> None:
-    async with BotProcess(_config(tmp_path, fake_api), tmp_path) as bot:
-        async with Client(bot.port, "not-the-token", "mallory") as mallory:
-            error = await mallory.expect("error")
-            assert error["code"] == "bad_token"
-            await asyncio.wait_for(mallory.closed.wait(), 10)
-            assert mallory.ws is not None
-            assert mallory.ws.close_code == 4001
-        assert "not-the-token" not in "".join(bot.log)
+    async with (
+        BotProcess(_config(tmp_path, fake_api), tmp_path) as bot,
+        Client(bot.port, "not-the-token", "mallory") as mallory,
+    ):
+        error = await mallory.expect("error")
+        assert error["code"] == "bad_token"
+        await asyncio.wait_for(mallory.closed.wait(), 10)
+        assert mallory.ws is not None
+        assert mallory.ws.close_code == 4001
+    log = "".join(bot.log)
+    assert "refused a join with a bad token" in log
+    assert bot.invite not in log
+    assert bot.host_token not in log
 
 
 async def test_cancel_interrupts_a_slow_turn_and_the_next_turn_works(
     fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
-    async with BotProcess(_config(tmp_path, fake_api), tmp_path) as bot:
-        async with Client(bot.port, bot.invite, "alice") as alice:
-            await alice.expect("welcome")
-            await alice.prompt("s", "SLOW please")
-            batch = await alice.expect("batch")
-            await asyncio.wait_for(fake_api.first_delta.wait(), 30)
-            await alice.expect("output", batch_id=batch["batch_id"])
-            await alice.send({"type": "command", "name": "cancel", "args": ""})
-            result = await alice.expect("command_result", name="cancel")
-            assert result["ok"]
-            done = await alice.expect("done", batch_id=batch["batch_id"], timeout=20)
-            assert done["status"] == "interrupted"
-            await alice.prompt("n", "next one")
-            nxt = await alice.expect("done", timeout=30)
-            assert nxt["status"] == "success"
+    async with (
+        BotProcess(_config(tmp_path, fake_api), tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        await alice.prompt("s", "SLOW please")
+        batch = await alice.expect("batch")
+        await asyncio.wait_for(fake_api.first_delta.wait(), 30)
+        await alice.expect("output", batch_id=batch["batch_id"])
+        await alice.send({"type": "command", "name": "cancel", "args": ""})
+        result = await alice.expect("command_result", name="cancel")
+        assert result["ok"]
+        done = await alice.expect("done", batch_id=batch["batch_id"], within_s=20)
+        assert done["status"] == "interrupted"
+        await alice.prompt("n", "next one")
+        nxt = await alice.expect("done", within_s=30)
+        assert nxt["status"] == "success"
     assert fake_api.turns[-1].user_text == "next one"
