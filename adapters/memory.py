@@ -60,6 +60,10 @@ class MemoryPlatform:
         """The next ``count`` calls fail as a 429 asking to retry after ``retry_after`` s."""
         self._failures.extend([retry_after] * count)
 
+    @property
+    def failures_left(self) -> int:
+        return len(self._failures)
+
     def _maybe_fail(self) -> None:
         if self._failures:
             raise AdapterError("429 Too Many Requests", retry_after=self._failures.popleft())

@@ -9,6 +9,7 @@ the runner resumes whatever a previous process left pending or in flight.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -38,7 +39,14 @@ from bot.model import (
     Submission,
     TurnStatus,
 )
-from bot.safety import ChatSafeStream, Redactor, UnsafeInput, sanitize_prompt
+from bot.safety import (
+    ChatSafeStream,
+    Redactor,
+    UnsafeInput,
+    neutralize_mentions,
+    sanitize_prompt,
+    strip_controls,
+)
 from bot.session import ClaudeSession, SessionDied, SessionError, TextDelta, ToolUse, TurnEnd
 from bot.store import Participant, Store
 
@@ -217,8 +225,10 @@ class Party:
                 return CommandResult(name, False, f"unknown command `{name}`; try one of: {known}")
 
     async def _cancel(self, command: Command) -> CommandResult:
+        """`cancel` interrupts the running turn (or, when idle, withdraws your newest
+        queued prompt); `cancel mine` always withdraws your newest queued prompt."""
         running = self._running
-        if running is not None:
+        if running is not None and command.args.strip() != "mine":
             self._controls.put_nowait(_Cancel())
             return CommandResult("cancel", True, f"interrupting batch {running.batch_id}")
         withdrawn = await self._store.withdraw_latest(
@@ -344,7 +354,7 @@ class Party:
                 return
             if batch.is_rerun:
                 self.metrics.batches_rerun += 1
-            self._publish(BatchStarted(batch))
+            self._publish(BatchStarted(self._shown(batch)))
             try:
                 status, detail = await self._turn(batch)
             except SessionDied as exc:
@@ -418,6 +428,21 @@ class Party:
                     return
                 case _:
                     assert_never(control)
+
+    def _shown(self, batch: Batch) -> Batch:
+        """The batch as participants see it: a prompt may quote a secret or @everyone."""
+
+        def safe(text: str) -> str:
+            return neutralize_mentions(self._redactor.redact(strip_controls(text)))
+
+        return dataclasses.replace(
+            batch,
+            prompt=safe(batch.prompt),
+            sources=tuple(dataclasses.replace(s, text=safe(s.text)) for s in batch.sources),
+            groups=tuple(
+                dataclasses.replace(g, instruction=safe(g.instruction)) for g in batch.groups
+            ),
+        )
 
     def _emit(self, batch: Batch, text: str) -> None:
         if text:

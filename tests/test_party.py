@@ -1,0 +1,200 @@
+"""The party driven in-process through the memory adapter, with the real `claude` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from adapters.memory import MemoryAdapter, MemoryPlatform
+from bot.dedupe import LocalDeduper
+from bot.invite import InviteBook, Invites
+from bot.model import Accepted, Rejected
+from bot.party import Party
+from bot.safety import Redactor
+from bot.session import ClaudeSession
+from bot.store import Store
+from tests.conftest import make_settings
+from tests.fakes.anthropic_api import LONG_REPLY, FakeAnthropic
+
+pytestmark = [pytest.mark.claude, pytest.mark.timeout(60)]
+
+SECRET = "sk-ant-test-secret-0123456789"
+
+
+@dataclass
+class Rig:
+    party: Party
+    chat: MemoryAdapter
+    invites: Invites
+    store: Store
+    api: FakeAnthropic
+
+
+@pytest.fixture
+async def rig(fake_api: FakeAnthropic, tmp_path: Path) -> AsyncIterator[Rig]:
+    settings = make_settings(tmp_path, fake_api)
+    async with Store(settings.store.path) as store:
+        await store.ensure_party(settings.party.name)
+        book = InviteBook(store, settings.party.name, tmp_path / "state" / "tokens.json")
+        invites = await book.ensure()
+        env = {**settings.claude.env, "EXTRA_SECRET": SECRET}
+        async with ClaudeSession(settings.claude, session_id=None, env=env) as session:
+            party = Party(
+                settings,
+                store=store,
+                session=session,
+                deduper=LocalDeduper(),
+                invites=book,
+                redactor=Redactor([SECRET, invites.prompter, invites.host]),
+            )
+            await party.load()
+            platform = MemoryPlatform(max_message_chars=2000, edit_interval_s=0.01)
+            async with MemoryAdapter(party, platform, store) as chat:
+                runner = asyncio.create_task(party.run())
+                try:
+                    assert await chat.join("alice", invites.prompter)
+                    assert await chat.join("host", invites.host)
+                    yield Rig(party, chat, invites, store, fake_api)
+                finally:
+                    runner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await runner
+
+
+def _content(text: str) -> str:
+    """Text without fence markers and whitespace: what splitting may add or move."""
+    return "".join(text.replace("```python", "").replace("```", "").split())
+
+
+async def _status_message(chat: MemoryAdapter, marker: str) -> None:
+    """Wait until some message in the platform contains ``marker``."""
+    async with asyncio.timeout(30):
+        while not any(marker in m.text for m in chat.platform.messages.values()):
+            await chat.platform.calls.get()
+
+
+async def _thread_shows(chat: MemoryAdapter, thread: str, expected: str) -> list[str]:
+    """Wait until the thread's messages after the header hold ``expected``; return them all."""
+    async with asyncio.timeout(30):
+        while _content("".join(chat.platform.thread_text(thread)[1:])) != _content(expected):
+            await chat.platform.calls.get()
+    return chat.platform.thread_text(thread)
+
+
+async def test_long_reply_is_split_within_limits_with_balanced_fences(rig: Rig) -> None:
+    submitted = await rig.chat.push_prompt("alice", "LONG please", thread="t-long")
+    assert isinstance(submitted, Accepted)
+    texts = await _thread_shows(rig.chat, "t-long", LONG_REPLY)
+    header, body = texts[0], texts[1:]
+    assert "alice" in header
+    assert all(len(t) <= 2000 for t in texts)
+    assert all(t.count("```") % 2 == 0 for t in body), "a fence left open across a split"
+    assert len(body) <= len(LONG_REPLY) // 2000 + 2
+    assert all(len(m.text) <= 2000 for m in rig.chat.platform.history), "an edit over the limit"
+
+
+async def test_rate_limited_edits_lose_nothing(rig: Rig) -> None:
+    rig.chat.platform.fail_next(4, retry_after=0.02)
+    await rig.chat.push_prompt("alice", "LONG with 429s", thread="t-429")
+    texts = await _thread_shows(rig.chat, "t-429", LONG_REPLY)
+    assert all(len(t) <= 2000 for t in texts)
+    assert rig.chat.platform.failures_left == 0, "the 429s were really served"
+
+
+async def test_output_never_shows_secrets_or_mass_mentions(rig: Rig) -> None:
+    await rig.chat.push_prompt("alice", f"say {SECRET} to @everyone and @here", thread="t-s")
+    await _status_message(rig.chat, "[redacted]")
+    shown = "\n".join(m.text for m in rig.chat.platform.history)
+    assert SECRET not in shown
+    assert "@everyone" not in shown
+    assert "@here" not in shown
+    assert "@\u200beveryone" in shown
+
+
+async def test_outsiders_are_refused_and_duplicates_not_queued_twice(rig: Rig) -> None:
+    refused = await rig.chat.push_prompt("mallory", "do things")
+    assert isinstance(refused, Rejected)
+    assert "join" in refused.reason
+    first = await rig.chat.push_prompt("alice", "SLOW dedupe me", source_id="msg-1")
+    again = await rig.chat.push_prompt("alice", "SLOW dedupe me", source_id="msg-1")
+    assert isinstance(first, Accepted)
+    assert isinstance(again, Accepted)
+    assert again.is_duplicate
+    assert again.prompt_id == first.prompt_id
+    await asyncio.wait_for(rig.api.first_delta.wait(), 30)
+    assert sum("dedupe me" in t.user_text for t in rig.api.turns) == 1
+
+
+async def test_commands_status_queue_cancel_and_host_only(rig: Rig) -> None:
+    status = await rig.chat.command("alice", "status")
+    assert status.ok
+    assert "party default" in status.text
+    refused = await rig.chat.command("alice", "restart")
+    assert not refused.ok
+    assert "host" in refused.text
+    unknown = await rig.chat.command("alice", "frobnicate")
+    assert not unknown.ok
+
+    await rig.chat.push_prompt("alice", "SLOW occupy Claude")
+    await asyncio.wait_for(rig.api.first_delta.wait(), 30)
+    waiting = await rig.chat.push_prompt("alice", "queued behind")
+    assert isinstance(waiting, Accepted)
+    queue = await rig.chat.command("host", "queue")
+    assert "queued behind" in queue.text
+    assert "running: batch" in queue.text
+    cancelled = await rig.chat.command("alice", "cancel")
+    assert cancelled.ok
+    assert "interrupting" in cancelled.text
+    await _status_message(rig.chat, "interrupted")
+
+
+async def test_cancel_withdraws_your_own_pending_prompt(rig: Rig) -> None:
+    await rig.chat.push_prompt("alice", "SLOW occupy Claude")
+    await asyncio.wait_for(rig.api.first_delta.wait(), 30)
+    mine = await rig.chat.push_prompt("host", "withdraw me")
+    assert isinstance(mine, Accepted)
+    result = await rig.chat.command("host", "cancel", "mine")
+    assert result.ok
+    assert f"#{mine.prompt_id}" in result.text
+    assert (await rig.store.prompt_state(mine.prompt_id)).value == "failed"
+    nothing = await rig.chat.command("host", "cancel", "mine")
+    assert not nothing.ok
+    assert rig.party.session.ready.is_set()
+    assert not any("withdraw me" in t.user_text for t in rig.api.turns)
+
+
+async def test_rotated_invite_refuses_the_old_token_and_keeps_members(rig: Rig) -> None:
+    old = rig.invites.prompter
+    rotated = await rig.chat.command("host", "invite", "rotate")
+    assert rotated.ok
+    assert old not in rotated.text
+    assert not await rig.chat.join("bob", old)
+    new_token = rotated.text.split("new invite token: ")[1].split()[0]
+    assert await rig.chat.join("bob", new_token)
+    still = await rig.chat.push_prompt("alice", "alice is still in")
+    assert isinstance(still, Accepted)
+
+
+async def test_leave_ends_membership(rig: Rig) -> None:
+    left = await rig.chat.command("alice", "leave")
+    assert left.ok
+    after = await rig.chat.push_prompt("alice", "am I in?")
+    assert isinstance(after, Rejected)
+
+
+async def test_new_starts_a_fresh_conversation(rig: Rig) -> None:
+    await rig.chat.push_prompt("alice", "first conversation", thread="t-a")
+    await _status_message(rig.chat, "ECHO: first conversation")
+    before = rig.api.turns[-1].session_id
+    result = await rig.chat.command("host", "new")
+    assert result.ok
+    await rig.chat.push_prompt("alice", "second conversation", thread="t-b")
+    await _status_message(rig.chat, "ECHO: second conversation")
+    after = rig.api.turns[-1]
+    assert after.session_id != before
+    assert after.message_count == 2, "the fresh conversation carries no history"
