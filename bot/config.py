@@ -132,15 +132,25 @@ def load_settings(
             if isinstance(table, dict):
                 for key in table:
                     origin[f"{section}.{key}"] = str(path)
-    problems += _unknown_keys(raw, origin)
     problems += _apply_env(raw, origin, env)
+    problems += _unknown_keys(raw, origin)
+    try:
+        settings = Settings.model_validate(_known_only(raw))
+    except ValidationError as exc:
+        problems += [_describe(err, origin) for err in exc.errors()]
     if problems:
         raise ConfigError(problems)
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError([_describe(err, origin) for err in exc.errors()]) from None
     return settings.resolved(base or Path.cwd())
+
+
+def _known_only(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the keys `_unknown_keys` reported, so the rest is still checked."""
+    known: dict[str, Any] = {}
+    for section, table in raw.items():
+        if section in Settings.model_fields and isinstance(table, dict):
+            fields = _section_model(section).model_fields
+            known[section] = {k: v for k, v in table.items() if k in fields}
+    return known
 
 
 def _unknown_keys(raw: dict[str, Any], origin: dict[str, str]) -> list[str]:
