@@ -44,6 +44,8 @@ CLOSE_TOO_SLOW = 4008
 _MAX_NAME_CHARS = 64
 # A client this many frames behind is dropped rather than let the queue grow forever.
 _MAX_QUEUED_FRAMES = 100_000
+# Prompts of one connection being stored at once; the reader waits beyond that.
+_MAX_PROMPTS_IN_FLIGHT = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +151,7 @@ class WebSocketAdapter:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(client.pump(), name="ws-sender")
-                await self._read(client)
+                await self._read(client, group)
                 # The sender closes after the frames already queued (a last command_result).
                 client.outgoing.put_nowait(_Close(1000, "bye"))
         except* ConnectionClosed:
@@ -218,7 +220,18 @@ class WebSocketAdapter:
         )
         return _Client(connection, author)
 
-    async def _read(self, client: _Client) -> None:
+    async def _read(self, client: _Client, group: asyncio.TaskGroup) -> None:
+        """Prompts are stored concurrently (a client may pipeline many; each waits for a
+        group commit), up to a bound; a command first waits for the client's prompts."""
+        slots = asyncio.Semaphore(_MAX_PROMPTS_IN_FLIGHT)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def submit(frame: dict[str, Any]) -> None:
+            try:
+                await self._prompt(client, frame)
+            finally:
+                slots.release()
+
         async for raw in client.connection:
             frame = _parse(raw)
             if frame is None:
@@ -232,8 +245,13 @@ class WebSocketAdapter:
                 continue
             kind = frame.get("type")
             if kind == "prompt":
-                await self._prompt(client, frame)
+                await slots.acquire()
+                task = group.create_task(submit(frame))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
             elif kind == "command":
+                if in_flight:
+                    await asyncio.wait(in_flight)
                 name = frame.get("name")
                 args = frame.get("args", "")
                 if not isinstance(name, str) or not isinstance(args, str):

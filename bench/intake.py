@@ -171,13 +171,7 @@ async def _measure(
     config = bot_config(root, api, party={"collect_window_s": _COLLECT_WINDOW_S})
     context = multiprocessing.get_context("spawn")
     async with BotProcess(config, root) as bot:
-        warm = await joined(bot.port, bot.invite, "warm-up")
-        try:
-            await warm.prompt("warm-up", "bench warm-up")
-            await warm.expect("done", _ACK_TIMEOUT_S)
-        finally:
-            await warm.__aexit__(None, None, None)
-
+        # The collect window holds the runner back for the whole burst: intake is measured alone.
         names = [f"client{i}" for i in range(clients)]
         pipes = []
         workers = []
@@ -210,7 +204,7 @@ async def _measure(
                     await asyncio.to_thread(worker.join)
             for pipe in pipes:
                 pipe.close()
-        rows = db_rows(root / "state" / "concordia.db", "prompts") - 1  # less the warm-up
+        rows = db_rows(root / "state" / "concordia.db", "prompts")
     ids = [p for load in loads for p in load.prompt_ids]
     return _Result(
         client_procs=procs,

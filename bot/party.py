@@ -291,7 +291,8 @@ class Party:
                     )
                 )
             await self._run_batch(open_batch.batch)
-        skip_window = True  # prompts left from a previous run have waited long enough
+        # Prompts left from a previous run have waited long enough.
+        skip_window = bool(await self._store.pending_prompts(self.name))
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -56,6 +56,8 @@ _STREAM_JSON_FLAGS = (
     "--include-partial-messages",
 )
 _READ_CHUNK_BYTES = 65536
+# Writes this small fit in an empty pipe buffer (64 kB on Linux) and cannot block.
+_INLINE_WRITE_BYTES = 16384
 _TAIL_LINES = 20
 
 
@@ -344,8 +346,10 @@ class ClaudeSession:
         stdin = proc.stdin
         async with self._write_lock:
             try:
-                # A 200 kB prompt is larger than the pipe buffer: write it off the loop.
-                await asyncio.to_thread(_write_all, stdin, data)
+                if len(data) <= _INLINE_WRITE_BYTES:
+                    _write_all(stdin, data)
+                else:  # larger than the pipe buffer could take at once: write off the loop
+                    await asyncio.to_thread(_write_all, stdin, data)
             except (BrokenPipeError, ValueError, OSError) as exc:
                 raise SessionDied(f"claude's stdin is closed: {exc}", exit_status=None) from None
 

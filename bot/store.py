@@ -35,6 +35,7 @@ __all__ = ["OpenBatch", "Participant", "Store", "StoreError", "hash_token"]
 
 log = logging.getLogger(__name__)
 
+_SQL_VARIABLES = 900  # per IN (...) list, well under SQLite's limit
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 # The only legal moves of a prompt; `advance` refuses the rest.
@@ -76,7 +77,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(slots=True)
+def _by_party(group: Sequence[_PendingInsert]) -> dict[str, list[str]]:
+    parties: dict[str, list[str]] = {}
+    for item in group:
+        parties.setdefault(item.party, []).append(item.prompt.source_id)
+    return parties
+
+
+@dataclass(slots=True, eq=False)
 class _PendingInsert:
     party: str
     prompt: Prompt
@@ -93,6 +101,8 @@ class Store:
         self._lock = asyncio.Lock()
         self._inserts: asyncio.Queue[_PendingInsert] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # Pending prompts per party, kept in step by every write that changes it.
+        self._pending: dict[str, int] = {}
 
     async def __aenter__(self) -> Self:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -143,6 +153,7 @@ class Store:
                 yield self.db
             except BaseException:
                 await self.db.execute("ROLLBACK")
+                self._pending.clear()  # recounted from the table on next use
                 raise
             await self.db.execute("COMMIT")
 
@@ -299,59 +310,76 @@ class Store:
                     item.done.set_result(result)
 
     async def _insert_group(self, group: list[_PendingInsert]) -> list[tuple[int, int, bool]]:
+        """Write a group in a handful of calls whatever its size: a thread hop per prompt
+        would cap intake at a few thousand prompts a second."""
         now = _now()
-        inserted: list[tuple[int, bool]] = []
         async with self._transaction() as db:
+            known: dict[tuple[str, str], int] = {}
+            for party, source_ids in _by_party(group).items():
+                known.update(await self._ids_of(db, party, source_ids))
+            fresh: list[_PendingInsert] = []
             for item in group:
-                p = item.prompt
-                async with db.execute(
-                    "INSERT INTO prompts (party, source_id, platform, user_id, author, text,"
-                    " thread, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)"
-                    " ON CONFLICT (party, source_id) DO NOTHING RETURNING id",
+                key = (item.party, item.prompt.source_id)
+                if key not in known:
+                    known[key] = 0  # a repeat later in this same group is a duplicate
+                    fresh.append(item)
+            existed = {key for key, prompt_id in known.items() if prompt_id}
+            positions = {party: await self._pending_count(db, party) for party in _by_party(fresh)}
+            await db.executemany(
+                "INSERT INTO prompts (party, source_id, platform, user_id, author, text,"
+                " thread, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                [
                     (
                         item.party,
-                        p.source_id,
-                        p.author.platform,
-                        p.author.user_id,
-                        p.author.name,
+                        item.prompt.source_id,
+                        item.prompt.author.platform,
+                        item.prompt.author.user_id,
+                        item.prompt.author.name,
                         item.text,
-                        p.thread,
+                        item.prompt.thread,
                         now,
-                    ),
-                ) as cur:
-                    row = await cur.fetchone()
-                if row is not None:
-                    inserted.append((int(row[0]), False))
-                    continue
-                async with db.execute(
-                    "SELECT id FROM prompts WHERE party = ? AND source_id = ?",
-                    (item.party, p.source_id),
-                ) as cur:
-                    existing = await cur.fetchone()
-                assert existing is not None
-                inserted.append((int(existing[0]), True))
-            # Positions for the whole group from one count: the i-th new prompt of a party
-            # sits behind everything pending before the group and the group's earlier ones.
-            queued: dict[str, int] = {}
-            for party in {item.party for item in group}:
-                async with db.execute(
-                    "SELECT COUNT(*) FROM prompts WHERE party = ? AND state = 'pending'", (party,)
-                ) as cur:
-                    row = await cur.fetchone()
-                new = sum(
-                    1
-                    for item, (_, dup) in zip(group, inserted, strict=True)
-                    if item.party == party and not dup
-                )
-                queued[party] = (int(row[0]) if row else 0) - new
+                    )
+                    for item in fresh
+                ],
+            )
+            for party, source_ids in _by_party(fresh).items():
+                known.update(await self._ids_of(db, party, source_ids))
         results = []
-        for item, (prompt_id, is_duplicate) in zip(group, inserted, strict=True):
-            if is_duplicate:
-                results.append((prompt_id, 0, True))
-            else:
-                queued[item.party] += 1
-                results.append((prompt_id, queued[item.party], False))
+        for item in group:
+            key = (item.party, item.prompt.source_id)
+            if key in existed or item not in fresh:
+                results.append((known[key], 0, True))
+                continue
+            positions[item.party] += 1
+            results.append((known[key], positions[item.party], False))
+        for party, count in positions.items():
+            self._pending[party] = count
         return results
+
+    async def _ids_of(
+        self, db: aiosqlite.Connection, party: str, source_ids: Sequence[str]
+    ) -> dict[tuple[str, str], int]:
+        found: dict[tuple[str, str], int] = {}
+        for start in range(0, len(source_ids), _SQL_VARIABLES):
+            chunk = source_ids[start : start + _SQL_VARIABLES]
+            async with db.execute(
+                f"SELECT source_id, id FROM prompts WHERE party = ?"
+                f" AND source_id IN ({','.join('?' * len(chunk))})",
+                (party, *chunk),
+            ) as cur:
+                found.update({(party, str(s)): int(i) for s, i in await cur.fetchall()})
+        return found
+
+    async def _pending_count(self, db: aiosqlite.Connection, party: str) -> int:
+        """Pending prompts of ``party`` before the current write: counted once, then kept
+        up to date in memory (COUNT(*) over a long queue costs milliseconds per group)."""
+        if party not in self._pending:
+            async with db.execute(
+                "SELECT COUNT(*) FROM prompts WHERE party = ? AND state = 'pending'", (party,)
+            ) as cur:
+                row = await cur.fetchone()
+            self._pending[party] = int(row[0]) if row else 0
+        return self._pending[party]
 
     async def pending_prompts(self, party: str) -> list[SourcePrompt]:
         async with self.db.execute(
@@ -369,16 +397,6 @@ class Store:
             raise StoreError(f"no prompt {prompt_id}")
         return PromptState(row[0])
 
-    async def withdraw(self, party: str, prompt_id: int, platform: str, user_id: str) -> bool:
-        """Fail a still-pending prompt of this author; False if it is not theirs or not pending."""
-        async with self._transaction() as db:
-            cur = await db.execute(
-                "UPDATE prompts SET state = 'failed' WHERE id = ? AND party = ? AND platform = ?"
-                " AND user_id = ? AND state = 'pending'",
-                (prompt_id, party, platform, user_id),
-            )
-            return cur.rowcount == 1
-
     async def withdraw_latest(self, party: str, platform: str, user_id: str) -> int | None:
         """Withdraw this author's newest pending prompt; return its id, or None."""
         async with (
@@ -391,7 +409,11 @@ class Store:
             ) as cur,
         ):
             row = await cur.fetchone()
-        return int(row[0]) if row else None
+        if row is None:
+            return None
+        if party in self._pending:
+            self._pending[party] -= 1
+        return int(row[0])
 
     # -- batches --------------------------------------------------------------------------
 
@@ -494,13 +516,16 @@ class Store:
             return
         marks = ",".join("?" * len(ids))
         async with db.execute(
-            f"SELECT id, state FROM prompts WHERE id IN ({marks})", tuple(ids)
+            f"SELECT id, state, party FROM prompts WHERE id IN ({marks})", tuple(ids)
         ) as cur:
             rows = await cur.fetchall()
-        for prompt_id, state in rows:
+        for prompt_id, state, _ in rows:
             if to not in _TRANSITIONS[PromptState(state)]:
                 raise StoreError(f"prompt {prompt_id} cannot go from {state} to {to.value}")
         await db.execute(f"UPDATE prompts SET state = ? WHERE id IN ({marks})", (to.value, *ids))
+        for _, state, party in rows:
+            if state == PromptState.PENDING and party in self._pending:
+                self._pending[party] -= 1
 
     # -- outbox (bot.output.Outbox) -------------------------------------------------------
 
