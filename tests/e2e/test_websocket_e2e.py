@@ -249,3 +249,59 @@ async def test_cancel_interrupts_a_slow_turn_and_the_next_turn_works(
         nxt = await alice.expect("done", within_s=30)
         assert nxt["status"] == "success"
     assert fake_api.turns[-1].user_text == "next one"
+
+
+async def test_oversized_frame_closes_with_1009(fake_api: FakeAnthropic, tmp_path: Path) -> None:
+    config = _config(
+        tmp_path, fake_api, websocket={"host": "127.0.0.1", "port": 0, "max_frame_bytes": 4096}
+    )
+    async with (
+        BotProcess(config, tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        await alice.prompt("huge", "x" * 10_000)
+        await asyncio.wait_for(alice.closed.wait(), 10)
+        assert alice.ws is not None
+        assert alice.ws.close_code == 1009
+    assert fake_api.turns == []
+
+
+async def test_api_failure_fails_the_batch_with_the_apis_message(
+    fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    async with (
+        BotProcess(_config(tmp_path, fake_api), tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        await alice.prompt("f", "FAIL this one")
+        done = await alice.expect("done", within_s=30)
+        assert done["status"] == "error"
+        assert "500" in done["detail"]
+        assert "fake internal error" in done["detail"]
+        await alice.prompt("ok", "and this works")
+        assert (await alice.expect("done", within_s=30))["status"] == "success"
+    assert set(_db_states(tmp_path).values()) == {"failed", "done"}
+
+
+async def test_turn_timeout_interrupts_and_reports(fake_api: FakeAnthropic, tmp_path: Path) -> None:
+    claude = make_settings(tmp_path, fake_api).claude
+    overrides = {
+        "command": claude.command,
+        "env": claude.env,
+        "workdir": str(claude.workdir),
+        "turn_timeout_s": 1.0,
+    }
+    config = _config(tmp_path, fake_api, claude=overrides)
+    async with (
+        BotProcess(config, tmp_path) as bot,
+        Client(bot.port, bot.invite, "alice") as alice,
+    ):
+        await alice.expect("welcome")
+        await alice.prompt("s", "SLOW beyond the deadline")
+        done = await alice.expect("done", within_s=30)
+        assert done["status"] == "error"
+        assert "turn_timeout_s" in done["detail"]
+        await alice.prompt("n", "next")
+        assert (await alice.expect("done", within_s=30))["status"] == "success"

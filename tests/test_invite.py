@@ -1,0 +1,70 @@
+"""Invite tokens: minted once, kept hashed in the store and 0600 on disk, rotated at once."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from bot.invite import AttemptThrottle, InviteBook, invite_url
+from bot.model import Role
+from bot.store import Store
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    async with Store(tmp_path / "db" / "concordia.db") as store:
+        await store.ensure_party("p")
+        yield store
+
+
+async def test_first_run_mints_tokens_and_later_runs_keep_them(
+    store: Store, tmp_path: Path
+) -> None:
+    path = tmp_path / "db" / "tokens.json"
+    first = await InviteBook(store, "p", path).ensure()
+    again = await InviteBook(store, "p", path).ensure()
+    assert first == again
+    assert first.prompter != first.host
+    assert len(first.prompter) >= 40
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert await store.check_invite("p", first.prompter) is Role.PROMPTER
+    assert await store.check_invite("p", first.host) is Role.HOST
+
+
+async def test_rotation_revokes_the_old_token_only(store: Store, tmp_path: Path) -> None:
+    book = InviteBook(store, "p", tmp_path / "tokens.json")
+    before = await book.ensure()
+    rotated = await book.rotate(Role.PROMPTER)
+    assert rotated != before.prompter
+    assert await store.check_invite("p", before.prompter) is None
+    assert await store.check_invite("p", rotated) is Role.PROMPTER
+    assert await store.check_invite("p", before.host) is Role.HOST
+    assert (await book.ensure()).prompter == rotated
+
+
+async def test_a_token_file_without_its_hash_is_minted_afresh(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text('{"p": {"prompter": "stale", "host": "stale-too"}}')
+    tokens = await InviteBook(store, "p", path).ensure()
+    assert tokens.prompter != "stale"
+    assert await store.check_invite("p", "stale") is None
+
+
+def test_bad_attempts_slow_down_then_reset_on_success() -> None:
+    throttle = AttemptThrottle(first_delay_s=0.25, max_delay_s=1.0)
+    assert throttle.delay_s("1.2.3.4") == 0
+    delays = []
+    for _ in range(5):
+        throttle.failed("1.2.3.4")
+        delays.append(throttle.delay_s("1.2.3.4"))
+    assert delays == [0.25, 0.5, 1.0, 1.0, 1.0]
+    assert throttle.delay_s("5.6.7.8") == 0, "other sources are not slowed"
+    throttle.succeeded("1.2.3.4")
+    assert throttle.delay_s("1.2.3.4") == 0
+
+
+def test_invite_url_brackets_ipv6() -> None:
+    assert invite_url("127.0.0.1", 8765, "T") == "concordia://127.0.0.1:8765/T"
+    assert invite_url("::1", 8765, "T") == "concordia://[::1]:8765/T"
