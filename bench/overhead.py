@@ -170,11 +170,15 @@ def _mean_ms(values_s: list[float]) -> str:
     return f"{statistics.mean(values_s) * 1000:.2f}"
 
 
-async def _main(prompt_count: int) -> None:
-    prompts = [f"bench prompt {i}" for i in range(prompt_count)]
+async def _main(prompt_count: int, stream_s: float) -> None:
+    # With --stream-s the fake streams each reply over that long (the SLOW trigger), as a
+    # real model does; without it a turn is the bare CLI + fake API round trip (~20 ms).
+    slow = "SLOW " if stream_s else ""
+    prompts = [f"{slow}bench prompt {i}" for i in range(prompt_count)]
     bot: list[_BotTurn] = []
     direct: list[_DirectTurn] = []
-    async with FakeAnthropic() as api:
+    steps = 10
+    async with FakeAnthropic(slow_interval_s=stream_s / steps or 0.5, slow_steps=steps) as api:
         with scratch("concordia-bench-bot-") as bot_root, scratch("concordia-bench-cli-") as root:
             async with _bot_client(api, bot_root) as client, _direct_claude(api, root) as proc:
                 for i, text in enumerate(prompts):
@@ -232,12 +236,20 @@ async def _main(prompt_count: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
     parser.add_argument("--prompts", type=int, default=20, help="measured turns per side")
+    parser.add_argument(
+        "--stream-s",
+        type=float,
+        default=0.0,
+        help="make the fake API stream each reply over this many seconds (0: answer at once)",
+    )
     args = parser.parse_args()
     if args.prompts < 1:
         parser.error("--prompts must be >= 1")
-    print(command_line("bench.overhead", {"prompts": args.prompts}))
+    if args.stream_s < 0:
+        parser.error("--stream-s must be >= 0")
+    print(command_line("bench.overhead", {"prompts": args.prompts, "stream-s": args.stream_s}))
     print()
-    asyncio.run(_main(args.prompts))
+    asyncio.run(_main(args.prompts, args.stream_s))
 
 
 if __name__ == "__main__":
