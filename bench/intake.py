@@ -35,7 +35,6 @@ from bench._common import (
     bot_config,
     command_line,
     db_rows,
-    joined,
     percentile,
     print_table,
     scratch,
