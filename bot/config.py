@@ -196,13 +196,16 @@ def _apply_env(raw: dict[str, Any], origin: dict[str, str], env: Mapping[str, st
             problems.append(f"{name} names no setting{_did_you_mean(key, fields)}")
             continue
         parsed: Any = value
-        if value[:1] in "[{":
+        if value.startswith(("[", "{")):
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError:
                 problems.append(f"{name}: a list or table must be JSON")
                 continue
-        raw.setdefault(section, {})[key] = parsed
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            continue  # `_unknown_keys` reports "[section] must be a table"
+        table[key] = parsed
         origin[f"{section}.{key}"] = f"${name}"
     return problems
 

@@ -48,7 +48,7 @@ from bot.safety import (
     strip_controls,
 )
 from bot.session import ClaudeSession, SessionDied, SessionError, TextDelta, ToolUse, TurnEnd
-from bot.store import Participant, Store
+from bot.store import Participant, StaleSources, Store
 
 __all__ = ["Party"]
 
@@ -309,6 +309,8 @@ class Party:
             if not sources:
                 continue
             batch = await self._merge(sources)
+            if batch is None:
+                continue
             await self._run_batch(batch)
             # Prompts that arrived during the turn were collected while Claude was busy.
             skip_window = True
@@ -337,11 +339,19 @@ class Party:
                 case _:
                     assert_never(control)
 
-    async def _merge(self, sources: list[SourcePrompt]) -> Batch:
-        started = time.monotonic()
-        merge = await self._deduper.merge(sources)
-        self.metrics.dedupe.add(time.monotonic() - started)
-        return await self._store.create_batch(self.name, merge.prompt, merge.groups, sources)
+    async def _merge(self, sources: list[SourcePrompt]) -> Batch | None:
+        """Merge the pending prompts into a stored batch; None if none is left pending."""
+        while sources:
+            started = time.monotonic()
+            merge = await self._deduper.merge(sources)
+            self.metrics.dedupe.add(time.monotonic() - started)
+            try:
+                return await self._store.create_batch(
+                    self.name, merge.prompt, merge.groups, sources
+                )
+            except StaleSources:  # someone withdrew a prompt while it was being merged
+                sources = await self._store.pending_prompts(self.name)
+        return None
 
     async def _run_batch(self, batch: Batch) -> None:
         """Send one batch to Claude, stream its output, and record how it ended."""

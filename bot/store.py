@@ -31,7 +31,7 @@ from bot import ConcordiaError
 from bot.model import Batch, MergeGroup, Prompt, PromptState, Role, SourcePrompt, TurnStatus
 from bot.output import OutboxEntry
 
-__all__ = ["OpenBatch", "Participant", "Store", "StoreError", "hash_token"]
+__all__ = ["OpenBatch", "Participant", "StaleSources", "Store", "StoreError", "hash_token"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ _TRANSITIONS: dict[PromptState, frozenset[PromptState]] = {
 
 class StoreError(ConcordiaError):
     """The store refused an operation (an illegal state change, a newer schema)."""
+
+
+class StaleSources(StoreError):
+    """A batch was merged from prompts that are no longer all pending."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,13 +114,18 @@ class Store:
         with contextlib.suppress(FileExistsError):
             os.close(os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._db = await aiosqlite.connect(self._path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process (not a power cut) at a fraction
-        # of FULL's cost; a crash of the bot is the failure we recover from.
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA foreign_keys=ON")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        await self._migrate()
+        try:
+            await self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a killed process (not a power cut) at a fraction
+            # of FULL's cost; a crash of the bot is the failure we recover from.
+            await self._db.execute("PRAGMA synchronous=NORMAL")
+            await self._db.execute("PRAGMA foreign_keys=ON")
+            await self._db.execute("PRAGMA busy_timeout=5000")
+            await self._migrate()
+        except BaseException:
+            # aiosqlite's worker thread is not a daemon: left open, it keeps the process alive.
+            await self.close()
+            raise
         self._writer = asyncio.create_task(self._write_inserts(), name="store-writer")
         return self
 
@@ -147,15 +156,42 @@ class Store:
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction under the store's lock; safe to cancel at any point.
+
+        A statement handed to aiosqlite runs on its thread even if the awaiting task is
+        cancelled, so BEGIN and COMMIT are awaited to completion: a cancelled BEGIN must
+        not leave a transaction open behind the released lock.
+        """
         async with self._lock:
-            await self.db.execute("BEGIN IMMEDIATE")
+            begin = asyncio.ensure_future(self.db.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await begin
+                    await self._rollback()
+                raise
             try:
                 yield self.db
             except BaseException:
-                await self.db.execute("ROLLBACK")
-                self._pending.clear()  # recounted from the table on next use
+                await self._rollback()
                 raise
-            await self.db.execute("COMMIT")
+            commit = asyncio.ensure_future(self.db.execute("COMMIT"))
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                await commit  # it runs anyway; the transaction is over either way
+                raise
+
+    async def _rollback(self) -> None:
+        rollback = asyncio.ensure_future(self.db.execute("ROLLBACK"))
+        try:
+            await asyncio.shield(rollback)
+        except asyncio.CancelledError:
+            await rollback
+            raise
+        finally:
+            self._pending.clear()  # recounted from the table on next use
 
     async def _migrate(self) -> None:
         files = sorted(
@@ -399,20 +435,16 @@ class Store:
 
     async def withdraw_latest(self, party: str, platform: str, user_id: str) -> int | None:
         """Withdraw this author's newest pending prompt; return its id, or None."""
-        async with (
-            self._transaction() as db,
-            db.execute(
-                "UPDATE prompts SET state = 'failed' WHERE id = (SELECT MAX(id) FROM prompts"
-                " WHERE party = ? AND platform = ? AND user_id = ? AND state = 'pending')"
-                " RETURNING id",
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT MAX(id) FROM prompts"
+                " WHERE party = ? AND platform = ? AND user_id = ? AND state = 'pending'",
                 (party, platform, user_id),
-            ) as cur,
-        ):
-            row = await cur.fetchone()
-        if row is None:
-            return None
-        if party in self._pending:
-            self._pending[party] -= 1
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or row[0] is None:
+                return None
+            await self._advance(db, [int(row[0])], PromptState.FAILED)
         return int(row[0])
 
     # -- batches --------------------------------------------------------------------------
@@ -422,11 +454,20 @@ class Store:
     ) -> Batch:
         """Record a merged batch and move its sources `pending -> batched` in one transaction.
 
-        Sources that stopped being pending in the meantime (withdrawn) are left out; if
-        none is left, StoreError.
+        Raises `StaleSources` (nothing written) when a source stopped being pending while
+        it was merged (withdrawn): the merged text would still carry it, so merge again.
         """
+        if not sources:
+            raise StoreError("a batch needs at least one source prompt")
         ids = [s.prompt_id for s in sources]
         async with self._transaction() as db:
+            marks = ",".join("?" * len(ids))
+            async with db.execute(
+                f"SELECT id FROM prompts WHERE id IN ({marks}) AND state != 'pending'", tuple(ids)
+            ) as cur:
+                gone = [int(r[0]) for r in await cur.fetchall()]
+            if gone:
+                raise StaleSources(f"prompts {gone} are no longer pending; merge again")
             await self._advance(db, ids, PromptState.BATCHED)
             async with db.execute(
                 "INSERT INTO batches (party, prompt, groups_json, state, created_at)"

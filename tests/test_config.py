@@ -26,7 +26,8 @@ def _sections() -> dict[str, type[BaseModel]]:
     sections = {}
     for name, field in Settings.model_fields.items():
         model = field.annotation
-        assert isinstance(model, type) and issubclass(model, BaseModel)
+        assert isinstance(model, type)
+        assert issubclass(model, BaseModel)
         sections[name] = model
     return sections
 
@@ -51,15 +52,16 @@ def test_defaults_with_no_file(tmp_path: Path) -> None:
     assert settings.websocket.port == 8765
     assert settings.store.path == tmp_path.resolve() / ".concordia" / "concordia.db"
     assert settings.claude.workdir == tmp_path.resolve()
-    assert settings.claude.credentials_file == Path(
-        "~/.config/concordia/credentials.json"
-    ).expanduser()
+    assert (
+        settings.claude.credentials_file
+        == Path("~/.config/concordia/credentials.json").expanduser()
+    )
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(None, environ={}, base=tmp_path)
     with pytest.raises(ValueError, match="frozen"):
-        settings.websocket.port = 1  # type: ignore[misc]
+        settings.websocket.port = 1
 
 
 # --------------------------------------------------------------------------- TOML
@@ -289,7 +291,12 @@ def test_several_validation_problems_are_reported_together(tmp_path: Path) -> No
         load_settings(config, environ=environ, base=tmp_path)
 
     keys = sorted(p.split(":", 1)[0] for p in exc.value.problems)
-    assert keys == ["claude.turn_timeout_s", "log.level", "party.collect_window_s", "websocket.port"]
+    assert keys == [
+        "claude.turn_timeout_s",
+        "log.level",
+        "party.collect_window_s",
+        "websocket.port",
+    ]
     assert "from $CONCORDIA_CLAUDE_TURN_TIMEOUT_S" in _problems(exc)
 
 
@@ -359,3 +366,10 @@ def test_example_values_are_the_defaults(tmp_path: Path) -> None:
                 assert Path(raw[name][key]) == default, f"{name}.{key}"
             else:
                 assert getattr(getattr(loaded, name), key) == default, f"{name}.{key}"
+
+
+def test_environment_override_of_a_section_that_is_not_a_table(tmp_path: Path) -> None:
+    config = _write(tmp_path, 'store = "x.db"\n')
+    with pytest.raises(ConfigError) as exc:
+        load_settings(config, environ={"CONCORDIA_STORE_PATH": "y.db"}, base=tmp_path)
+    assert "[store] must be a table" in _problems(exc)

@@ -1,4 +1,4 @@
-"""bot.store: migrations, file safety, the accepted-prompt writer, prompt states, invites, outbox."""
+"""bot.store: migrations, file safety, the prompt writer, prompt states, invites and outbox."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import importlib.resources
 import os
 import sqlite3
 import stat
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.model import Author, MergeGroup, Prompt, PromptState, Role, SourcePrompt, TurnStatus
-from bot.store import Store, StoreError, hash_token
+from bot.model import Author, Batch, MergeGroup, Prompt, PromptState, Role, SourcePrompt, TurnStatus
+from bot.store import Participant, StaleSources, Store, StoreError, hash_token
 
 PARTY = "p1"
 ALICE = Author("ws", "u-alice", "alice")
@@ -54,7 +56,7 @@ async def store(db_path: Path) -> AsyncIterator[Store]:
         yield store
 
 
-async def _batch_all(store: Store, prompt: str = "merged") -> tuple[list[SourcePrompt], object]:
+async def _batch_all(store: Store, prompt: str = "merged") -> tuple[list[SourcePrompt], Batch]:
     sources = await store.pending_prompts(PARTY)
     batch = await store.create_batch(PARTY, prompt, _groups(sources), sources)
     return sources, batch
@@ -92,10 +94,22 @@ async def test_newer_schema_is_refused(db_path: Path) -> None:
     conn = sqlite3.connect(db_path)
     conn.execute(f"PRAGMA user_version = {_latest_migration() + 1}")
     conn.close()
-
-    with pytest.raises(StoreError, match="newer than this concordia knows"):
-        async with Store(db_path):
-            pass
+    threads_before = set(threading.enumerate())
+    store = Store(db_path)
+    try:
+        with pytest.raises(StoreError, match="newer than this concordia knows"):
+            async with store:
+                pass
+        # A failed open must not keep its connection: aiosqlite's worker thread is not a
+        # daemon, so a leaked one keeps `concordia run` from exiting after the error.
+        with pytest.raises(RuntimeError, match="not open"):
+            _ = store.db
+        leftover = set(threading.enumerate()) - threads_before
+        for thread in leftover:
+            await asyncio.to_thread(thread.join, 5)
+        assert not [t.name for t in leftover if t.is_alive()]
+    finally:
+        await store.close()  # so that this test process can still exit if the store leaked
     # Nothing was applied to the newer file.
     assert _query(db_path, "SELECT name FROM sqlite_master WHERE type='table'") == []
 
@@ -173,9 +187,9 @@ async def test_burst_of_prompts_is_group_committed(
     group_sizes: list[int] = []
     insert_group = Store._insert_group
 
-    async def recording(self: Store, group: list[object]) -> list[tuple[int, int, bool]]:
+    async def recording(self: Store, group: list[Any]) -> list[tuple[int, int, bool]]:
         group_sizes.append(len(group))
-        return await insert_group(self, group)  # type: ignore[arg-type]
+        return await insert_group(self, group)
 
     monkeypatch.setattr(Store, "_insert_group", recording)
     await store.add_prompt(PARTY, _prompt("before-1"), "x")
@@ -198,6 +212,16 @@ async def test_burst_of_prompts_is_group_committed(
     assert group_sizes[:2] == [1, 1]
     assert len(group_sizes) < 502, "the burst was written one commit per prompt"
     assert max(group_sizes) > 1
+
+
+async def test_redelivered_burst_comes_back_as_duplicates(store: Store, db_path: Path) -> None:
+    prompts = [_prompt(f"m{i}") for i in range(1200)]
+    first = await asyncio.gather(*(store.add_prompt(PARTY, p, "x") for p in prompts))
+    again = await asyncio.gather(*(store.add_prompt(PARTY, p, "x") for p in prompts))
+
+    assert sorted(r[1] for r in first) == list(range(1, 1201))
+    assert again == [(r[0], 0, True) for r in first]
+    assert _query(db_path, "SELECT COUNT(*) FROM prompts") == [(1200,)]
 
 
 async def test_position_counts_only_pending_prompts(store: Store) -> None:
@@ -313,26 +337,31 @@ async def test_batching_an_already_batched_prompt_is_refused(store: Store, db_pa
     pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
     sources, _ = await _batch_all(store)
 
-    with pytest.raises(StoreError, match="cannot go from batched to batched"):
+    with pytest.raises(StaleSources, match="no longer pending"):
         await store.create_batch(PARTY, "again", _groups(sources), sources)
     assert _query(db_path, "SELECT COUNT(*) FROM batches") == [(1,)]
     assert await store.prompt_state(pid) is PromptState.BATCHED
 
 
-async def test_create_batch_leaves_out_withdrawn_sources(store: Store, db_path: Path) -> None:
-    # The contract in create_batch's docstring: a prompt withdrawn while the merger ran
-    # is left out of the batch; the rest is batched.
+async def test_create_batch_refuses_sources_withdrawn_while_merging(
+    store: Store, db_path: Path
+) -> None:
+    # The merged text would still carry the withdrawn prompt: nothing is written and the
+    # caller merges again from what is still pending.
     kept, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "keep me")
     gone, _, _ = await store.add_prompt(PARTY, _prompt("m2", BOB), "withdraw me")
     sources = await store.pending_prompts(PARTY)
-    assert await store.withdraw(PARTY, gone, BOB.platform, BOB.user_id)
+    assert await store.withdraw_latest(PARTY, BOB.platform, BOB.user_id) == gone
 
-    batch = await store.create_batch(PARTY, "merged", _groups(sources), sources)
+    with pytest.raises(StaleSources):
+        await store.create_batch(PARTY, "merged", _groups(sources), sources)
 
-    assert [s.prompt_id for s in batch.sources] == [kept]
-    assert await store.prompt_state(kept) is PromptState.BATCHED
+    assert _query(db_path, "SELECT COUNT(*) FROM batches") == [(0,)]
+    assert await store.prompt_state(kept) is PromptState.PENDING
     assert await store.prompt_state(gone) is PromptState.FAILED
-    assert _query(db_path, "SELECT batch_id FROM prompts WHERE id = ?", gone) == [(None,)]
+    again = await store.pending_prompts(PARTY)
+    batch = await store.create_batch(PARTY, "merged", _groups(again), again)
+    assert [s.prompt_id for s in batch.sources] == [kept]
 
 
 async def test_create_batch_with_every_source_withdrawn_is_refused(
@@ -340,12 +369,18 @@ async def test_create_batch_with_every_source_withdrawn_is_refused(
 ) -> None:
     gone, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
     sources = await store.pending_prompts(PARTY)
-    assert await store.withdraw(PARTY, gone, ALICE.platform, ALICE.user_id)
+    assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) == gone
 
     with pytest.raises(StoreError):
         await store.create_batch(PARTY, "merged", _groups(sources), sources)
     assert _query(db_path, "SELECT COUNT(*) FROM batches") == [(0,)]
     assert await store.prompt_state(gone) is PromptState.FAILED
+
+
+async def test_create_batch_with_no_sources_is_refused(store: Store, db_path: Path) -> None:
+    with pytest.raises(StoreError):
+        await store.create_batch(PARTY, "merged", [], [])
+    assert _query(db_path, "SELECT COUNT(*) FROM batches") == [(0,)]
 
 
 async def test_unknown_prompt_state(store: Store) -> None:
@@ -356,39 +391,44 @@ async def test_unknown_prompt_state(store: Store) -> None:
 # --------------------------------------------------------------------------- withdrawing
 
 
-async def test_withdraw_only_touches_the_authors_pending_prompt(store: Store) -> None:
-    alice_id, _, _ = await store.add_prompt(PARTY, _prompt("m1", ALICE), "a")
-    bob_id, _, _ = await store.add_prompt(PARTY, _prompt("m2", BOB), "b")
-
-    assert not await store.withdraw(PARTY, alice_id, BOB.platform, BOB.user_id)
-    assert not await store.withdraw(PARTY, alice_id, "other-platform", ALICE.user_id)
-    assert not await store.withdraw("p2", alice_id, ALICE.platform, ALICE.user_id)
-    assert await store.prompt_state(alice_id) is PromptState.PENDING
-
-    assert await store.withdraw(PARTY, alice_id, ALICE.platform, ALICE.user_id)
-    assert await store.prompt_state(alice_id) is PromptState.FAILED
-    assert not await store.withdraw(PARTY, alice_id, ALICE.platform, ALICE.user_id)
-    assert [p.prompt_id for p in await store.pending_prompts(PARTY)] == [bob_id]
-
-
-async def test_withdraw_does_not_touch_a_batched_prompt(store: Store) -> None:
-    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "a")
-    await _batch_all(store)
-    assert not await store.withdraw(PARTY, pid, ALICE.platform, ALICE.user_id)
-    assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) is None
-    assert await store.prompt_state(pid) is PromptState.BATCHED
-
-
-async def test_withdraw_latest_takes_the_authors_newest_pending(store: Store) -> None:
+async def test_withdraw_latest_only_touches_the_authors_pending_prompts(store: Store) -> None:
     a1, _, _ = await store.add_prompt(PARTY, _prompt("m1", ALICE), "a1")
     a2, _, _ = await store.add_prompt(PARTY, _prompt("m2", ALICE), "a2")
     b1, _, _ = await store.add_prompt(PARTY, _prompt("m3", BOB), "b1")
 
+    assert await store.withdraw_latest(PARTY, "other-platform", ALICE.user_id) is None
+    assert await store.withdraw_latest("p2", ALICE.platform, ALICE.user_id) is None
+    assert [p.prompt_id for p in await store.pending_prompts(PARTY)] == [a1, a2, b1]
+
     assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) == a2
     assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) == a1
     assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) is None
+    assert await store.prompt_state(a2) is PromptState.FAILED
     assert await store.prompt_state(b1) is PromptState.PENDING
     assert [p.prompt_id for p in await store.pending_prompts(PARTY)] == [b1]
+
+
+async def test_withdraw_latest_does_not_touch_a_batched_prompt(store: Store) -> None:
+    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "a")
+    await _batch_all(store)
+    assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) is None
+    assert await store.prompt_state(pid) is PromptState.BATCHED
+
+
+async def test_positions_stay_right_after_withdraws_batches_and_rollbacks(store: Store) -> None:
+    # Positions come from a pending count the store keeps in memory between writes.
+    for i in range(3):
+        await store.add_prompt(PARTY, _prompt(f"a{i}"), "x")
+    await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id)
+    assert (await store.add_prompt(PARTY, _prompt("b0", BOB), "x"))[1] == 3
+
+    sources, _ = await _batch_all(store)
+    assert (await store.add_prompt(PARTY, _prompt("b1", BOB), "x"))[1] == 1
+
+    with pytest.raises(StoreError):  # rolled back: nothing moved
+        await store.create_batch(PARTY, "again", _groups(sources), sources)
+    assert (await store.add_prompt(PARTY, _prompt("b2", BOB), "x"))[1] == 2
+    assert len(await store.pending_prompts(PARTY)) == 2
 
 
 # --------------------------------------------------------------------------- invites
@@ -437,8 +477,6 @@ async def test_token_clear_text_never_reaches_the_file(store: Store, db_path: Pa
 
 
 async def test_join_and_leave(store: Store) -> None:
-    from bot.store import Participant
-
     alice = Participant(ALICE.platform, ALICE.user_id, "alice", Role.HOST)
     await store.join(PARTY, alice)
     await store.join(PARTY, Participant(BOB.platform, BOB.user_id, "bob", Role.PROMPTER))
@@ -499,3 +537,31 @@ async def test_outbox_unsynced_is_per_platform_and_ordered(store: Store) -> None
     ]
     assert {e.platform for e in unsynced} == {"ws"}
     assert [e.text for e in await store.outbox_unsynced("discord")] == ["other platform"]
+
+
+async def test_a_write_cancelled_during_begin_leaves_the_store_usable(store: Store) -> None:
+    """aiosqlite runs a statement even when its awaiter is cancelled: a cancelled BEGIN used
+    to leave a transaction open behind the released lock, and every later write failed with
+    "cannot start a transaction within a transaction"."""
+    db = store.db
+    real_execute = db.execute
+    began = asyncio.Event()
+
+    def spying_execute(sql: str, *args: object) -> object:
+        if sql.startswith("BEGIN"):
+            began.set()
+        return real_execute(sql, *args)
+
+    db.execute = spying_execute  # type: ignore[method-assign]
+    try:
+        write = asyncio.create_task(store.set_session_id(PARTY, "cancelled"))
+        await asyncio.wait_for(began.wait(), 5)
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+    finally:
+        db.execute = real_execute  # type: ignore[method-assign]
+    await store.set_session_id(PARTY, "after")
+    assert await store.session_id(PARTY) == "after"
+    prompt_id, _, _ = await store.add_prompt(PARTY, _prompt("after-cancel"), "still works")
+    assert await store.prompt_state(prompt_id) is PromptState.PENDING
