@@ -121,12 +121,17 @@ Submission = Accepted | Rejected
 
 @dataclass(frozen=True, slots=True)
 class SourcePrompt:
-    """One accepted prompt as the merger and the batch header see it."""
+    """One accepted prompt as the merger and the batch header see it.
+
+    ``platform`` and ``thread`` say where it came from, so each transport of a shared
+    party can answer in the right place.
+    """
 
     prompt_id: int
     author: str
     text: str
     thread: str = ""
+    platform: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -746,16 +746,22 @@ class ThreadRelay:
         outbox: Outbox,
         *,
         platform: str,
+        home_thread: str = "",
         policy: DeliveryPolicy | None = None,
     ) -> None:
+        """``home_thread`` takes the batches of a shared party that have no source on this
+        platform (prompts from another transport), and notices before the first batch;
+        with none, such batches are not shown here."""
         self._sink = sink
         self._outbox = outbox
         self._platform = platform
+        self._home_thread = home_thread
         self._policy = policy or DeliveryPolicy()
         self._queue: asyncio.Queue[PartyEvent | _Stop] = asyncio.Queue()
         self._state = _Lifecycle.UNOPENED  # written by the caller's side only
         self._task: asyncio.Task[None] | None = None
-        self._thread: str | None = None  # the latest batch's thread; the owner task's alone
+        # The latest batch's thread; the owner task's alone.
+        self._thread: str | None = home_thread or None
 
     async def __aenter__(self) -> Self:
         self._state = _transition("ThreadRelay", self._state, _Lifecycle.OPEN)
@@ -843,9 +849,16 @@ class ThreadRelay:
 
     async def _relay_batch(self, batch: Batch) -> BatchStarted | _Stop | None:
         """Relay one batch; return the event that cut it short (handled next), if any."""
-        thread = batch.sources[0].thread if batch.sources else ""
-        self._thread = thread
+        thread = next(
+            (s.thread for s in batch.sources if s.platform == self._platform and s.thread),
+            self._home_thread,
+        )
         extra = {"platform": self._platform, "batch_id": batch.batch_id}
+        if not thread:
+            log.debug("batch has no thread on this platform", extra=extra)
+            skipped = await self._pump(batch.batch_id, None)
+            return None if isinstance(skipped, BatchDone) else skipped
+        self._thread = thread
         header = _batch_header(batch, self._sink.max_message_chars)
         try:
             await self._post_once(thread, batch.batch_id, _HEADER_SEQ, header)

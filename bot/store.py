@@ -419,12 +419,13 @@ class Store:
 
     async def pending_prompts(self, party: str) -> list[SourcePrompt]:
         async with self.db.execute(
-            "SELECT id, author, text, thread FROM prompts WHERE party = ? AND state = 'pending'"
+            "SELECT id, author, text, thread, platform FROM prompts"
+            " WHERE party = ? AND state = 'pending'"
             " ORDER BY id",
             (party,),
         ) as cur:
             rows = await cur.fetchall()
-        return [SourcePrompt(int(i), str(a), str(t), str(th)) for i, a, t, th in rows]
+        return [SourcePrompt(int(i), str(a), str(t), str(th), str(p)) for i, a, t, th, p in rows]
 
     async def prompt_state(self, prompt_id: int) -> PromptState:
         async with self.db.execute("SELECT state FROM prompts WHERE id = ?", (prompt_id,)) as cur:
@@ -527,12 +528,13 @@ class Store:
         found = []
         for batch_id, prompt, groups_json, state, attempts in rows:
             async with self.db.execute(
-                "SELECT id, author, text, thread FROM prompts WHERE batch_id = ? ORDER BY id",
+                "SELECT id, author, text, thread, platform FROM prompts"
+                " WHERE batch_id = ? ORDER BY id",
                 (batch_id,),
             ) as cur:
                 sources = tuple(
-                    SourcePrompt(int(i), str(a), str(t), str(th))
-                    for i, a, t, th in await cur.fetchall()
+                    SourcePrompt(int(i), str(a), str(t), str(th), str(p))
+                    for i, a, t, th, p in await cur.fetchall()
                 )
             batch = Batch(
                 int(batch_id),

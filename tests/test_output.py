@@ -670,9 +670,9 @@ async def test_redeliver_skips_the_rest_of_a_batch_that_fails_for_good():
 
 def make_batch(batch_id: int, thread: str, prompt: str = "fix the tests", **kwargs) -> Batch:
     sources = (
-        SourcePrompt(1, "alice", "fix the tests", thread),
-        SourcePrompt(2, "bob", "make the tests pass", "elsewhere"),
-        SourcePrompt(3, "alice", "please", thread),
+        SourcePrompt(1, "alice", "fix the tests", thread, PLATFORM),
+        SourcePrompt(2, "bob", "make the tests pass", "elsewhere", PLATFORM),
+        SourcePrompt(3, "alice", "please", thread, PLATFORM),
     )
     return Batch(batch_id=batch_id, prompt=prompt, sources=sources, groups=(), **kwargs)
 
@@ -815,3 +815,36 @@ async def test_a_store_failure_stops_the_relay_loudly():
         with pytest.raises(OSError, match="disk full"):
             await relay.stop()
     assert sink.log == []  # nothing is posted that the outbox did not record
+
+
+def _foreign_batch(batch_id: int) -> Batch:
+    """A batch of a shared party whose prompts all came from another transport."""
+    sources = (SourcePrompt(1, "carol", "from a terminal", "", "ws"),)
+    return Batch(batch_id=batch_id, prompt="from a terminal", sources=sources, groups=())
+
+
+async def test_relay_shows_other_transports_batches_in_its_home_thread():
+    outbox = MemoryOutbox()
+    sink = FakeSink(outbox=outbox)
+    relay = ThreadRelay(sink, outbox, platform=PLATFORM, home_thread="channel", policy=FAST)
+    async with relay:
+        relay.deliver(BatchStarted(_foreign_batch(5)))
+        relay.deliver(OutputText(5, "answer"))
+        relay.deliver(BatchDone(5, TurnStatus.SUCCESS))
+    shown = sink.texts("channel")
+    assert shown[0].startswith("**Batch 5** — carol")
+    assert shown[1:] == ["answer"]
+
+
+async def test_relay_without_a_home_thread_skips_other_transports_batches():
+    outbox = MemoryOutbox()
+    sink = FakeSink(outbox=outbox)
+    async with relay_for(sink, outbox) as relay:
+        relay.deliver(BatchStarted(_foreign_batch(6)))
+        relay.deliver(OutputText(6, "answer"))
+        relay.deliver(BatchDone(6, TurnStatus.SUCCESS))
+        relay.deliver(BatchStarted(make_batch(7, "t-7")))
+        relay.deliver(OutputText(7, "mine"))
+        relay.deliver(BatchDone(7, TurnStatus.SUCCESS))
+    assert set(sink.threads) == {"t-7"}
+    assert sink.texts("t-7")[1:] == ["mine"]
