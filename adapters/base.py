@@ -51,11 +51,14 @@ class MessageSink(Protocol):
 
 
 class Adapter(Protocol):
-    """A running transport bound to parties. `start` returns once it is serving."""
+    """A transport bound to parties: `start` returns once it is serving, `run` serves until
+    cancelled and raises `AdapterError` when it cannot go on (a refused token)."""
 
     name: str
 
     async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
 
     async def stop(self) -> None:
         """Stop serving; idempotent."""

@@ -136,6 +136,11 @@ class WebSocketAdapter:
         )
         log.info("websocket transport listening on %s:%d", self._settings.host, self.port)
 
+    async def run(self) -> None:
+        if self._server is None:
+            raise RuntimeError("start() the WebSocket adapter before run()")
+        await self._server.serve_forever()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

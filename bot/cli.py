@@ -14,9 +14,11 @@ import signal
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from adapters.base import Adapter
+from adapters.websocket import WebSocketAdapter
 from bot import ConcordiaError
 from bot.config import ClaudeSettings, Settings, load_settings
 from bot.dedupe import LocalDeduper
@@ -91,6 +93,9 @@ def _configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log.level, handlers=[handler])
+    # Their DEBUG output is every SQL statement and every gateway frame: ours is enough.
+    for noisy in ("aiosqlite", "discord", "websockets"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 class _RedactingFilter(logging.Filter):
@@ -209,8 +214,6 @@ async def _invite(settings: Settings, *, rotate: bool) -> int:
 
 
 async def _run(settings: Settings) -> int:
-    from adapters.websocket import WebSocketAdapter
-
     claude_env = _claude_env(settings.claude)
     if not _has_credentials(claude_env):
         if not sys.stdin.isatty():
@@ -224,62 +227,113 @@ async def _run(settings: Settings) -> int:
             return 1
         claude_env = _claude_env(settings.claude)
 
-    async with Store(settings.store.path) as store:
-        await store.ensure_party(settings.party.name)
-        book = InviteBook(store, settings.party.name, _state_file(settings, "tokens.json"))
-        invites = await book.ensure()
-        redactor = Redactor(_secrets(settings.claude, claude_env, invites))
+    discord_token = ""
+    if settings.discord.is_enabled:
+        discord_token = os.environ.get(settings.discord.token_env, "")
+        if not discord_token:
+            print(
+                f"concordia: discord.channels is set but ${settings.discord.token_env} is empty: "
+                "export the bot token (Developer Portal → Bot → Reset Token) or clear "
+                "discord.channels",
+                file=sys.stderr,
+            )
+            return 2
+
+    async with Store(settings.store.path) as store, contextlib.AsyncExitStack() as stack:
+        tokens_file = _state_file(settings, "tokens.json")
+        books: dict[str, InviteBook] = {}
+        invites: dict[str, Invites] = {}
+        for name in settings.party_names():
+            await store.ensure_party(name)
+            books[name] = InviteBook(store, name, tokens_file)
+            invites[name] = await books[name].ensure()
+        secrets = _secrets(settings.claude, claude_env, list(invites.values()))
+        if discord_token:
+            secrets.append(discord_token)
+        redactor = Redactor(secrets)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_RedactingFilter(redactor))
-        session_id = await store.session_id(settings.party.name)
-        async with ClaudeSession(settings.claude, session_id=session_id, env=claude_env) as session:
-            party = Party(
+        parties: dict[str, Party] = {}
+        for name in settings.party_names():
+            session_id = await store.session_id(name)
+            session = await stack.enter_async_context(
+                ClaudeSession(settings.claude, session_id=session_id, env=claude_env)
+            )
+            parties[name] = Party(
                 settings,
+                name=name,
                 store=store,
                 session=session,
                 deduper=LocalDeduper(),
-                invites=book,
+                invites=books[name],
                 redactor=redactor,
             )
-            await party.load()
-            adapter = WebSocketAdapter(settings.websocket, party)
-            await adapter.start()
-            try:
-                ws = settings.websocket
-                print(f"concordia: party {party.name!r} in {settings.claude.workdir}", flush=True)
-                print(f"invite: {invite_url(ws.host, adapter.port, invites.prompter)}", flush=True)
-                print(f"host:   {invite_url(ws.host, adapter.port, invites.host)}", flush=True)
-                print(
-                    "teammates join with: concordia join "
-                    f"{invite_url(ws.host, adapter.port, invites.prompter)} --name NAME",
-                    flush=True,
-                )
-                await _serve_until_signal(party)
-            finally:
-                await adapter.stop()
+            await parties[name].load()
+        websocket = WebSocketAdapter(settings.websocket, parties[settings.party.name])
+        adapters: list[Adapter] = [websocket]
+        if discord_token:
+            from adapters.discord import DiscordAdapter
+
+            channels = {c: parties[settings.discord.party_of(c)] for c in settings.discord.channels}
+            adapters.append(DiscordAdapter(settings.discord, channels, store, token=discord_token))
+        await _serve(parties, adapters, lambda: _announce(settings, websocket.port, invites))
     return 0
 
 
-async def _serve_until_signal(party: Party) -> None:
+async def _serve(
+    parties: Mapping[str, Party], adapters: list[Adapter], announce: Callable[[], None]
+) -> None:
+    """Run every party's runner and every adapter until SIGINT/SIGTERM or a fatal error.
+
+    An adapter that fails for good (a refused Discord token) ends the whole run: a bot that
+    looks alive but is deaf is worse than one that stops with a message.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         async with asyncio.TaskGroup() as group:
-            runner = group.create_task(party.run(), name="runner")
+            tasks = [group.create_task(p.run(), name=f"runner-{p.name}") for p in parties.values()]
+            for adapter in adapters:
+                await adapter.start()
+                tasks.append(group.create_task(adapter.run(), name=f"adapter-{adapter.name}"))
+            announce()
             await stop.wait()
             log.info("stopping")
-            runner.cancel()
+            for task in tasks:
+                task.cancel()
     finally:
+        for adapter in adapters:
+            await adapter.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(sig)
 
 
-def _secrets(claude: ClaudeSettings, env: Mapping[str, str], invites: Invites) -> list[str]:
+def _announce(settings: Settings, port: int, invites: Mapping[str, Invites]) -> None:
+    """Print what the host hands out: the terminals' invite URLs, each other party's tokens."""
+    host = settings.websocket.host
+    default = invites[settings.party.name]
+    print(f"concordia: party {settings.party.name!r} in {settings.claude.workdir}", flush=True)
+    print(f"invite: {invite_url(host, port, default.prompter)}", flush=True)
+    print(f"host:   {invite_url(host, port, default.host)}", flush=True)
+    print(
+        f"teammates join with: concordia join {invite_url(host, port, default.prompter)} "
+        "--name NAME",
+        flush=True,
+    )
+    for name, tokens in invites.items():
+        if name != settings.party.name:
+            print(
+                f"party {name!r}: /concordia join {tokens.prompter}  (host: {tokens.host})",
+                flush=True,
+            )
+
+
+def _secrets(claude: ClaudeSettings, env: Mapping[str, str], invites: list[Invites]) -> list[str]:
     """What must never reach chat or the log: tokens, keys, and secret-named claude.env values."""
-    found = [invites.prompter, invites.host]
+    found = [token for tokens in invites for token in (tokens.prompter, tokens.host)]
     found += [env[var] for var in _CREDENTIAL_VARS if env.get(var)]
     found += [value for name, value in claude.env.items() if _SECRET_NAME.search(name)]
     return found

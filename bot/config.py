@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot import ConcordiaError
 
 __all__ = [
     "ClaudeSettings",
     "ConfigError",
+    "DiscordSettings",
     "LogSettings",
     "PartySettings",
     "Settings",
@@ -79,6 +80,39 @@ class WebSocketSettings(_Section):
     join_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class DiscordSettings(_Section):
+    token_env: str = Field(default="DISCORD_BOT_TOKEN", min_length=1)
+    channels: tuple[str, ...] = ()
+    parties: dict[str, str] = Field(default_factory=dict)
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg"
+    edit_interval_s: float = Field(default=1.0, gt=0)
+    ready_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("channels")
+    @classmethod
+    def _snowflakes(cls, channels: tuple[str, ...]) -> tuple[str, ...]:
+        for channel in channels:
+            if not channel.isdigit():
+                raise ValueError(f"{channel!r} is not a channel id (Developer Mode → Copy ID)")
+        return channels
+
+    @model_validator(mode="after")
+    def _bound_channels_are_served(self) -> Self:
+        unknown = sorted(set(self.parties) - set(self.channels))
+        if unknown:
+            raise ValueError(f"discord.parties names channels not in discord.channels: {unknown}")
+        return self
+
+    @property
+    def is_enabled(self) -> bool:
+        return bool(self.channels)
+
+    def party_of(self, channel: str) -> str:
+        """The party a served channel belongs to: its binding, else one of its own."""
+        return self.parties.get(channel, f"discord-{channel}")
+
+
 class LogSettings(_Section):
     level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -88,7 +122,17 @@ class Settings(_Section):
     party: PartySettings = PartySettings()
     claude: ClaudeSettings = ClaudeSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    discord: DiscordSettings = DiscordSettings()
     log: LogSettings = LogSettings()
+
+    def party_names(self) -> list[str]:
+        """Every party this configuration runs: the terminals' one first."""
+        names = [self.party.name]
+        for channel in self.discord.channels:
+            name = self.discord.party_of(channel)
+            if name not in names:
+                names.append(name)
+        return names
 
     def resolved(self, base: Path) -> Self:
         """Return a copy with relative paths made absolute against ``base``."""

@@ -89,13 +89,14 @@ class Party:
         self,
         settings: Settings,
         *,
+        name: str,
         store: Store,
         session: ClaudeSession,
         deduper: Deduper,
         invites: InviteBook,
         redactor: Redactor,
     ):
-        self.name = settings.party.name
+        self.name = name
         self._settings = settings
         self._store = store
         self.session = session
@@ -129,7 +130,12 @@ class Party:
 
     def _publish(self, event: PartyEvent) -> None:
         for listener in list(self._listeners):
-            listener.deliver(event)
+            try:
+                listener.deliver(event)
+            except Exception:
+                # A broken transport must not take the party (and every other one) down.
+                log.exception("a listener failed; dropping it", extra={"party": self.name})
+                self._listeners.discard(listener)
 
     # -- membership -----------------------------------------------------------------------
 
@@ -147,6 +153,10 @@ class Party:
     async def leave(self, author: Author) -> None:
         await self._store.leave(self.name, author.platform, author.user_id)
         self._members.pop((author.platform, author.user_id), None)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self._settings.party.max_prompt_chars
 
     def role_of(self, author: Author) -> Role | None:
         member = self._members.get((author.platform, author.user_id))

@@ -46,6 +46,7 @@ async def rig(fake_api: FakeAnthropic, tmp_path: Path) -> AsyncIterator[Rig]:
         async with ClaudeSession(settings.claude, session_id=None, env=env) as session:
             party = Party(
                 settings,
+                name=settings.party.name,
                 store=store,
                 session=session,
                 deduper=LocalDeduper(),

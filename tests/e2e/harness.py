@@ -24,14 +24,18 @@ _START_TIMEOUT_S = 30.0
 class BotProcess:
     """`concordia run --config FILE` in a subprocess; knows its port and tokens once started."""
 
-    def __init__(self, config: Path, cwd: Path):
+    def __init__(self, config: Path, cwd: Path, env: dict[str, str] | None = None):
         self._config = config
         self._cwd = cwd
+        self._env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.invite = ""
         self.host_token = ""
         self.log: list[str] = []
+        self.stdout: list[str] = []
+        self._stdout_lines: asyncio.Queue[str] = asyncio.Queue()
+        self._stdout_task: asyncio.Task[None] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Self:
@@ -60,7 +64,7 @@ class BotProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **self._env, "PYTHONUNBUFFERED": "1"},
         )
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -73,6 +77,7 @@ class BotProcess:
                     raise RuntimeError(
                         f"concordia run exited: {self.proc.returncode}\n" + "".join(self.log)
                     )
+                self.stdout.append(line)
                 match = _URL.match(line.strip())
                 if match:
                     self.port = int(match.group(3))
@@ -80,10 +85,26 @@ class BotProcess:
                         self.invite = match.group(4)
                     else:
                         self.host_token = match.group(4)
+        self._stdout_task = asyncio.create_task(self._collect_stdout(self.proc.stdout))
 
     async def _collect(self, stream: asyncio.StreamReader) -> None:
         async for line in stream:
             self.log.append(line.decode(errors="replace"))
+
+    async def _collect_stdout(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            line = raw.decode(errors="replace")
+            self.stdout.append(line)
+            self._stdout_lines.put_nowait(line)
+
+    async def line_starting(self, prefix: str, within_s: float = 10.0) -> str:
+        """The first stdout line starting with ``prefix``, waiting for it if need be."""
+        async with asyncio.timeout(within_s):
+            while True:
+                for line in self.stdout:
+                    if line.startswith(prefix):
+                        return line
+                await self._stdout_lines.get()
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
@@ -98,9 +119,10 @@ class BotProcess:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        if self._stderr_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._stderr_task, 5)
+        for task in (self._stderr_task, self._stdout_task):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
         self.proc = None
 
     async def wait_exit(self) -> int:

@@ -1,0 +1,506 @@
+"""The Discord bridge: mentions in served channels become prompts; answers stream into threads.
+
+Only this module imports discord.py. It translates: a mention becomes a `Prompt`, a
+`/concordia …` application command becomes a `Command`, and each party's events reach
+Discord through a `ThreadRelay` over `DiscordSink`. Nothing the bot posts can ping
+(``allowed_mentions`` is none everywhere) or unfurl a link Claude wrote (embeds suppressed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Callable, Mapping
+from pathlib import PurePosixPath
+from typing import Any, Literal, assert_never
+
+import discord
+import discord.gateway
+import discord.http
+import yarl
+from discord import app_commands
+
+from adapters.base import AdapterError
+from bot.config import DiscordSettings
+from bot.model import (
+    Accepted,
+    Author,
+    Batch,
+    BatchStarted,
+    Command,
+    PartyEvent,
+    Prompt,
+    Rejected,
+)
+from bot.output import Outbox, ThreadRelay, redeliver
+from bot.party import Party
+
+__all__ = ["PLATFORM", "DiscordAdapter", "DiscordSink"]
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+MAX_MESSAGE_CHARS = 2000
+# Close codes after which reconnecting only burns the daily IDENTIFY budget.
+_FATAL_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
+_QUEUED = "⏳"
+_MERGED = "🔗"
+_THREAD_NAME_CHARS = 90
+_THREAD_ARCHIVE_MINUTES: Literal[1440] = 1440
+# Discord refuses a second thread on one message; the first one has the message's id.
+_THREAD_ALREADY_EXISTS = 160004
+_TEXT_SUFFIXES = frozenset(
+    {".txt", ".md", ".py", ".js", ".ts", ".json", ".yaml", ".yml", ".toml", ".log", ".diff",
+     ".patch", ".sh", ".rs", ".go", ".java", ".c", ".h", ".cpp", ".rb", ".sql", ".csv", ".ini"}
+)  # fmt: skip
+_MEMBER_HINT = (
+    "You have not joined this party yet, so your mention was not queued. "
+    "Ask the host for the invite token and run `/concordia join token:<token>`."
+)
+
+
+def _author(user: discord.abc.User) -> Author:
+    return Author(PLATFORM, str(user.id), user.display_name)
+
+
+def _adapter_error(exc: discord.HTTPException) -> AdapterError:
+    retry_after = getattr(exc, "retry_after", None)
+    retryable = exc.status >= 500 or exc.status == 429
+    return AdapterError(
+        f"Discord answered {exc.status} ({exc.code}): {exc.text}"[:300],
+        retry_after=retry_after,
+        retryable=retryable,
+    )
+
+
+def strip_mention(content: str, bot_id: int) -> str:
+    """The prompt without the bot's own mention(s)."""
+    return re.sub(rf"<@!?{bot_id}>", "", content).strip()
+
+
+class DiscordSink:
+    """Posts and edits on Discord for the relays. A thread is ``"C"`` (channel C itself) or
+    ``"C/M"`` (the thread started from message M in channel C, created on first use)."""
+
+    def __init__(self, client: discord.Client, edit_interval_s: float):
+        self._client = client
+        self._edit_interval_s = edit_interval_s
+        self._threads: dict[str, int] = {}
+
+    @property
+    def max_message_chars(self) -> int:
+        return MAX_MESSAGE_CHARS
+
+    @property
+    def edit_interval_s(self) -> float:
+        return self._edit_interval_s
+
+    async def post(self, thread: str, text: str) -> str:
+        channel_id = await self._channel_for(thread)
+        channel = self._client.get_partial_messageable(channel_id)
+        try:
+            message = await channel.send(
+                text, allowed_mentions=discord.AllowedMentions.none(), suppress_embeds=True
+            )
+        except discord.HTTPException as exc:
+            raise _adapter_error(exc) from exc
+        return f"{channel_id}:{message.id}"
+
+    async def edit(self, ref: str, text: str) -> None:
+        channel_id, message_id = (int(part) for part in ref.split(":"))
+        message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
+        try:
+            await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            raise _adapter_error(exc) from exc
+
+    async def _channel_for(self, thread: str) -> int:
+        if "/" not in thread:
+            return int(thread)
+        if thread in self._threads:
+            return self._threads[thread]
+        channel_id, message_id = (int(part) for part in thread.split("/"))
+        message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
+        try:
+            # The low-level call: a partial message has no guild, which create_thread wants.
+            created = await self._client.http.start_thread_with_message(
+                channel_id,
+                message_id,
+                name=await self._thread_name(message),
+                auto_archive_duration=_THREAD_ARCHIVE_MINUTES,
+            )
+            self._threads[thread] = int(created["id"])
+        except discord.HTTPException as exc:
+            if exc.code != _THREAD_ALREADY_EXISTS:
+                raise _adapter_error(exc) from exc
+            self._threads[thread] = message_id  # made before a restart: same id as the message
+        return self._threads[thread]
+
+    async def _thread_name(self, message: discord.PartialMessage) -> str:
+        try:
+            full = await message.fetch()
+        except discord.HTTPException:
+            return "Concordia"
+        me = self._client.user
+        text = strip_mention(full.content, me.id) if me else full.content
+        name = " ".join(text.split())[:_THREAD_NAME_CHARS]
+        return name or "Concordia"
+
+
+class _MergeNotes:
+    """On each batch, every Discord source but the first gets a reaction and a link to the
+    thread where the merged answer streams. Owns its queue and task."""
+
+    def __init__(self, client: discord.Client, guild_of: Mapping[int, int]):
+        self._client = client
+        self._guild_of = guild_of
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue()
+
+    def deliver(self, event: PartyEvent) -> None:
+        if isinstance(event, BatchStarted):
+            self._queue.put_nowait(event.batch)
+
+    async def run(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            ours = [s for s in batch.sources if s.platform == PLATFORM and "/" in s.thread]
+            if len(ours) < 2:
+                continue
+            home = ours[0].thread
+            channel_id, thread_id = (int(part) for part in home.split("/"))
+            link = f"https://discord.com/channels/{self._guild_of.get(channel_id, 0)}/{thread_id}"
+            for source in ours[1:]:
+                if source.thread == home:
+                    continue
+                cid, mid = (int(part) for part in source.thread.split("/"))
+                message = self._client.get_partial_messageable(cid).get_partial_message(mid)
+                try:
+                    await message.add_reaction(_MERGED)
+                    await message.reply(
+                        f"Merged into batch {batch.batch_id}: {link}",
+                        allowed_mentions=discord.AllowedMentions.none(),
+                        suppress_embeds=True,
+                    )
+                except discord.HTTPException:
+                    log.warning("could not link a merged prompt", exc_info=True)
+
+
+class _Client(discord.Client):
+    """discord.py's client with our command tree; events go to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter):
+        intents = discord.Intents.default()
+        intents.message_content = True
+        super().__init__(
+            intents=intents,
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=adapter.guild_ready_timeout_s,
+        )
+        self.adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+        self.tree.add_command(_concordia_group(adapter))
+
+    async def setup_hook(self) -> None:
+        await self.adapter.setup(self)
+
+    async def on_ready(self) -> None:
+        self.adapter.ready.set()
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+
+class DiscordAdapter:
+    """Serves ``channels`` (channel id → its party). `start` returns once READY."""
+
+    name = PLATFORM
+    # discord.py waits this long for GUILD_CREATEs before READY; the guilds we need are
+    # fetched by id in setup anyway.
+    guild_ready_timeout_s = 2.0
+
+    def __init__(
+        self,
+        settings: DiscordSettings,
+        channels: Mapping[str, Party],
+        outbox: Outbox,
+        *,
+        token: str,
+    ):
+        self._settings = settings
+        self._channels = {int(c): p for c, p in channels.items()}
+        self._outbox = outbox
+        self._token = token
+        self.ready = asyncio.Event()
+        self._client: _Client | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._relays: list[ThreadRelay] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._guild_of: dict[int, int] = {}
+        self._hinted: set[int] = set()
+        self._sink: DiscordSink | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Class attributes shared by every client in the process: the endpoints are settings.
+        discord.http.Route.BASE = self._settings.api_base.rstrip("/")
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(self._settings.gateway_url)
+        self._client = _Client(self)
+        self._runner = asyncio.create_task(self._connect(self._client), name="discord-client")
+        ready = asyncio.create_task(self.ready.wait())
+        try:
+            async with asyncio.timeout(self._settings.ready_timeout_s):
+                await asyncio.wait({ready, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise AdapterError(
+                f"Discord did not become ready within discord.ready_timeout_s "
+                f"({self._settings.ready_timeout_s:g} s)",
+                retryable=False,
+            ) from None
+        finally:
+            ready.cancel()
+        if self._runner.done():
+            self._runner.result()  # raises the AdapterError that ended it
+        await self._start_relays()
+
+    async def run(self) -> None:
+        """Serve until cancelled; raises `AdapterError` if the gateway refuses us for good."""
+        if self._runner is None:
+            raise RuntimeError("start() the Discord adapter before run()")
+        await asyncio.shield(self._runner)
+
+    async def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe.clear()
+        for relay in self._relays:
+            with contextlib.suppress(Exception):
+                await relay.stop()
+        self._relays.clear()
+        for task in self._tasks:
+            task.cancel()
+        if self._client is not None:
+            await self._client.close()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError, AdapterError):
+                await self._runner
+            self._runner = None
+
+    async def _connect(self, client: _Client) -> None:
+        try:
+            async with client:
+                await client.start(self._token)
+        except discord.LoginFailure:
+            raise AdapterError(
+                f"Discord refused the bot token in ${self._settings.token_env}: "
+                "reset it in the Developer Portal (Bot → Reset Token) and export it again",
+                retryable=False,
+            ) from None
+        except discord.PrivilegedIntentsRequired:
+            raise AdapterError(
+                "Discord refused the Message Content intent: enable it in the Developer Portal "
+                "(Bot → Privileged Gateway Intents → Message Content Intent)",
+                retryable=False,
+            ) from None
+        except discord.ConnectionClosed as exc:
+            if exc.code in _FATAL_CLOSE_CODES:
+                raise AdapterError(
+                    f"Discord closed the gateway with {exc.code} ({exc.reason}); "
+                    "not reconnecting (it would burn the IDENTIFY budget)",
+                    retryable=False,
+                ) from None
+            raise AdapterError(f"Discord gateway closed: {exc.code} {exc.reason}") from exc
+
+    async def setup(self, client: _Client) -> None:
+        """Inside discord.py's loop after login: learn the served channels' guilds and
+        register /concordia there, so the commands appear at once (global ones take up to
+        an hour)."""
+        guilds: set[int] = set()
+        for channel_id in self._channels:
+            try:
+                channel = await client.fetch_channel(channel_id)
+            except discord.HTTPException as exc:
+                raise AdapterError(
+                    f"discord.channels: cannot see channel {channel_id} ({exc.status}): invite the "
+                    "bot to its server and give it View Channel",
+                    retryable=False,
+                ) from exc
+            guild = getattr(channel, "guild", None)
+            if guild is not None:
+                self._guild_of[channel_id] = guild.id
+                guilds.add(guild.id)
+        for guild_id in guilds:
+            target = discord.Object(id=guild_id)
+            client.tree.copy_global_to(guild=target)
+            await client.tree.sync(guild=target)
+
+    async def _start_relays(self) -> None:
+        assert self._client is not None
+        self._sink = DiscordSink(self._client, self._settings.edit_interval_s)
+        finished = await redeliver(self._sink, self._outbox, PLATFORM)
+        if finished:
+            log.info("finished %d Discord messages cut off by a restart", finished)
+        homes: dict[str, str] = {}
+        for channel_id, party in self._channels.items():
+            homes.setdefault(party.name, str(channel_id))
+        parties = {p.name: p for p in self._channels.values()}
+        for name, party in parties.items():
+            relay = ThreadRelay(
+                self._sink, self._outbox, platform=PLATFORM, home_thread=homes[name]
+            )
+            await relay.__aenter__()
+            self._relays.append(relay)
+            self._unsubscribe.append(party.subscribe(relay))
+            notes = _MergeNotes(self._client, self._guild_of)
+            self._tasks.append(asyncio.create_task(notes.run(), name=f"discord-notes-{name}"))
+            self._unsubscribe.append(party.subscribe(notes))
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def party_for(self, channel_id: int | None, parent_id: int | None = None) -> Party | None:
+        if channel_id in self._channels:
+            return self._channels[channel_id]
+        return self._channels.get(parent_id) if parent_id is not None else None
+
+    async def on_message(self, message: discord.Message) -> None:
+        client = self._client
+        if client is None or client.user is None:
+            return
+        if message.author.bot or message.author.id == client.user.id:
+            return  # our own posts come back as MESSAGE_CREATE; other bots are not members
+        party = self._channels.get(message.channel.id)
+        if party is None or client.user not in message.mentions:
+            return
+        text = strip_mention(message.content, client.user.id)
+        text = await self._with_attachments(text, message.attachments, party)
+        prompt = Prompt(
+            f"{PLATFORM}:{message.id}",
+            _author(message.author),
+            text,
+            thread=f"{message.channel.id}/{message.id}",
+        )
+        submission = await party.submit(prompt)
+        try:
+            match submission:
+                case Accepted(is_duplicate=False):
+                    await message.add_reaction(_QUEUED)
+                case Accepted():
+                    pass  # a redelivered event: already queued and marked
+                case Rejected(reason=reason) if party.role_of(prompt.author) is None:
+                    await self._hint_once(message)
+                    log.info("ignored a mention from a non-member: %s", reason)
+                case Rejected(reason=reason):
+                    await message.reply(
+                        f"Not queued: {reason}", allowed_mentions=discord.AllowedMentions.none()
+                    )
+                case _:
+                    assert_never(submission)
+        except discord.HTTPException:
+            log.warning("could not acknowledge a prompt on Discord", exc_info=True)
+
+    async def _hint_once(self, message: discord.Message) -> None:
+        """One hint per person, by DM, else as a reply (which cannot ping)."""
+        if message.author.id in self._hinted:
+            return
+        self._hinted.add(message.author.id)
+        try:
+            await message.author.send(_MEMBER_HINT)
+        except discord.HTTPException:
+            await message.reply(_MEMBER_HINT, allowed_mentions=discord.AllowedMentions.none())
+
+    async def _with_attachments(
+        self, text: str, attachments: list[discord.Attachment], party: Party
+    ) -> str:
+        """Text files (Discord turns a long paste into message.txt) are read into the prompt
+        within the party's limit; anything else is named, never dropped silently."""
+        budget = party.max_prompt_chars - len(text)
+        parts = [text] if text else []
+        for attachment in attachments:
+            suffix = PurePosixPath(attachment.filename).suffix.lower()
+            is_text = (attachment.content_type or "").startswith(
+                "text/"
+            ) or suffix in _TEXT_SUFFIXES
+            if is_text and attachment.size <= budget * 4:
+                try:
+                    body = (await attachment.read()).decode("utf-8")
+                except (discord.HTTPException, UnicodeDecodeError) as exc:
+                    parts.append(f"[attachment {attachment.filename}: could not be read ({exc})]")
+                    continue
+                if len(body) <= budget:
+                    parts.append(f"--- {attachment.filename} ---\n{body}")
+                    budget -= len(body)
+                    continue
+            parts.append(
+                f"[attachment {attachment.filename} ({attachment.content_type or 'unknown type'}, "
+                f"{attachment.size:,} bytes) not included]"
+            )
+        return "\n\n".join(parts)
+
+    async def command(
+        self, interaction: discord.Interaction[Any], name: str, args: str = ""
+    ) -> None:
+        """Answer a /concordia subcommand: deferred at once (Discord wants a reply within
+        3 s), then the party's answer, visible only to the caller."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = interaction.channel
+        parent = getattr(channel, "parent_id", None)
+        party = self.party_for(interaction.channel_id, parent)
+        if party is None:
+            await interaction.followup.send(
+                "This channel is not served by Concordia.", ephemeral=True
+            )
+            return
+        author = _author(interaction.user)
+        if name == "join":
+            role = await party.join(args.strip(), author)
+            text = (
+                f"Welcome to party {party.name} ({role.value}). Mention me with a prompt."
+                if role
+                else "That invite token was refused."
+            )
+        else:
+            result = await party.command(Command(name, args, author, str(interaction.channel_id)))
+            text = result.text
+        await interaction.followup.send(
+            text[:MAX_MESSAGE_CHARS],
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
+def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
+    """/concordia join|leave|status|queue|cancel|invite|restart|new."""
+    group = app_commands.Group(name="concordia", description="Drive the shared Claude session")
+
+    def simple(name: str, description: str) -> None:
+        async def callback(interaction: discord.Interaction[Any]) -> None:
+            await adapter.command(interaction, name)
+
+        group.add_command(
+            app_commands.Command(name=name, description=description, callback=callback)
+        )
+
+    @group.command(name="join", description="Join this channel's party with an invite token")
+    @app_commands.describe(token="the invite token the host gave you")
+    async def join(interaction: discord.Interaction[Any], token: str) -> None:
+        await adapter.command(interaction, "join", token)
+
+    @group.command(name="cancel", description="Interrupt the running turn (or withdraw yours)")
+    @app_commands.describe(mine="withdraw your newest queued prompt instead")
+    async def cancel(interaction: discord.Interaction[Any], mine: bool = False) -> None:
+        await adapter.command(interaction, "cancel", "mine" if mine else "")
+
+    @group.command(name="invite", description="Host: show or rotate the invite token")
+    @app_commands.describe(rotate="replace the token; the old one stops working")
+    async def invite(interaction: discord.Interaction[Any], rotate: bool = False) -> None:
+        await adapter.command(interaction, "invite", "rotate" if rotate else "")
+
+    simple("leave", "Leave this channel's party")
+    simple("status", "Claude's state, the queue and counters")
+    simple("queue", "Who is waiting with what")
+    simple("restart", "Host: restart Claude, same conversation")
+    simple("new", "Host: start a fresh Claude conversation")
+    return group
