@@ -53,7 +53,7 @@ _FENCE = "```"
 _FENCE_START = re.compile(r"[ \t]*```")
 _FENCE_LINE = re.compile(r"^[ \t]*```[^\n]*", re.MULTILINE)
 # Cuts prefer a paragraph, then a line, then a word boundary, but only within the last quarter
-# of the budget: a boundary earlier than that would cost a whole extra message.
+# of the budget, and only while the stream's slack lasts (see `_plan`).
 _BOUNDARY_WINDOW = 0.25
 # An info string longer than this is not repeated when a fence is reopened; it is not a
 # language name, and repeating it could eat the budget of every part.
@@ -68,6 +68,7 @@ class _Span:
     end: int
     fence_in: str | None
     fence_out: str | None
+    slack_in: int  # boundary slack left when this part starts (see `_plan`)
 
 
 def _fence_step(line: str, fence: str | None) -> str | None:
@@ -107,14 +108,17 @@ def _is_visible(text: str) -> bool:
     return bool(text.strip())
 
 
-def _choose_cut(text: str, pos: int, fence: str | None, budget: int) -> tuple[int, str | None]:
-    """Where the part starting at ``pos`` ends, and the fence state there.
+def _choose_cut(
+    text: str, pos: int, fence: str | None, budget: int, window: int
+) -> tuple[int, str | None]:
+    """Where the part starting at ``pos`` ends, and the fence state there: a boundary no
+    more than ``window`` characters before the budget's end, else a hard cut.
 
-    The choice depends on text[pos:pos + budget] only, so a stream that cuts as soon as its
-    text overflows makes exactly the cuts `split_message` makes on the whole text.
+    The choice depends on text[pos:pos + budget] and ``window`` only, so a stream that cuts
+    as soon as its text overflows makes exactly the cuts `split_message` makes.
     """
     limit = min(pos + budget, len(text))
-    lo = pos + budget - int(budget * _BOUNDARY_WINDOW)
+    lo = pos + budget - window
     starts = [pos]  # line starts in [pos, limit]
     states = [fence]  # the fence state at each of them
     i = pos
@@ -169,8 +173,17 @@ def _choose_cut(text: str, pos: int, fence: str | None, budget: int) -> tuple[in
     return c, states[bisect.bisect_right(starts, c) - 1]
 
 
-def _plan(text: str, fence: str | None, max_chars: int) -> list[_Span]:
-    """Cut ``text`` (which starts with ``fence`` open) into spans that render to <= max_chars."""
+def _plan(text: str, fence: str | None, max_chars: int, slack: int | None = None) -> list[_Span]:
+    """Cut ``text`` (which starts with ``fence`` open) into spans that render to <= max_chars.
+
+    ``slack`` (default half of ``max_chars``) is how many characters, summed over all parts
+    but the last, may go unused by cutting at a nicer boundary; each cut may spend half
+    of what is left. The other half covers the fence lines of cuts inside code. Keeping the
+    total below ``max_chars`` is what bounds the count at one message per ``max_chars`` of
+    text plus one (issue #4); that holds while the fence lines of splits stay under half a
+    message, true at Discord's and Slack's limits (about 15 characters a split).
+    """
+    slack = max_chars // 2 if slack is None else slack
     spans: list[_Span] = []
     pos, n = 0, len(text)
     while pos < n:
@@ -178,10 +191,12 @@ def _plan(text: str, fence: str | None, max_chars: int) -> list[_Span]:
         if n - pos <= budget:
             out = _fence_after(text, pos, n, fence)
             if n - pos + (0 if out is None else len(_close(text))) <= budget:
-                spans.append(_Span(pos, n, fence, out))
+                spans.append(_Span(pos, n, fence, out, slack))
                 break
-        cut, out = _choose_cut(text, pos, fence, budget)
-        spans.append(_Span(pos, cut, fence, out))
+        window = min(int(budget * _BOUNDARY_WINDOW), slack // 2)
+        cut, out = _choose_cut(text, pos, fence, budget, window)
+        spans.append(_Span(pos, cut, fence, out, slack))
+        slack = max(0, slack - (budget - (cut - pos)))
         pos, fence = cut, out
     return spans
 
@@ -470,6 +485,7 @@ class OutputStream:
         self._is_closing = False
         self._tail = ""  # raw text of the current message onwards
         self._tail_fence: str | None = None  # the fence open where `_tail` starts
+        self._tail_slack: int | None = None  # `_plan`'s slack left where `_tail` starts
         self._messages: list[_Message] = []
         self._done_upto = 0  # messages before this index are final and confirmed
         self._next_seq = first_seq
@@ -581,13 +597,14 @@ class OutputStream:
         if self._pending:
             self._tail += "".join(self._pending)
             self._pending.clear()
-        spans = _plan(self._tail, self._tail_fence, self._max_chars)
+        spans = _plan(self._tail, self._tail_fence, self._max_chars, self._tail_slack)
         for index, span in enumerate(spans):
             is_final = self._is_closing or index < len(spans) - 1
             self._settle(_render(self._tail, span), is_final=is_final)
         if spans and not self._is_closing:
             self._tail = self._tail[spans[-1].start :]
             self._tail_fence = spans[-1].fence_in
+            self._tail_slack = spans[-1].slack_in
 
     def _settle(self, text: str, *, is_final: bool) -> None:
         last = self._messages[-1] if self._messages else None

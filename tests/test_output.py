@@ -848,3 +848,15 @@ async def test_relay_without_a_home_thread_skips_other_transports_batches():
         relay.deliver(BatchDone(7, TurnStatus.SUCCESS))
     assert set(sink.threads) == {"t-7"}
     assert sink.texts("t-7")[1:] == ["mine"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_split_uses_one_message_per_limit_plus_at_most_one(seed):
+    """Issue #4: one message per max_chars of output, plus at most one, even for text with
+    a paragraph break every few lines and code fences split across messages."""
+    rng = random.Random(seed)
+    text = markdown(rng, 400)[:50_000]
+    for limit in (2000, 3500):  # Discord and Slack; see _plan on smaller limits
+        parts = split_message(text, limit)
+        assert len(parts) <= -(-len(text) // limit) + 1, (limit, len(text), len(parts))
+        assert all(len(p) <= limit for p in parts)
