@@ -45,6 +45,8 @@ PLATFORM = "discord"
 MAX_MESSAGE_CHARS = 2000
 # Close codes after which reconnecting only burns the daily IDENTIFY budget.
 _FATAL_CLOSE_CODES = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
+# "Authentication failed": the gateway's way of refusing the token (REST's is a 401).
+_BAD_TOKEN_CLOSE_CODE = 4004
 _QUEUED = "⏳"
 _MERGED = "🔗"
 _THREAD_NAME_CHARS = 90
@@ -55,10 +57,9 @@ _TEXT_SUFFIXES = frozenset(
     {".txt", ".md", ".py", ".js", ".ts", ".json", ".yaml", ".yml", ".toml", ".log", ".diff",
      ".patch", ".sh", ".rs", ".go", ".java", ".c", ".h", ".cpp", ".rb", ".sql", ".csv", ".ini"}
 )  # fmt: skip
-_MEMBER_HINT = (
-    "You have not joined this party yet, so your mention was not queued. "
-    "Ask the host for the invite token and run `/concordia join token:<token>`."
-)
+_HOW_TO_JOIN = "Ask the host for the invite token and run `/concordia join token:<token>`."
+_MEMBER_HINT = f"You have not joined this party yet, so your mention was not queued. {_HOW_TO_JOIN}"
+_COMMAND_HINT = f"You have not joined this party yet. {_HOW_TO_JOIN}"
 
 
 def _author(user: discord.abc.User) -> Author:
@@ -294,11 +295,7 @@ class DiscordAdapter:
             async with client:
                 await client.start(self._token)
         except discord.LoginFailure:
-            raise AdapterError(
-                f"Discord refused the bot token in ${self._settings.token_env}: "
-                "reset it in the Developer Portal (Bot → Reset Token) and export it again",
-                retryable=False,
-            ) from None
+            raise self._token_refused() from None
         except discord.PrivilegedIntentsRequired:
             raise AdapterError(
                 "Discord refused the Message Content intent: enable it in the Developer Portal "
@@ -306,6 +303,8 @@ class DiscordAdapter:
                 retryable=False,
             ) from None
         except discord.ConnectionClosed as exc:
+            if exc.code == _BAD_TOKEN_CLOSE_CODE:
+                raise self._token_refused() from None
             if exc.code in _FATAL_CLOSE_CODES:
                 raise AdapterError(
                     f"Discord closed the gateway with {exc.code} ({exc.reason}); "
@@ -313,6 +312,13 @@ class DiscordAdapter:
                     retryable=False,
                 ) from None
             raise AdapterError(f"Discord gateway closed: {exc.code} {exc.reason}") from exc
+
+    def _token_refused(self) -> AdapterError:
+        return AdapterError(
+            f"Discord refused the bot token in ${self._settings.token_env}: "
+            "reset it in the Developer Portal (Bot → Reset Token) and export it again",
+            retryable=False,
+        )
 
     async def setup(self, client: _Client) -> None:
         """Inside discord.py's loop after login: learn the served channels' guilds and
@@ -461,6 +467,8 @@ class DiscordAdapter:
                 if role
                 else "That invite token was refused."
             )
+        elif party.role_of(author) is None:
+            text = _COMMAND_HINT  # the party's own answer does not say how to join here
         else:
             result = await party.command(Command(name, args, author, str(interaction.channel_id)))
             text = result.text
@@ -504,3 +512,40 @@ def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
     simple("restart", "Host: restart Claude, same conversation")
     simple("new", "Host: start a fresh Claude conversation")
     return group
+
+
+async def diagnose(settings: DiscordSettings, token: str) -> list[str]:
+    """What would stop the bridge, each with its fix (for `concordia doctor`); [] if nothing.
+
+    Logs in over REST only (no gateway session, so no IDENTIFY is spent).
+    """
+    discord.http.Route.BASE = settings.api_base.rstrip("/")
+    client = discord.Client(intents=discord.Intents.default())
+    problems: list[str] = []
+    try:
+        try:
+            await client.login(token)
+        except discord.LoginFailure:
+            return [
+                f"Discord refused the token in ${settings.token_env}: reset it in the Developer "
+                "Portal (Bot → Reset Token) and export it again"
+            ]
+        app = await client.application_info()
+        if not (app.flags.gateway_message_content or app.flags.gateway_message_content_limited):
+            problems.append(
+                "the Message Content intent is off: enable it in the Developer Portal "
+                "(Bot → Privileged Gateway Intents → Message Content Intent)"
+            )
+        for channel_id in settings.channels:
+            try:
+                await client.fetch_channel(int(channel_id))
+            except discord.HTTPException as exc:
+                problems.append(
+                    f"discord.channels: the bot cannot see channel {channel_id} ({exc.status}): "
+                    "invite it to that server and give it View Channel"
+                )
+    except discord.HTTPException as exc:
+        problems.append(f"Discord answered {exc.status} while checking: {exc.text}"[:300])
+    finally:
+        await client.close()
+    return problems

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import urllib.error
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace the prompter token; the old one stops working",
     )
+    commands.add_parser(
+        "doctor", parents=[common], help="check the setup: claude, credentials, Discord"
+    )
     join = commands.add_parser("join", help="join a party from this terminal")
     join.add_argument("url", help="concordia://HOST:PORT/TOKEN")
     join.add_argument(
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _setup(settings.claude)
             case "invite":
                 return asyncio.run(_invite(settings, rotate=args.rotate))
+            case "doctor":
+                return asyncio.run(_doctor(settings))
     except ConcordiaError as exc:
         print(f"concordia: {exc}", file=sys.stderr)
         return 1
@@ -198,6 +204,73 @@ def _setup(claude: ClaudeSettings) -> int:
 # -- commands ------------------------------------------------------------------------------
 
 
+async def _doctor(settings: Settings) -> int:
+    """Say what would stop `concordia run` from working, each with its fix; 1 if anything."""
+    problems: list[str] = []
+    claude = settings.claude
+    found = shutil.which(claude.command)
+    if found is None:
+        problems.append(
+            f"claude.command {claude.command!r} is not on PATH: `make run` installs a pinned one "
+            "into .tools/, or set claude.command to its path"
+        )
+    else:
+        version = await _claude_version(found)
+        print(f"✓ claude: {found} ({version or 'version unknown'})")
+    if _has_credentials(_claude_env(claude)):
+        print("✓ Claude has credentials")
+    else:
+        problems.append("Claude has no credentials: run `concordia setup` or set ANTHROPIC_API_KEY")
+    if not claude.workdir.is_dir():
+        problems.append(f"claude.workdir {claude.workdir} is not a directory")
+    if settings.discord.is_enabled:
+        token = os.environ.get(settings.discord.token_env, "")
+        if not token:
+            problems.append(
+                f"discord.channels is set but ${settings.discord.token_env} is empty: export the "
+                "bot token (Developer Portal → Bot → Reset Token)"
+            )
+        else:
+            from adapters.discord import diagnose
+
+            found_problems = await diagnose(settings.discord, token)
+            problems += found_problems
+            if not found_problems:
+                print("✓ Discord: token accepted, Message Content intent on, channels visible")
+    if settings.slack.is_enabled:
+        slack = settings.slack
+        bot_token = os.environ.get(slack.bot_token_env, "")
+        app_token = os.environ.get(slack.app_token_env, "")
+        if not (bot_token and app_token):
+            problems.append(
+                f"slack.channels is set but ${slack.bot_token_env} or ${slack.app_token_env} is "
+                "empty: export the xoxb- bot token and the xapp- app-level token"
+            )
+        else:
+            from adapters.slack import diagnose as diagnose_slack
+
+            slack_problems = await diagnose_slack(slack, bot_token, app_token)
+            problems += slack_problems
+            if not slack_problems:
+                print("✓ Slack: both tokens accepted, scopes granted")
+    for problem in problems:
+        print(f"✗ {problem}")
+    if not problems:
+        print("everything needed is in place")
+    return 1 if problems else 0
+
+
+async def _claude_version(command: str) -> str:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            command, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), _KEY_CHECK_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return ""
+    return out.decode(errors="replace").strip()
+
+
 async def _invite(settings: Settings, *, rotate: bool) -> int:
     async with Store(settings.store.path) as store:
         await store.ensure_party(settings.party.name)
@@ -239,6 +312,21 @@ async def _run(settings: Settings) -> int:
             )
             return 2
 
+    slack_tokens: tuple[str, str] | None = None
+    if settings.slack.is_enabled:
+        slack = settings.slack
+        bot_token = os.environ.get(slack.bot_token_env, "")
+        app_token = os.environ.get(slack.app_token_env, "")
+        if not (bot_token and app_token):
+            print(
+                f"concordia: slack.channels is set but ${slack.bot_token_env} (xoxb-) or "
+                f"${slack.app_token_env} (xapp-, Socket Mode) is empty: export both or clear "
+                "slack.channels",
+                file=sys.stderr,
+            )
+            return 2
+        slack_tokens = (bot_token, app_token)
+
     async with Store(settings.store.path) as store, contextlib.AsyncExitStack() as stack:
         tokens_file = _state_file(settings, "tokens.json")
         books: dict[str, InviteBook] = {}
@@ -250,6 +338,8 @@ async def _run(settings: Settings) -> int:
         secrets = _secrets(settings.claude, claude_env, list(invites.values()))
         if discord_token:
             secrets.append(discord_token)
+        if slack_tokens:
+            secrets.extend(slack_tokens)
         redactor = Redactor(secrets)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_RedactingFilter(redactor))
@@ -276,6 +366,16 @@ async def _run(settings: Settings) -> int:
 
             channels = {c: parties[settings.discord.party_of(c)] for c in settings.discord.channels}
             adapters.append(DiscordAdapter(settings.discord, channels, store, token=discord_token))
+        if slack_tokens:
+            from adapters.slack import SlackAdapter
+
+            bot_token, app_token = slack_tokens
+            channels = {c: parties[settings.slack.party_of(c)] for c in settings.slack.channels}
+            adapters.append(
+                SlackAdapter(
+                    settings.slack, channels, store, bot_token=bot_token, app_token=app_token
+                )
+            )
         await _serve(parties, adapters, lambda: _announce(settings, websocket.port, invites))
     return 0
 
@@ -293,22 +393,37 @@ async def _serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(p.run(), name=f"runner-{p.name}") for p in parties.values()]
-            for adapter in adapters:
-                await adapter.start()
-                tasks.append(group.create_task(adapter.run(), name=f"adapter-{adapter.name}"))
-            announce()
-            await stop.wait()
-            log.info("stopping")
-            for task in tasks:
-                task.cancel()
+        await _run_tasks(parties, adapters, announce, stop)
     finally:
         for adapter in adapters:
             await adapter.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):
                 loop.remove_signal_handler(sig)
+
+
+async def _run_tasks(
+    parties: Mapping[str, Party],
+    adapters: list[Adapter],
+    announce: Callable[[], None],
+    stop: asyncio.Event,
+) -> None:
+    try:
+        async with asyncio.TaskGroup() as group:
+            # Adapters first: a runner resuming a batch at once must find them listening.
+            tasks = []
+            for adapter in adapters:
+                await adapter.start()
+                tasks.append(group.create_task(adapter.run(), name=f"adapter-{adapter.name}"))
+            tasks += [group.create_task(p.run(), name=f"runner-{p.name}") for p in parties.values()]
+            announce()
+            await stop.wait()
+            log.info("stopping")
+            for task in tasks:
+                task.cancel()
+    except* ConcordiaError as group:
+        # One line for the host (the Discord token was refused), not a task-group traceback.
+        raise group.exceptions[0] from None
 
 
 def _announce(settings: Settings, port: int, invites: Mapping[str, Invites]) -> None:

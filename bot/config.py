@@ -26,6 +26,7 @@ __all__ = [
     "LogSettings",
     "PartySettings",
     "Settings",
+    "SlackSettings",
     "StoreSettings",
     "WebSocketSettings",
     "load_settings",
@@ -113,6 +114,32 @@ class DiscordSettings(_Section):
         return self.parties.get(channel, f"discord-{channel}")
 
 
+class SlackSettings(_Section):
+    bot_token_env: str = Field(default="SLACK_BOT_TOKEN", min_length=1)
+    app_token_env: str = Field(default="SLACK_APP_TOKEN", min_length=1)
+    channels: tuple[str, ...] = ()
+    parties: dict[str, str] = Field(default_factory=dict)
+    api_url: str = "https://slack.com/api/"
+    max_message_chars: int = Field(default=3500, ge=500, le=40000)
+    edit_interval_s: float = Field(default=1.2, gt=0)
+    download_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bound_channels_are_served(self) -> Self:
+        unknown = sorted(set(self.parties) - set(self.channels))
+        if unknown:
+            raise ValueError(f"slack.parties names channels not in slack.channels: {unknown}")
+        return self
+
+    @property
+    def is_enabled(self) -> bool:
+        return bool(self.channels)
+
+    def party_of(self, channel: str) -> str:
+        """The party a served channel belongs to: its binding, else one of its own."""
+        return self.parties.get(channel, f"slack-{channel}")
+
+
 class LogSettings(_Section):
     level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -123,13 +150,15 @@ class Settings(_Section):
     claude: ClaudeSettings = ClaudeSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     discord: DiscordSettings = DiscordSettings()
+    slack: SlackSettings = SlackSettings()
     log: LogSettings = LogSettings()
 
     def party_names(self) -> list[str]:
         """Every party this configuration runs: the terminals' one first."""
         names = [self.party.name]
-        for channel in self.discord.channels:
-            name = self.discord.party_of(channel)
+        bound = [self.discord.party_of(c) for c in self.discord.channels]
+        bound += [self.slack.party_of(c) for c in self.slack.channels]
+        for name in bound:
             if name not in names:
                 names.append(name)
         return names

@@ -293,14 +293,9 @@ class Party:
     async def run(self) -> None:
         """The runner: the only task that sends anything to Claude. Runs until cancelled."""
         for open_batch in await self._store.open_batches(self.name):
-            if open_batch.was_sent:
-                self._publish(
-                    Notice(
-                        f"batch {open_batch.batch.batch_id} was cut off by a restart; "
-                        "re-running it once"
-                    )
-                )
-            await self._run_batch(open_batch.batch)
+            batch_id = open_batch.batch.batch_id
+            note = f"batch {batch_id} was cut off by a restart; re-running it once"
+            await self._run_batch(open_batch.batch, note=note if open_batch.was_sent else "")
         # Prompts left from a previous run have waited long enough.
         skip_window = bool(await self._store.pending_prompts(self.name))
         while True:
@@ -363,8 +358,10 @@ class Party:
                 sources = await self._store.pending_prompts(self.name)
         return None
 
-    async def _run_batch(self, batch: Batch) -> None:
-        """Send one batch to Claude, stream its output, and record how it ended."""
+    async def _run_batch(self, batch: Batch, *, note: str = "") -> None:
+        """Send one batch to Claude, stream its output, and record how it ended.
+
+        ``note`` is said right after the batch starts, so it lands in the batch's thread."""
         while True:
             batch = await self._store.mark_sent(batch)
             if batch.attempt > _MAX_ATTEMPTS:
@@ -376,6 +373,9 @@ class Party:
             if batch.is_rerun:
                 self.metrics.batches_rerun += 1
             self._publish(BatchStarted(self._shown(batch)))
+            if note:
+                self._publish(Notice(note))
+                note = ""
             try:
                 status, detail = await self._turn(batch)
             except SessionDied as exc:

@@ -12,6 +12,10 @@ from bot.config import Settings, load_settings
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
 
 _CLEARED_PREFIXES = ("CONCORDIA_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "CLAUDE_")
+# slack-sdk sends even 127.0.0.1 through HTTP(S)_PROXY (it ignores NO_PROXY): the fakes are local.
+_CLEARED_NAMES = frozenset(
+    {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}
+)
 
 
 @pytest.fixture(autouse=True)
@@ -19,7 +23,7 @@ def clean_environ() -> Iterator[None]:
     """No test reads the developer's environment (httpx's clean_environ)."""
     saved = dict(os.environ)
     for name in list(os.environ):
-        if name.startswith(_CLEARED_PREFIXES):
+        if name.startswith(_CLEARED_PREFIXES) or name in _CLEARED_NAMES:
             del os.environ[name]
     try:
         yield

@@ -8,7 +8,8 @@ Replies are chosen from the user's text (case-sensitive substrings, first match 
 - ``fail_next()`` pending: the queued HTTP error.
 - ``FAIL``: HTTP 500 ``api_error``.
 - ``SLOW``: the echo, then ``slow_steps`` deltas of ``" ."`` one every ``slow_interval_s``.
-- ``LONG``: `LONG_REPLY` (about 12,000 characters with fenced Python blocks).
+- ``LONG``: ``long_reply`` (by default `LONG_REPLY`, about 12,000 characters with fenced
+  Python blocks) in slices of 200 characters, ``long_interval_s`` apart.
 - otherwise: ``"ECHO: " + user_text[:200]``.
 
 The session-title side request the TUI sends (``tools: []`` and an
@@ -26,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,24 +134,39 @@ class FakeAnthropic:
     ones answered with an error. ``in_flight`` counts replies being streamed right now and
     ``max_in_flight`` the most ever streamed at once; the title side request counts in
     neither. ``first_delta`` is set once a ``SLOW`` reply has written its first text
-    delta; tests clear it themselves between turns.
+    delta; tests clear it themselves between turns. ``first_text_at_s`` is the
+    ``time.monotonic()`` at which the first main-turn reply wrote its first text delta.
 
     A client that hangs up mid-stream (the CLI aborts the request on interrupt) cancels
     its handler at once; that is not an error and nothing is logged above DEBUG.
     """
 
-    def __init__(self, *, slow_interval_s: float = 0.5, slow_steps: int = 30) -> None:
+    def __init__(
+        self,
+        *,
+        slow_interval_s: float = 0.5,
+        slow_steps: int = 30,
+        long_reply: str = LONG_REPLY,
+        long_interval_s: float = 0.0,
+    ) -> None:
         if slow_interval_s < 0:
             raise ValueError(f"slow_interval_s must be >= 0, got {slow_interval_s}")
         if slow_steps < 0:
             raise ValueError(f"slow_steps must be >= 0, got {slow_steps}")
+        if not long_reply:
+            raise ValueError("long_reply must not be empty")
+        if long_interval_s < 0:
+            raise ValueError(f"long_interval_s must be >= 0, got {long_interval_s}")
         self._slow_interval_s = slow_interval_s
         self._slow_steps = slow_steps
+        self._long_reply = long_reply
+        self._long_interval_s = long_interval_s
         self.requests: asyncio.Queue[RecordedRequest] = asyncio.Queue()
         self.turns: list[RecordedRequest] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.first_delta = asyncio.Event()
+        self.first_text_at_s: float | None = None
         self._failures: collections.deque[_Failure] = collections.deque()
         self._message_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -260,16 +277,29 @@ class FakeAnthropic:
         if "SLOW" in text:
             deltas = self._slow_deltas(_echo(text))
         elif "LONG" in text:
-            deltas = _deltas(_slices(LONG_REPLY, _LONG_DELTA_CHARS))
+            deltas = self._long_deltas()
         else:
             deltas = _deltas(_split(_echo(text), _ECHO_DELTAS))
 
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            return await self._stream(request, model, deltas)
+            return await self._stream(request, model, self._timed(deltas))
         finally:
             self.in_flight -= 1
+
+    async def _timed(self, deltas: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+        async with contextlib.aclosing(deltas):
+            async for text in deltas:
+                if self.first_text_at_s is None:
+                    self.first_text_at_s = time.monotonic()
+                yield text
+
+    async def _long_deltas(self) -> AsyncGenerator[str, None]:
+        for i, text in enumerate(_slices(self._long_reply, _LONG_DELTA_CHARS)):
+            if i and self._long_interval_s:
+                await asyncio.sleep(self._long_interval_s)  # pacing, as a real model streams
+            yield text
 
     async def _slow_deltas(self, echo: str) -> AsyncGenerator[str, None]:
         yield echo

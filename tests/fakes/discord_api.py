@@ -18,7 +18,8 @@ Behaviour copied from Discord, because a client that gets it wrong should fail h
 
 - REST replies carry ``Content-Type: application/json`` exactly (discord.py reads a body with
   ``; charset=utf-8`` as text), ``Via: 1.1 google`` and ``X-RateLimit-*`` headers (50
-  requests per bucket per second, so ordinary tests are never throttled). A 429 without
+  requests per bucket per second, never enforced, so ordinary tests are never throttled;
+  ``route_limits`` makes chosen routes advertise and enforce real limits). A 429 without
   ``Via`` would look like a Cloudflare ban to discord.py, so injected 429s carry it too.
 - Bot routes need ``Authorization: Bot TOKEN`` (401 otherwise); ``/interactions/…`` and
   ``/webhooks/…`` are authorised by the token in the path instead.
@@ -40,6 +41,9 @@ Behaviour copied from Discord, because a client that gets it wrong should fail h
 - READY's ``resume_gateway_url`` is ``/gateway-resume``, a different path from the default
   ``/gateway``, so a test can tell a RESUME dial from a fresh one. A client closing with
   1000 or 1001 ends its session (Discord's rule); any other close leaves it resumable.
+- ``POST /users/@me/channels`` opens (or returns the existing) DM channel with a member; a
+  message the bot posts there comes back as a ``MESSAGE_CREATE`` without ``guild_id``,
+  under the DIRECT_MESSAGES intent, as on Discord.
 """
 
 from __future__ import annotations
@@ -135,6 +139,7 @@ _INTENT_GUILDS = 1 << 0
 _INTENT_GUILD_PRESENCES = 1 << 8
 _INTENT_GUILD_MESSAGES = 1 << 9
 _INTENT_GUILD_MESSAGE_REACTIONS = 1 << 10
+_INTENT_DIRECT_MESSAGES = 1 << 12
 _INTENT_MESSAGE_CONTENT = 1 << 15
 _ALL_INTENTS = (1 << 26) - 1
 
@@ -156,6 +161,7 @@ _TYPE_DEFAULT = 0
 _TYPE_REPLY = 19
 _TYPE_CHAT_INPUT_COMMAND = 20
 _CHANNEL_GUILD_TEXT = 0
+_CHANNEL_DM = 1
 _CHANNEL_PUBLIC_THREAD = 11
 _INTERACTION_APPLICATION_COMMAND = 2
 _CALLBACK_CHANNEL_MESSAGE = 4
@@ -194,7 +200,8 @@ _NONCE_WINDOW_S = 300.0
 _INTERACTION_ACK_DEADLINE_S = 3.0
 _INTERACTION_TOKEN_TTL_S = 15 * 60.0
 
-# Success-path rate limit buckets: generous, so only injected 429s throttle a test.
+# Success-path rate limit buckets: generous, so only injected 429s throttle a test (unless
+# `route_limits` asks for real limits on some routes).
 _BUCKET_LIMIT = 50
 _BUCKET_WINDOW_S = 1.0
 
@@ -247,7 +254,9 @@ class RecordedCall:
     ``route`` is the matched template in discord.py's ``Route.key`` form
     (``PUT /channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me``), or ``""``
     when nothing matched. ``json`` is the JSON body (``payload_json`` of a multipart upload),
-    or None; ``files`` holds uploaded ``(filename, bytes)`` pairs.
+    or None; ``files`` holds uploaded ``(filename, bytes)`` pairs. ``arrived_at_s`` is the
+    ``time.monotonic()`` at which the request arrived, so a test can check the pacing after
+    a 429.
     """
 
     method: str
@@ -258,6 +267,7 @@ class RecordedCall:
     query: Mapping[str, str]
     status: int
     files: tuple[tuple[str, bytes], ...] = ()
+    arrived_at_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -582,9 +592,19 @@ class FakeDiscord:
     Test controls that dispatch (``send_message``, ``send_interaction``) need a live or
     resumable session: they raise RuntimeError before the client has identified. While the
     client is disconnected their dispatches are logged and replayed on RESUME.
+
+    ``route_limits`` maps a route (``Route.key`` form) to ``(requests, window_s)``: that route
+    advertises the limit per bucket (route and major parameter, e.g. one channel) and answers
+    429 to a request beyond it, with ``retry_after`` the rest of the window, as Discord does
+    (observed: 5 message creates per 5 s in a channel). Other routes keep the generous limit.
     """
 
-    def __init__(self, *, heartbeat_interval_ms: int = _DEFAULT_HEARTBEAT_INTERVAL_MS) -> None:
+    def __init__(
+        self,
+        *,
+        heartbeat_interval_ms: int = _DEFAULT_HEARTBEAT_INTERVAL_MS,
+        route_limits: Mapping[str, tuple[int, float]] | None = None,
+    ) -> None:
         if heartbeat_interval_ms <= 0:
             raise ValueError(f"heartbeat_interval_ms must be > 0, got {heartbeat_interval_ms}")
         self._heartbeat_interval_ms = heartbeat_interval_ms
@@ -601,6 +621,11 @@ class FakeDiscord:
         self._origin: str | None = None
         self._is_used = False
         self._routes = self._build_routes()
+        self._route_limits = dict(route_limits or {})
+        for route, (limit, window_s) in self._route_limits.items():
+            self._check_route(route)
+            if limit < 1 or window_s <= 0:
+                raise ValueError(f"route_limits[{route!r}] needs requests >= 1 and window_s > 0")
 
         self._sessions: dict[str, _Session] = {}
         self._session: _Session | None = None  # the most recently identified session
@@ -636,6 +661,7 @@ class FakeDiscord:
             CHANNEL_ID: _text_channel(CHANNEL_ID, "concordia", 0),
             OTHER_CHANNEL_ID: _text_channel(OTHER_CHANNEL_ID, "general", 1),
         }
+        self._dm_channels: dict[int, int] = {}  # user id -> their DM channel with the bot
         self._messages: dict[int, _StoredMessage] = {}
         self._channel_messages: dict[int, list[int]] = {}
         self._nonces: dict[tuple[int, str], tuple[int, float]] = {}
@@ -1147,6 +1173,9 @@ class FakeDiscord:
         if session is None:
             return
         data = copy.deepcopy(payload)
+        if self._channels[int(data["channel_id"])]["type"] == _CHANNEL_DM:
+            await self._dispatch(session, event, data, _INTENT_DIRECT_MESSAGES)
+            return
         data["guild_id"] = str(GUILD_ID)
         author_id = int(data["author"]["id"])
         if author_id in self._member_roles:
@@ -1189,6 +1218,7 @@ class FakeDiscord:
         message = "/channels/{channel_id}/messages/{message_id}"
         return [
             _route("GET", "/users/@me", self._get_me),
+            _route("POST", "/users/@me/channels", self._post_dm_channel),
             _route("GET", "/oauth2/applications/@me", self._get_application),
             _route("GET", "/gateway", self._get_gateway),
             _route("GET", "/gateway/bot", self._get_gateway_bot),
@@ -1254,6 +1284,7 @@ class FakeDiscord:
         return None, {}, path_exists
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
+        arrived_at_s = time.monotonic()
         raw_path = request.rel_url.raw_path[len(_API_PREFIX) :] or "/"
         segments = [unquote(s) for s in raw_path.split("/")[1:]]
         route, params, path_exists = self._match(request.method, segments)
@@ -1274,6 +1305,9 @@ class FakeDiscord:
             )
         elif (rule := self._take_rate_limit(route)) is not None:
             reply, headers = self._rate_limited(route, params, rule)
+        elif (wait_s := self._bucket_wait_s(route, params)) > 0:
+            rule = _RateLimitRule(route.key, wait_s, is_global=False, remaining=1)
+            reply, headers = self._rate_limited(route, params, rule)
         else:
             try:
                 reply = await route.handler(_Call(params, body, files, request.query))
@@ -1289,6 +1323,7 @@ class FakeDiscord:
             query=dict(request.query),
             status=reply.status,
             files=files,
+            arrived_at_s=arrived_at_s,
         )
         self.calls.append(call)
         self.requests.put_nowait(call)
@@ -1330,7 +1365,7 @@ class FakeDiscord:
             headers |= {"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"}
         else:
             headers |= {
-                "X-RateLimit-Limit": str(_BUCKET_LIMIT),
+                "X-RateLimit-Limit": str(self._limit_of(route)[0]),
                 "X-RateLimit-Remaining": "0",
                 "X-RateLimit-Reset": f"{time.time() + rule.retry_after:.3f}",
                 "X-RateLimit-Reset-After": f"{rule.retry_after:.3f}",
@@ -1339,17 +1374,35 @@ class FakeDiscord:
             }
         return _Reply(429, body), headers
 
-    def _bucket_headers(self, route: _Route, params: dict[str, str]) -> dict[str, str]:
+    def _limit_of(self, route: _Route) -> tuple[int, float]:
+        return self._route_limits.get(route.key, (_BUCKET_LIMIT, _BUCKET_WINDOW_S))
+
+    def _bucket_key(self, route: _Route, params: dict[str, str]) -> tuple[str, str]:
         major = params.get(route.bucket_param, "") if route.bucket_param else ""
+        return route.key, major
+
+    def _bucket_wait_s(self, route: _Route, params: dict[str, str]) -> float:
+        """Seconds until an enforced bucket (``route_limits``) has room; 0 if it has now."""
+        if route.key not in self._route_limits:
+            return 0.0
+        limit, window_s = self._limit_of(route)
+        bucket = self._buckets.get(self._bucket_key(route, params))
+        if bucket is None or bucket.used < limit:
+            return 0.0
+        return max(0.0, window_s - (time.monotonic() - bucket.window_start_s))
+
+    def _bucket_headers(self, route: _Route, params: dict[str, str]) -> dict[str, str]:
+        limit, window_s = self._limit_of(route)
+        key = self._bucket_key(route, params)
         now = time.monotonic()
-        bucket = self._buckets.get((route.key, major))
-        if bucket is None or now - bucket.window_start_s >= _BUCKET_WINDOW_S:
-            bucket = self._buckets[(route.key, major)] = _Bucket(now)
+        bucket = self._buckets.get(key)
+        if bucket is None or now - bucket.window_start_s >= window_s:
+            bucket = self._buckets[key] = _Bucket(now)
         bucket.used += 1
-        reset_after = max(0.0, _BUCKET_WINDOW_S - (now - bucket.window_start_s))
+        reset_after = max(0.0, window_s - (now - bucket.window_start_s))
         return {
-            "X-RateLimit-Limit": str(_BUCKET_LIMIT),
-            "X-RateLimit-Remaining": str(max(0, _BUCKET_LIMIT - bucket.used)),
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - bucket.used)),
             "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
             "X-RateLimit-Reset-After": f"{reset_after:.3f}",
             "X-RateLimit-Bucket": _bucket_hash(route),
@@ -1359,6 +1412,30 @@ class FakeDiscord:
 
     async def _get_me(self, call: _Call) -> _Reply:
         return _Reply(200, self._me())
+
+    async def _post_dm_channel(self, call: _Call) -> _Reply:
+        body = _require_object(call.body)
+        try:
+            recipient_id = int(body["recipient_id"])
+        except (KeyError, TypeError, ValueError):
+            raise _ApiError.invalid_form(
+                ("recipient_id",), "BASE_TYPE_REQUIRED", "This field is required"
+            ) from None
+        if recipient_id not in self._users:
+            raise _ApiError(404, 10013, "Unknown User")
+        if recipient_id == BOT_USER_ID:
+            raise _ApiError(400, 50007, "Cannot send messages to this user")
+        channel_id = self._dm_channels.get(recipient_id)
+        if channel_id is None:
+            channel_id = self._dm_channels[recipient_id] = self._ids.next()
+            self._channels[channel_id] = {
+                "id": str(channel_id),
+                "type": _CHANNEL_DM,
+                "last_message_id": None,
+                "flags": 0,
+                "recipients": [self._users[recipient_id]],
+            }
+        return _Reply(200, self._channels[channel_id])
 
     async def _get_application(self, call: _Call) -> _Reply:
         return _Reply(
