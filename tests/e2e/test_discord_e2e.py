@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import re
 import sqlite3
+import sys
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings
-from tests.e2e.harness import BotProcess
+from tests.e2e.harness import BotProcess, Client
 from tests.fakes.anthropic_api import LONG_REPLY, FakeAnthropic
 from tests.fakes.discord_api import (
     ALICE_ID,
     BOB_ID,
     BOT_USER_ID,
     CHANNEL_ID,
+    GUILD_ID,
     TOKEN,
     FakeDiscord,
     GatewayOp,
@@ -264,8 +267,88 @@ async def test_mention_is_queued_merged_and_streamed_into_a_thread(
             c.json.get("allowed_mentions") == {"parse": []} for c in posted if "channels/" in c.path
         )
         assert sum("login test" in t.user_text for t in fake_api.turns) == 1, "one merged turn"
+        # The other merged prompt gets 🔗 and a link to the thread where the answer streams.
+        link = f"/channels/{GUILD_ID}/{thread_b}"
+        await wait_for(
+            fake_discord,
+            lambda: any(link in m["content"] for m in fake_discord.messages(CHANNEL_ID)),
+        )
+        assert any(str(b["id"]) in c.path and "🔗" in c.path for c in fake_discord.calls)
     finally:
         await bot.stop()
+
+
+async def test_a_channel_bound_to_the_terminals_party_shares_its_claude_session(
+    fake_api: FakeAnthropic, fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    config = discord_config(tmp_path, fake_api, fake_discord, parties={str(CHANNEL_ID): "default"})
+    async with BotProcess(config, tmp_path, env={"DISCORD_BOT_TOKEN": TOKEN}) as bot:
+        assert not any(line.startswith("party '") for line in bot.stdout), "no second party"
+        assert "Welcome" in await join(fake_discord, ALICE_ID, bot.invite)
+        async with Client(bot.port, bot.invite, "carol") as carol:
+            await carol.expect("welcome")
+            await carol.prompt("c1", "from the terminal")
+            # A terminal's batch shows in the bound channel (its home thread).
+            await wait_for(
+                fake_discord,
+                lambda: any(
+                    "ECHO: from the terminal" in m["content"]
+                    for m in fake_discord.messages(CHANNEL_ID)
+                ),
+            )
+            mention = await fake_discord.send_message(ALICE_ID, "from discord")
+
+            def alices_batch_done(frames: list[dict[str, Any]]) -> bool:
+                ids = {
+                    f["batch_id"]
+                    for f in frames
+                    if f["type"] == "batch" and f["sources"][0]["author"] == "Alice"
+                }
+                return any(f["type"] == "done" and f["batch_id"] in ids for f in frames)
+
+            await carol.until(alices_batch_done, within_s=30)
+            batch = next(
+                f
+                for f in carol.all
+                if f["type"] == "batch" and f["sources"][0]["author"] == "Alice"
+            )
+            outputs = "".join(
+                f["text"]
+                for f in carol.all
+                if f["type"] == "output" and f["batch_id"] == batch["batch_id"]
+            )
+            assert "ECHO: from discord" in outputs
+    assert any(str(mention["id"]) in c.path and "/reactions/" in c.path for c in fake_discord.calls)
+    ids = {t.session_id for t in fake_api.turns}
+    assert len(ids) == 1, "one Claude session served both transports"
+
+
+async def test_doctor_names_a_refused_token_and_a_missing_intent(
+    fake_api: FakeAnthropic, fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    config = discord_config(tmp_path, fake_api, fake_discord)
+
+    async def doctor(token: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot.cli", "doctor", "--config", str(config),
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "DISCORD_BOT_TOKEN": token},
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode()
+
+    code, out = await doctor(TOKEN)
+    assert code == 0, out
+    assert "✓ Discord" in out
+    code, out = await doctor("not-the-token")
+    assert code == 1
+    assert "$DISCORD_BOT_TOKEN" in out
+    assert "not-the-token" not in out
+    fake_discord.message_content_intent = False
+    code, out = await doctor(TOKEN)
+    assert code == 1
+    assert "Message Content" in out
 
 
 @pytest.mark.timeout(120)

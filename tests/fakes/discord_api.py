@@ -614,6 +614,8 @@ class FakeDiscord:
         self.gateway_frames: list[GatewayFrame] = []
         self.replayed: list[_Json] = []
         self.rate_limited_count = 0
+        # Whether the Developer Portal's Message Content switch is on (application flags).
+        self.message_content_intent = True
 
         self._ids = _Snowflakes()
         self._connection_ids = itertools.count(1)
@@ -2134,7 +2136,8 @@ class FakeDiscord:
 
     def _application_flags(self) -> int:
         # GATEWAY_GUILD_MEMBERS_LIMITED | GATEWAY_MESSAGE_CONTENT_LIMITED | COMMAND_BADGE
-        return (1 << 15) | (1 << 19) | (1 << 23)
+        content = (1 << 19) if self.message_content_intent else 0
+        return (1 << 15) | content | (1 << 23)
 
     def _member(self, user_id: int, *, with_user: bool = False) -> _Json:
         member: _Json = {
