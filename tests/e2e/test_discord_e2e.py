@@ -33,6 +33,7 @@ from tests.fakes.discord_api import (
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(120)]
 
+SUPPRESS_EMBEDS = 1 << 2
 PARTY = f"discord-{CHANNEL_ID}"
 MAX_CHARS = 2000
 EPHEMERAL = 1 << 6
@@ -266,6 +267,12 @@ async def test_mention_is_queued_merged_and_streamed_into_a_thread(
         assert all(
             c.json.get("allowed_mentions") == {"parse": []} for c in posted if "channels/" in c.path
         )
+        # Link previews of URLs Claude wrote are suppressed on everything posted in the thread.
+        thread_posts = [
+            c for c in posted if c.method == "POST" and f"/channels/{thread_b}/" in c.path
+        ]
+        assert thread_posts
+        assert all(int(c.json.get("flags") or 0) & SUPPRESS_EMBEDS for c in thread_posts)
         assert sum("login test" in t.user_text for t in fake_api.turns) == 1, "one merged turn"
         # The other merged prompt gets 🔗 and a link to the thread where the answer streams.
         link = f"/channels/{GUILD_ID}/{thread_b}"
