@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -81,10 +81,33 @@ class WebSocketSettings(_Section):
     join_timeout_s: float = Field(default=10.0, gt=0)
 
 
-class DiscordSettings(_Section):
-    token_env: str = Field(default="DISCORD_BOT_TOKEN", min_length=1)
+class _ChannelBridge(_Section):
+    """What every chat bridge shares: the channels it serves and the party each belongs to."""
+
     channels: tuple[str, ...] = ()
     parties: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _bound_channels_are_served(self) -> Self:
+        unknown = sorted(set(self.parties) - set(self.channels))
+        if unknown:
+            raise ValueError(f"parties names channels not listed in channels: {unknown}")
+        return self
+
+    @property
+    def is_enabled(self) -> bool:
+        return bool(self.channels)
+
+    def party_of(self, channel: str) -> str:
+        """The party a served channel belongs to: its binding, else one of its own."""
+        return self.parties.get(channel, f"{self._platform}-{channel}")
+
+    _platform: ClassVar[str]
+
+
+class DiscordSettings(_ChannelBridge):
+    _platform: ClassVar[str] = "discord"
+    token_env: str = Field(default="DISCORD_BOT_TOKEN", min_length=1)
     api_base: str = "https://discord.com/api/v10"
     gateway_url: str = "wss://gateway.discord.gg"
     edit_interval_s: float = Field(default=1.0, gt=0)
@@ -98,46 +121,15 @@ class DiscordSettings(_Section):
                 raise ValueError(f"{channel!r} is not a channel id (Developer Mode → Copy ID)")
         return channels
 
-    @model_validator(mode="after")
-    def _bound_channels_are_served(self) -> Self:
-        unknown = sorted(set(self.parties) - set(self.channels))
-        if unknown:
-            raise ValueError(f"discord.parties names channels not in discord.channels: {unknown}")
-        return self
 
-    @property
-    def is_enabled(self) -> bool:
-        return bool(self.channels)
-
-    def party_of(self, channel: str) -> str:
-        """The party a served channel belongs to: its binding, else one of its own."""
-        return self.parties.get(channel, f"discord-{channel}")
-
-
-class SlackSettings(_Section):
+class SlackSettings(_ChannelBridge):
+    _platform: ClassVar[str] = "slack"
     bot_token_env: str = Field(default="SLACK_BOT_TOKEN", min_length=1)
     app_token_env: str = Field(default="SLACK_APP_TOKEN", min_length=1)
-    channels: tuple[str, ...] = ()
-    parties: dict[str, str] = Field(default_factory=dict)
     api_url: str = "https://slack.com/api/"
     max_message_chars: int = Field(default=3500, ge=500, le=40000)
     edit_interval_s: float = Field(default=1.2, gt=0)
     download_timeout_s: float = Field(default=30.0, gt=0)
-
-    @model_validator(mode="after")
-    def _bound_channels_are_served(self) -> Self:
-        unknown = sorted(set(self.parties) - set(self.channels))
-        if unknown:
-            raise ValueError(f"slack.parties names channels not in slack.channels: {unknown}")
-        return self
-
-    @property
-    def is_enabled(self) -> bool:
-        return bool(self.channels)
-
-    def party_of(self, channel: str) -> str:
-        """The party a served channel belongs to: its binding, else one of its own."""
-        return self.parties.get(channel, f"slack-{channel}")
 
 
 class LogSettings(_Section):
@@ -286,7 +278,9 @@ def _apply_env(raw: dict[str, Any], origin: dict[str, str], env: Mapping[str, st
 def _describe(err: Any, origin: dict[str, str]) -> str:
     dotted = ".".join(str(p) for p in err["loc"])
     top = ".".join(str(p) for p in err["loc"][:2])
-    where = origin.get(top, "default")
+    # A section-wide check (discord.parties vs discord.channels) has no key of its own.
+    inside = (source for key, source in origin.items() if key.startswith(top + "."))
+    where = origin.get(top) or next(inside, "default")
     return f"{dotted}: {err['msg']} (got {err.get('input')!r} from {where})"
 
 
