@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, assert_never
 
@@ -70,6 +71,7 @@ class SlackSink:
         self._client = client
         self._max = max_message_chars
         self._interval = edit_interval_s
+        self._last_post: dict[str, float] = {}
 
     @property
     def max_message_chars(self) -> int:
@@ -81,6 +83,12 @@ class SlackSink:
 
     async def post(self, thread: str, text: str) -> str:
         channel, _, thread_ts = thread.partition("/")
+        # chat.postMessage allows about one message a second per channel: a long reply's
+        # finished messages are spaced like edits instead of arriving in one burst.
+        wait_s = self._last_post.get(channel, -self._interval) + self._interval - time.monotonic()
+        if wait_s > 0:
+            await asyncio.sleep(wait_s)  # pacing: Slack's per-channel posting rate
+        self._last_post[channel] = time.monotonic()
         try:
             response = await self._client.chat_postMessage(
                 channel=channel,
