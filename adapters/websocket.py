@@ -95,6 +95,10 @@ def event_frame(event: PartyEvent) -> dict[str, Any]:
                 "prompt": batch.prompt,
                 "attempt": batch.attempt,
                 "sources": [{"prompt_id": s.prompt_id, "author": s.author} for s in batch.sources],
+                "groups": [
+                    {"prompt_ids": list(g.prompt_ids), "instruction": g.instruction}
+                    for g in batch.groups
+                ],
             }
         case OutputText(batch_id=batch_id, text=text):
             return {"type": "output", "batch_id": batch_id, "text": text}

@@ -22,7 +22,7 @@ from adapters.base import Adapter
 from adapters.websocket import WebSocketAdapter
 from bot import ConcordiaError
 from bot.config import ClaudeSettings, Settings, load_settings
-from bot.dedupe import LocalDeduper
+from bot.dedupe import GeminiDeduper, build_deduper
 from bot.invite import InviteBook, Invites, invite_url
 from bot.party import Party
 from bot.safety import Redactor
@@ -340,9 +340,14 @@ async def _run(settings: Settings) -> int:
             secrets.append(discord_token)
         if slack_tokens:
             secrets.extend(slack_tokens)
+        if gemini_key := os.environ.get(settings.gemini.api_key_env, ""):
+            secrets.append(gemini_key)
         redactor = Redactor(secrets)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_RedactingFilter(redactor))
+        deduper = build_deduper(settings)
+        if isinstance(deduper, GeminiDeduper):
+            stack.push_async_callback(deduper.aclose)
         parties: dict[str, Party] = {}
         for name in settings.party_names():
             session_id = await store.session_id(name)
@@ -354,7 +359,7 @@ async def _run(settings: Settings) -> int:
                 name=name,
                 store=store,
                 session=session,
-                deduper=LocalDeduper(),
+                deduper=deduper,
                 invites=books[name],
                 redactor=redactor,
             )

@@ -23,6 +23,7 @@ __all__ = [
     "ClaudeSettings",
     "ConfigError",
     "DiscordSettings",
+    "GeminiSettings",
     "LogSettings",
     "PartySettings",
     "Settings",
@@ -132,6 +133,13 @@ class SlackSettings(_ChannelBridge):
     download_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class GeminiSettings(_Section):
+    api_key_env: str = Field(default="GEMINI_API_KEY", min_length=1)
+    model: str = Field(default="gemini-3.8-flash", min_length=1)
+    base_url: str = ""
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+
 class LogSettings(_Section):
     level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -143,6 +151,7 @@ class Settings(_Section):
     websocket: WebSocketSettings = WebSocketSettings()
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
+    gemini: GeminiSettings = GeminiSettings()
     log: LogSettings = LogSettings()
 
     def party_names(self) -> list[str]:

@@ -697,6 +697,7 @@ class OutputStream:
 _HEADER_SEQ = 0  # a batch's header is its first message; its output follows, then the status
 _HEADER_PROMPT_CHARS = 300
 _HEADER_PROMPT_LINES = 8
+_HEADER_PART_CHARS = 120
 _HEADER_AUTHORS = 10
 _STATUS_DETAIL_CHARS = 200
 
@@ -710,10 +711,13 @@ def _batch_header(batch: Batch, max_chars: int) -> str:
     title = f"**Batch {batch.batch_id}**"
     if batch.is_rerun:
         title += f" (re-run after a restart, attempt {batch.attempt})"
-    prompt = batch.prompt.strip()
-    if len(prompt) > _HEADER_PROMPT_CHARS:
-        prompt = prompt[: _HEADER_PROMPT_CHARS - 1].rstrip() + "…"
-    lines = prompt.splitlines()
+    if batch.groups and len(batch.sources) > 1:
+        lines = _merge_lines(batch)
+    else:
+        prompt = batch.prompt.strip()
+        if len(prompt) > _HEADER_PROMPT_CHARS:
+            prompt = prompt[: _HEADER_PROMPT_CHARS - 1].rstrip() + "…"
+        lines = prompt.splitlines()
     if len(lines) > _HEADER_PROMPT_LINES:
         lines = [*lines[:_HEADER_PROMPT_LINES], "…"]
     quoted = "\n".join(f"> {line}" if line.strip() else ">" for line in lines)
@@ -721,6 +725,26 @@ def _batch_header(batch: Batch, max_chars: int) -> str:
     if len(header) > max_chars:
         header = header[: max_chars - 1] + "…"
     return header
+
+
+def _merge_lines(batch: Batch) -> list[str]:
+    """One line per part of a merged batch: its instruction and the prompts merged into it.
+
+    "1. fix the login test ← #12 alice, #14 bob", then a line for the reactions counted.
+    """
+    author = {s.prompt_id: s.author for s in batch.sources}
+    lines = []
+    for number, group in enumerate(batch.groups, start=1):
+        first = group.instruction.strip().splitlines()[0] if group.instruction.strip() else ""
+        if len(first) > _HEADER_PART_CHARS:
+            first = first[: _HEADER_PART_CHARS - 1].rstrip() + "…"
+        merged = ", ".join(f"#{i} {author.get(i, '?')}" for i in group.prompt_ids)
+        lines.append(f"{number}. {first} ← {merged}")
+    grouped = {i for g in batch.groups for i in g.prompt_ids}
+    reactions = [f"#{s.prompt_id} {s.author}" for s in batch.sources if s.prompt_id not in grouped]
+    if reactions:
+        lines.append(f"reactions: {', '.join(reactions)}")
+    return lines
 
 
 def _status_line(done: BatchDone, *, has_output: bool) -> str | None:

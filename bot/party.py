@@ -269,7 +269,7 @@ class Party:
             last = f"last turn ended {time.monotonic() - self._last_turn_at:.0f} s ago"
         lines = [
             f"party {self.name}: Claude is {state}; {len(pending)} prompt(s) queued; {last}",
-            f"restarts: {session.restarts}; merger: {self._deduper.name}; "
+            f"restarts: {session.restarts}; merger: {self._deduper.describe()}; "
             f"participants: {len(self._members)}",
             *self.metrics.lines(),
         ]

@@ -1,4 +1,4 @@
-"""Shared fixtures: a clean environment, the fake Anthropic API and settings pointing at it."""
+"""Shared fixtures: a clean environment, the fake Anthropic and Gemini APIs, and settings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from bot.config import Settings, load_settings
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
+from tests.fakes.gemini_api import FakeGemini
 
 _CLEARED_PREFIXES = ("CONCORDIA_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "CLAUDE_")
 # slack-sdk sends even 127.0.0.1 through HTTP(S)_PROXY (it ignores NO_PROXY): the fakes are local.
@@ -78,3 +79,10 @@ def _to_toml(raw: dict[str, dict[str, object]]) -> str:
             else:
                 lines.append(f"{key} = {json.dumps(value)}")
     return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+async def fake_gemini() -> AsyncIterator[FakeGemini]:
+    """A running FakeGemini that accepts the key ``test-key``."""
+    async with FakeGemini() as fake:
+        yield fake

@@ -626,3 +626,34 @@ async def test_a_hundred_prompts_merge_deterministically() -> None:
     assert_invariants(first, prompts)
     assert await LocalDeduper().merge(prompts) == first
     assert len(first.groups) < 30, "a hundred prompts from 14 families collapse"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("delete the legacy_export function", "remove legacy_export function"),
+        ("bump requests to 2.32", "upgrade requests to 2.32"),
+        ("get rid of the print calls in src/worker/", "remove print calls in src/worker"),
+        ("fix test_login", "fix test_login and add a regression test for empty passwords"),
+        ("rename --verbose to --debug", "yes rename --verbose to --debug"),
+        ("the sorting tests are failing", "fix the failing sort tests"),
+    ],
+)
+async def test_synonyms_stems_and_covered_asks_merge(first: str, second: str) -> None:
+    merge = await run(("alice", first), ("bob", second))
+    assert [g.prompt_ids for g in merge.groups] == [(1, 2)], merge.prompt
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("install the pre-commit hooks", "uninstall the pre-commit hooks"),
+        ("add tests for src/a.py", "remove tests for src/a.py"),
+        ("speed up the polling loop", "slow down the polling loop"),
+        ("fix test_login", "fix test_logout and add a regression test"),
+        ("bump the retries to 3", "bump the retries to 4 and the timeout to 5"),
+    ],
+)
+async def test_look_alikes_and_partial_covers_stay_apart(first: str, second: str) -> None:
+    merge = await run(("alice", first), ("bob", second))
+    assert len(merge.groups) == 2, merge.prompt

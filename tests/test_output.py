@@ -20,6 +20,7 @@ from bot.model import (
     Batch,
     BatchDone,
     BatchStarted,
+    MergeGroup,
     Notice,
     OutputText,
     SourcePrompt,
@@ -860,3 +861,28 @@ def test_split_uses_one_message_per_limit_plus_at_most_one(seed):
         parts = split_message(text, limit)
         assert len(parts) <= -(-len(text) // limit) + 1, (limit, len(text), len(parts))
         assert all(len(p) <= limit for p in parts)
+
+
+async def test_relay_header_lists_each_part_and_the_prompts_merged_into_it():
+    sources = (
+        SourcePrompt(4, "alice", "fix test_login", "t", PLATFORM),
+        SourcePrompt(5, "bob", "please fix test_login", "t", PLATFORM),
+        SourcePrompt(6, "carol", "bump requests to 2.32\nand pin it", "t", PLATFORM),
+        SourcePrompt(7, "dave", "+1", "t", PLATFORM),
+    )
+    groups = (
+        MergeGroup((6,), ("carol",), "bump requests to 2.32\nand pin it"),
+        MergeGroup((4, 5), ("alice", "bob", "dave"), "x" * 300),
+    )
+    batch = Batch(batch_id=3, prompt="merged", sources=sources, groups=groups)
+    sink = FakeSink(max_chars=2000)
+    async with relay_for(sink, MemoryOutbox()) as relay:
+        relay.deliver(BatchStarted(batch))
+        relay.deliver(BatchDone(3, TurnStatus.SUCCESS))
+    header = sink.texts("t")[0].split("\n")
+    assert header[0] == "**Batch 3** — alice, bob, carol, dave"
+    assert header[1] == "> 1. bump requests to 2.32 ← #6 carol"
+    assert header[2].startswith("> 2. xxx")
+    assert header[2].endswith("… ← #4 alice, #5 bob")
+    assert len(header[2]) < 160
+    assert header[3] == "> reactions: #7 dave"
