@@ -763,6 +763,7 @@ class GeminiDeduper:
             response_mime_type="application/json",
             response_json_schema=_GEMINI_SCHEMA,
             temperature=0.0,
+            automatic_function_calling=genai_types.AutomaticFunctionCallingConfig(disable=True),
             # Merging is a short judgement: low thinking keeps it within the timeout.
             thinking_config=genai_types.ThinkingConfig(
                 thinking_level=genai_types.ThinkingLevel.LOW
