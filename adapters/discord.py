@@ -34,7 +34,7 @@ from bot.model import (
     Prompt,
     Rejected,
 )
-from bot.output import Outbox, ThreadRelay, redeliver
+from bot.output import Outbox, ThreadRelay, redeliver, split_message
 from bot.party import Party
 
 __all__ = ["PLATFORM", "DiscordAdapter", "DiscordSink"]
@@ -449,8 +449,10 @@ class DiscordAdapter:
         self, interaction: discord.Interaction[Any], name: str, args: str = ""
     ) -> None:
         """Answer a /concordia subcommand: deferred at once (Discord wants a reply within
-        3 s), then the party's answer, visible only to the caller."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        3 s), then the party's answer, visible only to the caller unless it is public."""
+        # The first follow-up replaces the "thinking" message and keeps its visibility:
+        # a shell command's output is for the channel, every other answer for the caller.
+        await interaction.response.defer(ephemeral=name != "shell", thinking=True)
         channel = interaction.channel
         parent = getattr(channel, "parent_id", None)
         party = self.party_for(interaction.channel_id, parent)
@@ -460,6 +462,7 @@ class DiscordAdapter:
             )
             return
         author = _author(interaction.user)
+        public = False
         if name == "join":
             role = await party.join(args.strip(), author)
             text = (
@@ -471,16 +474,20 @@ class DiscordAdapter:
             text = _COMMAND_HINT  # the party's own answer does not say how to join here
         else:
             result = await party.command(Command(name, args, author, str(interaction.channel_id)))
-            text = result.text
-        await interaction.followup.send(
-            text[:MAX_MESSAGE_CHARS],
-            ephemeral=True,
-            allowed_mentions=discord.AllowedMentions.none(),
-        )
+            text, public = result.text, result.public
+        # A public answer (a shell command's output) may be long: one message per part.
+        parts = split_message(text, MAX_MESSAGE_CHARS) if public else [text[:MAX_MESSAGE_CHARS]]
+        for part in parts:
+            await interaction.followup.send(
+                part,
+                ephemeral=not public,
+                allowed_mentions=discord.AllowedMentions.none(),
+                suppress_embeds=True,
+            )
 
 
 def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
-    """/concordia join|leave|status|queue|cancel|invite|restart|new."""
+    """/concordia join|leave|status|queue|cancel|shell|invite|restart|new."""
     group = app_commands.Group(name="concordia", description="Drive the shared Claude session")
 
     def simple(name: str, description: str) -> None:
@@ -505,6 +512,11 @@ def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
     @app_commands.describe(rotate="replace the token; the old one stops working")
     async def invite(interaction: discord.Interaction[Any], rotate: bool = False) -> None:
         await adapter.command(interaction, "invite", "rotate" if rotate else "")
+
+    @group.command(name="shell", description="Run a command on the host (allowed users only)")
+    @app_commands.describe(command="the command, run in Claude's working directory")
+    async def shell(interaction: discord.Interaction[Any], command: str) -> None:
+        await adapter.command(interaction, "shell", command)
 
     simple("leave", "Leave this channel's party")
     simple("status", "Claude's state, the queue and counters")

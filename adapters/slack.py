@@ -306,6 +306,7 @@ class SlackAdapter:
         author = Author(
             PLATFORM, str(command.get("user_id", "")), str(command.get("user_name", ""))
         )
+        public = False
         if name == "join":
             role = await party.join(args.strip(), author)
             text = (
@@ -315,8 +316,13 @@ class SlackAdapter:
             )
         else:
             result = await party.command(Command(name or "status", args, author, channel))
-            text = result.text
-        await respond(text=escape(text), response_type="ephemeral")
+            text, public = result.text, result.public
+        await respond(
+            text=escape(text),
+            response_type="in_channel" if public else "ephemeral",
+            unfurl_links=False,
+            unfurl_media=False,
+        )
 
 
 # What the bridge calls: mentions, posts and updates, reactions, /concordia, shared files.

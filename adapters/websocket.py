@@ -272,16 +272,11 @@ class WebSocketAdapter:
                         }
                     )
                     continue
-                result = await self._party.command(Command(name, args, client.author))
-                client.send(
-                    {
-                        "type": "command_result",
-                        "name": result.name,
-                        "ok": result.ok,
-                        "text": result.text,
-                    }
-                )
-                if name == "leave" and result.ok:
+                if name == "shell":
+                    # It waits for Claude's turn and runs a while: keep reading meanwhile,
+                    # so this client can still prompt, or cancel it.
+                    group.create_task(self._command(client, name, args))
+                elif not await self._command(client, name, args):
                     return
             else:
                 client.send(
@@ -291,6 +286,20 @@ class WebSocketAdapter:
                         "message": f"unknown frame type {kind!r}",
                     }
                 )
+
+    async def _command(self, client: _Client, name: str, args: str) -> bool:
+        """Run one command and send its result; False once the client has left."""
+        result = await self._party.command(Command(name, args, client.author))
+        client.send(
+            {
+                "type": "command_result",
+                "name": result.name,
+                "ok": result.ok,
+                "text": result.text,
+                "public": result.public,
+            }
+        )
+        return not (name == "leave" and result.ok)
 
     async def _prompt(self, client: _Client, frame: dict[str, Any]) -> None:
         client_id, text = frame.get("id"), frame.get("text")

@@ -8,6 +8,7 @@ Every error the core raises on purpose is a ``ConcordiaError``::
     ├── SessionError         bot/session.py   Claude could not be started or driven
     │   └── SessionDied      bot/session.py   the Claude process exited mid-turn
     ├── UnsafeInput          bot/safety.py    NUL bytes or invalid UTF-8 in a prompt
+    ├── ShellDenied          bot/shell.py     a shell command refused before it ran
     └── AdapterError         adapters/base.py a transport failed (carries retry_after)
 """
 

@@ -27,6 +27,7 @@ __all__ = [
     "LogSettings",
     "PartySettings",
     "Settings",
+    "ShellSettings",
     "SlackSettings",
     "StoreSettings",
     "WebSocketSettings",
@@ -133,6 +134,26 @@ class SlackSettings(_ChannelBridge):
     download_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class ShellSettings(_Section):
+    enabled: bool = False
+    allowed_users: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_output_chars: int = Field(default=3000, ge=200, le=1_000_000)
+
+    @field_validator("allowed_users")
+    @classmethod
+    def _platform_ids(cls, users: tuple[str, ...]) -> tuple[str, ...]:
+        for user in users:
+            platform, _, user_id = user.partition(":")
+            if not platform.isalpha() or not platform.islower() or not user_id.strip():
+                raise ValueError(
+                    f"{user!r} is not <platform>:<user id> (discord:123…, slack:U…, "
+                    "websocket:<name>)"
+                )
+        return users
+
+
 class GeminiSettings(_Section):
     api_key_env: str = Field(default="GEMINI_API_KEY", min_length=1)
     model: str = Field(default="gemini-3.8-flash", min_length=1)
@@ -151,6 +172,7 @@ class Settings(_Section):
     websocket: WebSocketSettings = WebSocketSettings()
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
+    shell: ShellSettings = ShellSettings()
     gemini: GeminiSettings = GeminiSettings()
     log: LogSettings = LogSettings()
 

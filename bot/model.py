@@ -95,9 +95,13 @@ class Command:
 
 @dataclass(frozen=True, slots=True)
 class CommandResult:
+    """A command's answer. ``public`` answers (a shell command's output) are for everyone
+    in the channel; the others only for the caller."""
+
     name: str
     ok: bool
     text: str
+    public: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,11 +9,12 @@ the runner resumes whatever a previous process left pending or in flight.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import assert_never
 
 from bot.config import Settings
@@ -48,6 +49,7 @@ from bot.safety import (
     strip_controls,
 )
 from bot.session import ClaudeSession, SessionDied, SessionError, TextDelta, ToolUse, TurnEnd
+from bot.shell import ShellDenied, ShellRunner
 from bot.store import Participant, StaleSources, Store
 
 __all__ = ["Party"]
@@ -74,8 +76,21 @@ class _Restart:
 
 _Control = _Cancel | _Restart
 
+
+@dataclass(slots=True, eq=False)
+class _ShellRequest:
+    """A checked shell command waiting for the runner, and where its answer goes."""
+
+    command: str
+    author: Author
+    answer: asyncio.Future[CommandResult]
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 _HOST_ONLY = frozenset({"invite", "restart", "new"})
-COMMANDS = ("status", "queue", "cancel", "leave", "invite", "restart", "new")
+COMMANDS = ("status", "queue", "cancel", "shell", "leave", "invite", "restart", "new")
+_STATUS_SHELL_RUNS = 3
+_SHELL_OUTCOMES = {"exited": "exit", "timed_out": "timed out", "cancelled": "cancelled"}
 
 
 class Party:
@@ -109,6 +124,19 @@ class Party:
         self._wake = asyncio.Event()
         self._controls: asyncio.Queue[_Control] = asyncio.Queue()
         self._running: Batch | None = None  # written by the runner only
+        shell = settings.shell
+        self._shell = (
+            ShellRunner(
+                workdir=settings.claude.workdir,
+                timeout_s=shell.timeout_s,
+                max_output_chars=shell.max_output_chars,
+                allow=shell.allow,
+            )
+            if shell.enabled
+            else None
+        )
+        self._shell_queue: collections.deque[_ShellRequest] = collections.deque()
+        self._shell_running: _ShellRequest | None = None  # written by the runner only
         self._last_turn_at: float | None = None
 
     async def load(self) -> None:
@@ -218,6 +246,8 @@ class Party:
                 return CommandResult(name, True, await self._queue_text())
             case "cancel":
                 return await self._cancel(command)
+            case "shell":
+                return await self._request_shell(command, role)
             case "leave":
                 await self.leave(command.author)
                 return CommandResult(name, True, "you left the party")
@@ -241,12 +271,86 @@ class Party:
         if running is not None and command.args.strip() != "mine":
             self._controls.put_nowait(_Cancel())
             return CommandResult("cancel", True, f"interrupting batch {running.batch_id}")
+        shell = self._shell_running
+        if shell is not None and command.args.strip() != "mine":
+            shell.cancel.set()
+            return CommandResult("cancel", True, f"stopping {shell.author.name}'s shell command")
         withdrawn = await self._store.withdraw_latest(
             self.name, command.author.platform, command.author.user_id
         )
         if withdrawn is None:
             return CommandResult("cancel", False, "nothing is running and you have nothing queued")
         return CommandResult("cancel", True, f"withdrew your prompt #{withdrawn}")
+
+    async def _request_shell(self, command: Command, role: Role) -> CommandResult:
+        """Check a shell command and wait for the runner to run it between turns.
+
+        The answer (the fenced output) is public; everyone also gets a one-line notice.
+        """
+        if self._shell is None:
+            return CommandResult("shell", False, "the shell command is off for this party")
+        author = command.author
+        allowed = f"{author.platform}:{author.user_id}" in self._settings.shell.allowed_users
+        # WebSocket clients choose their names: a listed name counts only with the host token.
+        if not allowed or (author.platform == "websocket" and role is not Role.HOST):
+            return CommandResult("shell", False, "you may not run shell commands here")
+        try:
+            self._shell.check(command.args)
+        except ShellDenied as exc:
+            return CommandResult("shell", False, f"refused: {exc}")
+        request = _ShellRequest(
+            command.args.strip(), author, asyncio.get_running_loop().create_future()
+        )
+        self._shell_queue.append(request)
+        self._wake.set()
+        if self._running is not None:
+            self._publish(
+                Notice(
+                    f"{author.name}'s shell command waits for batch {self._running.batch_id} to end"
+                )
+            )
+        try:
+            return await request.answer
+        except asyncio.CancelledError:
+            request.cancel.set()  # the caller is gone: do not start it, or stop it
+            raise
+
+    async def _run_shell_queue(self) -> None:
+        """Run the queued shell commands one by one; only ever between turns."""
+        while self._shell_queue:
+            request = self._shell_queue.popleft()
+            if request.answer.done() or request.cancel.is_set():
+                continue
+            self._shell_running = request
+            try:
+                request.answer.set_result(await self._run_shell(request))
+            finally:
+                self._shell_running = None
+                if not request.answer.done():  # the runner itself was cancelled
+                    request.answer.cancel()
+
+    async def _run_shell(self, request: _ShellRequest) -> CommandResult:
+        assert self._shell is not None
+        command, author = request.command, request.author
+        run_id = await self._store.start_shell_run(self.name, author, command)
+        shown = self._safe(command)
+        log.info("%s runs a shell command", author.name, extra={"party": self.name})
+        try:
+            result = await self._shell.run(command, cancel=request.cancel)
+        except (ShellDenied, OSError) as exc:
+            await self._store.finish_shell_run(run_id, "failed", None, 0.0)
+            return CommandResult("shell", False, self._safe(f"could not run `{command}`: {exc}"))
+        outcome = "timed_out" if result.timed_out else "cancelled" if result.cancelled else "exited"
+        await self._store.finish_shell_run(run_id, outcome, result.exit_code, result.duration_s)
+        self._publish(Notice(f"{author.name} ran `{shown}` on the host: {result.summary}"))
+        # A fence inside the text would end ours early: break it with a zero-width space.
+        fenced = f"$ {command}\n{result.output.rstrip()}".replace("```", "`\u200b``")
+        text = f"```\n{fenced}\n```\n{result.summary}"
+        return CommandResult("shell", result.exit_code == 0, self._safe(text), public=True)
+
+    def _safe(self, text: str) -> str:
+        """Text fit for chat: no controls, no configured secret, no mass ping."""
+        return neutralize_mentions(self._redactor.redact(strip_controls(text)))
 
     async def _invite(self, args: str) -> CommandResult:
         if args.strip() == "rotate":
@@ -272,8 +376,28 @@ class Party:
             f"restarts: {session.restarts}; merger: {self._deduper.describe()}; "
             f"participants: {len(self._members)}",
             *self.metrics.lines(),
+            *await self._shell_status(),
         ]
         return "\n".join(lines)
+
+    async def _shell_status(self) -> list[str]:
+        if self._shell is None:
+            return ["shell: off"]
+        runs = await self._store.recent_shell_runs(self.name, _STATUS_SHELL_RUNS)
+        if not runs:
+            return ["shell: on; no command run yet"]
+        lines = ["last shell commands:"]
+        for run in runs:
+            if run.outcome is None:
+                ended = "never finished"
+            elif run.outcome == "failed":
+                ended = "could not start"
+            else:
+                ended = f"{_SHELL_OUTCOMES[run.outcome]} {run.exit_code} in {run.duration_s:.1f} s"
+            lines.append(
+                f"  {run.started_at[:19]} {run.name}: `{self._safe(run.command)[:80]}` {ended}"
+            )
+        return lines
 
     async def _queue_text(self) -> str:
         pending = await self._store.pending_prompts(self.name)
@@ -301,7 +425,7 @@ class Party:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await self._apply_controls()
+            await self._between_turns()
             if not await self._store.pending_prompts(self.name):
                 skip_window = False
                 continue
@@ -309,7 +433,7 @@ class Party:
             if not skip_window and self._settings.party.collect_window_s:
                 # pacing: the collect window lets a burst of prompts land in one batch
                 await asyncio.sleep(self._settings.party.collect_window_s)
-            await self._apply_controls()
+            await self._between_turns()
             sources = await self._store.pending_prompts(self.name)
             if not sources:
                 continue
@@ -325,6 +449,11 @@ class Party:
         if not self.session.ready.is_set():
             log.info("waiting for Claude to be ready", extra={"party": self.name})
             await self.session.ready.wait()
+
+    async def _between_turns(self) -> None:
+        """What waits for Claude to be idle: controls, then shell commands."""
+        await self._apply_controls()
+        await self._run_shell_queue()
 
     async def _apply_controls(self) -> None:
         while not self._controls.empty():
@@ -453,9 +582,7 @@ class Party:
     def _shown(self, batch: Batch) -> Batch:
         """The batch as participants see it: a prompt may quote a secret or @everyone."""
 
-        def safe(text: str) -> str:
-            return neutralize_mentions(self._redactor.redact(strip_controls(text)))
-
+        safe = self._safe
         return dataclasses.replace(
             batch,
             prompt=safe(batch.prompt),

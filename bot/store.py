@@ -28,10 +28,27 @@ from typing import Self
 import aiosqlite
 
 from bot import ConcordiaError
-from bot.model import Batch, MergeGroup, Prompt, PromptState, Role, SourcePrompt, TurnStatus
+from bot.model import (
+    Author,
+    Batch,
+    MergeGroup,
+    Prompt,
+    PromptState,
+    Role,
+    SourcePrompt,
+    TurnStatus,
+)
 from bot.output import OutboxEntry
 
-__all__ = ["OpenBatch", "Participant", "StaleSources", "Store", "StoreError", "hash_token"]
+__all__ = [
+    "OpenBatch",
+    "Participant",
+    "ShellRun",
+    "StaleSources",
+    "Store",
+    "StoreError",
+    "hash_token",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +79,19 @@ class Participant:
     user_id: str
     name: str
     role: Role
+
+
+@dataclass(frozen=True, slots=True)
+class ShellRun:
+    """One recorded `/concordia shell` run; ``outcome`` is None while it runs."""
+
+    run_id: int
+    name: str
+    command: str
+    started_at: str
+    outcome: str | None
+    exit_code: int | None
+    duration_s: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,6 +527,53 @@ class Store:
                 raise StoreError(f"batch {batch.batch_id} is already finished")
             await self._advance(db, [s.prompt_id for s in batch.sources], PromptState.SENT)
         return Batch(batch.batch_id, batch.prompt, batch.sources, batch.groups, attempt=int(row[0]))
+
+    async def start_shell_run(self, party: str, author: Author, command: str) -> int:
+        """Record that ``author`` is about to run ``command``; returns the run's id.
+
+        Written before the command starts, so a run the bot dies during is still on record."""
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "INSERT INTO shell_runs (party, platform, user_id, name, command, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (party, author.platform, author.user_id, author.name, command, _now()),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def finish_shell_run(
+        self, run_id: int, outcome: str, exit_code: int | None, duration_s: float
+    ) -> None:
+        """Record how run ``run_id`` ended: exited, timed_out, cancelled or failed."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE shell_runs SET outcome = ?, exit_code = ?, duration_s = ? WHERE id = ?",
+                (outcome, exit_code, duration_s, run_id),
+            )
+
+    async def recent_shell_runs(self, party: str, limit: int) -> list[ShellRun]:
+        """The party's last ``limit`` shell runs, newest first."""
+        async with self.db.execute(
+            "SELECT id, name, command, started_at, outcome, exit_code, duration_s"
+            " FROM shell_runs WHERE party = ? ORDER BY id DESC LIMIT ?",
+            (party, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            ShellRun(
+                run_id=int(r[0]),
+                name=str(r[1]),
+                command=str(r[2]),
+                started_at=str(r[3]),
+                outcome=None if r[4] is None else str(r[4]),
+                exit_code=None if r[5] is None else int(r[5]),
+                duration_s=None if r[6] is None else float(r[6]),
+            )
+            for r in rows
+        ]
 
     async def finish_batch(self, batch_id: int, status: TurnStatus, detail: str = "") -> None:
         """Close the batch: its prompts become done (success, interrupted) or failed (error)."""
