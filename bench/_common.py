@@ -43,8 +43,11 @@ def scratch(prefix: str) -> Iterator[Path]:
 
 
 def bot_config(root: Path, api: FakeAnthropic, **overrides: dict[str, object]) -> Path:
-    """Write ``root/config.toml`` (make_settings: the real CLI pointed at ``api``)."""
-    make_settings(root, api, **overrides)
+    """Write ``root/config.toml`` (make_settings: the real CLI pointed at ``api``).
+
+    The per-member pace is lifted: benchmarks send far faster than any person types."""
+    party = {"member_burst": 1_000_000, "member_prompts_per_minute": 1e9}
+    make_settings(root, api, **{**overrides, "party": {**party, **overrides.get("party", {})}})
     return root / "config.toml"
 
 

@@ -61,6 +61,8 @@ class PartySettings(_Section):
     name: str = Field(default="default", min_length=1, max_length=64)
     collect_window_s: float = Field(default=1.5, ge=0, le=60)
     max_prompt_chars: int = Field(default=256_000, ge=1, le=10_000_000)
+    member_burst: int = Field(default=20, ge=1)
+    member_prompts_per_minute: float = Field(default=20.0, gt=0)
 
 
 class ClaudeSettings(_Section):

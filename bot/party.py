@@ -12,6 +12,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,29 @@ _RERUN_NOTE = (
     "restarted. Check what was already done before repeating it.)\n\n"
 )
 _MAX_ATTEMPTS = 2
+
+
+class MemberPace:
+    """A token bucket per member: ``burst`` prompts at once, refilled at ``per_minute``.
+
+    Hand-written rather than a library's: the ones at hand keep timer threads per hit.
+    """
+
+    def __init__(self, *, burst: int, per_minute: float) -> None:
+        self.burst = burst
+        self.per_minute = per_minute
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, at
+
+    def take(self, member: tuple[str, str]) -> float:
+        """Spend one token; 0.0 if there was one, else the seconds until there is."""
+        now = time.monotonic()
+        tokens, at = self._buckets.get(member, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.per_minute / 60.0)
+        if tokens < 1.0:
+            self._buckets[member] = (tokens, now)
+            return (1.0 - tokens) * 60.0 / self.per_minute
+        self._buckets[member] = (tokens - 1.0, now)
+        return 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +145,10 @@ class Party:
         self.metrics = Metrics()
         self._listeners: set[Listener] = set()
         self._members: dict[tuple[str, str], Participant] = {}
+        self._pace = MemberPace(
+            burst=settings.party.member_burst,
+            per_minute=settings.party.member_prompts_per_minute,
+        )
         self._wake = asyncio.Event()
         self._controls: asyncio.Queue[_Control] = asyncio.Queue()
         self._running: Batch | None = None  # written by the runner only
@@ -200,6 +228,12 @@ class Party:
         """
         if self.role_of(prompt.author) is None:
             return self._reject("you have not joined this party: join with an invite token first")
+        wait_s = self._pace.take((prompt.author.platform, prompt.author.user_id))
+        if wait_s:
+            return self._reject(
+                f"you are sending prompts faster than {self._pace.per_minute:g} a minute "
+                f"(party.member_prompts_per_minute); try again in {math.ceil(wait_s)} s"
+            )
         try:
             text = sanitize_prompt(prompt.text)
         except UnsafeInput as exc:

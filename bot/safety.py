@@ -65,6 +65,9 @@ _CONTROL = re.compile(
 _ANY_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def sanitize_prompt(raw: str | bytes) -> str:
     """Return ``raw`` as plain text fit to send to Claude.
 
@@ -76,7 +79,8 @@ def sanitize_prompt(raw: str | bytes) -> str:
     caller decides what an empty prompt is. Pure and idempotent.
 
     Raises:
-        UnsafeInput: ``raw`` is bytes that are not valid UTF-8, or contains a NUL.
+        UnsafeInput: ``raw`` is bytes that are not valid UTF-8, text holding a lone
+            surrogate (no UTF-8 can encode it), or contains a NUL.
     """
     if isinstance(raw, bytes):
         try:
@@ -87,6 +91,8 @@ def sanitize_prompt(raw: str | bytes) -> str:
         text = raw
     if "\x00" in text:
         raise UnsafeInput("prompt contains a NUL byte")
+    if _SURROGATE.search(text):  # JSON's "\ud800" escapes reach us as str, not bytes
+        raise UnsafeInput("prompt is not valid UTF-8 (it holds a lone surrogate)")
     if _ANY_CONTROL.search(text) is None:
         return text
     text = _CONTROL.sub("", text)

@@ -199,3 +199,17 @@ async def test_new_starts_a_fresh_conversation(rig: Rig) -> None:
     after = rig.api.turns[-1]
     assert after.session_id != before
     assert after.message_count == 2, "the fresh conversation carries no history"
+
+
+async def test_a_member_flooding_prompts_is_paced_and_others_keep_their_turn(rig: Rig) -> None:
+    burst = rig.party._settings.party.member_burst
+    results = [await rig.chat.push_prompt("alice", f"flood {n}") for n in range(burst + 30)]
+    accepted = [r for r in results if isinstance(r, Accepted)]
+    refused = [r for r in results if isinstance(r, Rejected)]
+    assert len(accepted) == burst
+    assert len(refused) == 30
+    assert "faster than 20 a minute (party.member_prompts_per_minute)" in refused[0].reason
+    assert "try again in 3 s" in refused[0].reason
+    other = await rig.chat.push_prompt("host", "my turn")
+    assert isinstance(other, Accepted)
+    assert rig.party.metrics.prompts_rejected == 30

@@ -293,3 +293,9 @@ def test_mass_mentions_cannot_ping(text, expected):
 def test_neutralize_is_idempotent():
     once = neutralize_mentions("@everyone @here")
     assert neutralize_mentions(once) == once
+
+
+@pytest.mark.parametrize("text", ["half \ud800 pair", "\udfff", "two halves \udbff\udc00"])
+def test_lone_surrogates_are_refused_as_invalid_utf8(text: str) -> None:
+    with pytest.raises(UnsafeInput, match="not valid UTF-8"):
+        sanitize_prompt(text)
