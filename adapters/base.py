@@ -7,11 +7,12 @@ never enter them. No chat SDK is imported here.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from bot import ConcordiaError
+from bot.model import ApprovalRequested, ApprovalResolved
 
-__all__ = ["Adapter", "AdapterError", "MessageSink"]
+__all__ = ["Adapter", "AdapterError", "ApprovalSink", "MessageSink"]
 
 
 class AdapterError(ConcordiaError):
@@ -47,6 +48,25 @@ class MessageSink(Protocol):
 
     async def edit(self, ref: str, text: str) -> None:
         """Replace the text of the message ``ref``."""
+        ...
+
+
+@runtime_checkable
+class ApprovalSink(Protocol):
+    """A sink that shows a tool-use approval with its own controls (buttons).
+
+    Sinks without it get the approval as a plain message naming the
+    `/concordia approve <id> allow|always|deny` command. Both calls raise `AdapterError`.
+    """
+
+    async def post_approval(self, thread: str, approval: ApprovalRequested) -> str:
+        """Post the request (mentioning its requesters once); return the message ref."""
+        ...
+
+    async def close_approval(
+        self, ref: str, approval: ApprovalRequested, resolved: ApprovalResolved
+    ) -> None:
+        """Show how it ended and take its controls away."""
         ...
 
 

@@ -1,9 +1,11 @@
 """The Discord bridge: mentions in served channels become prompts; answers stream into threads.
 
 Only this module imports discord.py. It translates: a mention becomes a `Prompt`, a
-`/concordia …` application command becomes a `Command`, and each party's events reach
-Discord through a `ThreadRelay` over `DiscordSink`. Nothing the bot posts can ping
-(``allowed_mentions`` is none everywhere) or unfurl a link Claude wrote (embeds suppressed).
+`/concordia …` application command becomes a `Command`, a click on an approval's button a
+`Party.decide`, and each party's events reach Discord through a `ThreadRelay` over
+`DiscordSink`. Nothing the bot posts can unfurl a link Claude wrote (embeds suppressed) or
+ping, with one exception: an approval request pings the Discord users whose prompts are in
+the batch, by name (``allowed_mentions`` lists exactly them; it is none everywhere else).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from pathlib import PurePosixPath
-from typing import Any, Literal, assert_never
+from typing import Any, Literal, Self, assert_never
 
 import discord
 import discord.gateway
@@ -26,16 +28,20 @@ from adapters.base import AdapterError
 from bot.config import DiscordSettings
 from bot.model import (
     Accepted,
+    ApprovalRequested,
+    ApprovalResolved,
     Author,
     Batch,
     BatchStarted,
     Command,
+    Decision,
     PartyEvent,
     Prompt,
     Rejected,
 )
 from bot.output import Outbox, ThreadRelay, redeliver, split_message
 from bot.party import Party
+from bot.safety import neutralize_mentions
 
 __all__ = ["PLATFORM", "DiscordAdapter", "DiscordSink"]
 
@@ -60,6 +66,21 @@ _TEXT_SUFFIXES = frozenset(
 _HOW_TO_JOIN = "Ask the host for the invite token and run `/concordia join token:<token>`."
 _MEMBER_HINT = f"You have not joined this party yet, so your mention was not queued. {_HOW_TO_JOIN}"
 _COMMAND_HINT = f"You have not joined this party yet. {_HOW_TO_JOIN}"
+_NOT_SERVED = "This channel is not served by Concordia."
+# An approval's buttons: custom_id "concordia:approval:<approval id>:<decision>", which is all
+# a click needs, so buttons posted before a restart still work after it.
+_APPROVAL_CUSTOM_ID = re.compile(
+    rf"concordia:approval:(?P<approval_id>[0-9]+):(?P<decision>{'|'.join(Decision)})"
+)
+_APPROVAL_BUTTONS: dict[Decision, tuple[str, discord.ButtonStyle]] = {
+    Decision.ALLOW: ("Allow once", discord.ButtonStyle.success),
+    Decision.ALWAYS: ("Always allow", discord.ButtonStyle.primary),
+    Decision.DENY: ("Deny", discord.ButtonStyle.danger),
+}
+# The outcome line of a closed approval is cut to this, so the request above it never has to
+# shrink between posting and closing.
+_OUTCOME_CHARS = 300
+_FENCE = "```"
 
 
 def _author(user: discord.abc.User) -> Author:
@@ -79,6 +100,110 @@ def _adapter_error(exc: discord.HTTPException) -> AdapterError:
 def strip_mention(content: str, bot_id: int) -> str:
     """The prompt without the bot's own mention(s)."""
     return re.sub(rf"<@!?{bot_id}>", "", content).strip()
+
+
+# -- approvals as messages --------------------------------------------------------------------
+
+_MAX_PINGS = 20  # requesters mentioned at most (Discord takes up to 100 in allowed_mentions)
+_MAX_SUMMARY_CHARS = 400
+
+
+def _approval_pings(approval: ApprovalRequested) -> list[int]:
+    """The Discord users an approval request mentions: its requesters from Discord, each once
+    (a batch's author may have several prompts in it), at most ``_MAX_PINGS``."""
+    ids = (
+        int(a.user_id)
+        for a in approval.requesters
+        if a.platform == PLATFORM and a.user_id.isdigit()
+    )
+    return list(dict.fromkeys(ids))[:_MAX_PINGS]
+
+
+def _approval_text(approval: ApprovalRequested) -> str:
+    """An open approval's message: the request, then quorum, deadline and who asked."""
+    ask = _approval_ask(approval)
+    return f"{_approval_request(approval, ask)}\n{ask}"
+
+
+def _closed_approval_text(approval: ApprovalRequested, resolved: ApprovalResolved) -> str:
+    """A decided approval's message: the same request, then how it ended (no mention)."""
+    mark = "✅" if resolved.allowed else "⛔"
+    outcome = neutralize_mentions(" ".join(resolved.text.split()))[:_OUTCOME_CHARS]
+    return f"{_approval_request(approval, _approval_ask(approval))}\n{mark} {outcome}"
+
+
+def _approval_ask(approval: ApprovalRequested) -> str:
+    parts = [f"needs {approval.needed} approvers"] if approval.needed > 1 else []
+    parts.append(f"no answer in {approval.timeout_s:g} s denies it")
+    pings = _approval_pings(approval)
+    if pings:
+        parts.append("asked by " + ", ".join(f"<@{user_id}>" for user_id in pings))
+    return "⏳ " + " · ".join(parts)
+
+
+def _approval_request(approval: ApprovalRequested, ask: str) -> str:
+    """The header and the fenced detail, cut so that either last line still fits under
+    Discord's limit: the same text whether the approval is open or closed."""
+    room = MAX_MESSAGE_CHARS - 1 - max(len(ask), len("✅ ") + _OUTCOME_CHARS)
+    summary = " ".join(approval.summary.split())
+    if len(summary) > _MAX_SUMMARY_CHARS:
+        summary = summary[: _MAX_SUMMARY_CHARS - 1] + "…"
+    head = neutralize_mentions(f"🔐 **Approval {approval.approval_id}**: Claude wants to {summary}")
+    # A run of backticks inside would close the fence early: break every run of three.
+    detail = re.sub(
+        r"`{3,}", lambda run: "\u200b".join(run.group()), neutralize_mentions(approval.detail)
+    ).strip("\n")
+    fence_chars = len(f"\n{_FENCE}\n\n{_FENCE}")
+    detail_room = room - len(head) - fence_chars
+    if not detail or detail_room < 2:
+        return head
+    if len(detail) > detail_room:
+        detail = detail[: detail_room - 1] + "…"
+    return f"{head}\n{_FENCE}\n{detail}\n{_FENCE}"
+
+
+class _ApprovalButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=_APPROVAL_CUSTOM_ID,
+):
+    """One of an approval's three buttons. discord.py routes every click whose custom_id
+    matches the template here, whichever process posted the button."""
+
+    def __init__(self, approval_id: int, decision: Decision) -> None:
+        label, style = _APPROVAL_BUTTONS[decision]
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=style,
+                custom_id=f"concordia:approval:{approval_id}:{decision.value}",
+            )
+        )
+        self.approval_id = approval_id
+        self.decision = decision
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> Self:
+        return cls(int(match["approval_id"]), Decision(match["decision"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        client = interaction.client
+        if not isinstance(client, _Client):
+            log.warning("an approval click reached a client without the adapter")
+            return
+        await client.adapter.decide(interaction, self.approval_id, self.decision)
+
+
+def _approval_view(approval_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for decision in Decision:
+        view.add_item(_ApprovalButton(approval_id, decision))
+    return view
 
 
 class DiscordSink:
@@ -114,6 +239,45 @@ class DiscordSink:
         message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
         try:
             await message.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            raise _adapter_error(exc) from exc
+
+    async def post_approval(self, thread: str, approval: ApprovalRequested) -> str:
+        """Post the request with its Allow once / Always allow / Deny buttons, pinging its
+        Discord requesters (and nobody else); return the message ref. Not idempotent: a
+        retry after a lost answer posts it again. Raises `AdapterError`."""
+        channel_id = await self._channel_for(thread)
+        channel = self._client.get_partial_messageable(channel_id)
+        pinged = discord.AllowedMentions(
+            everyone=False,
+            roles=False,
+            users=[discord.Object(id=user_id) for user_id in _approval_pings(approval)],
+            replied_user=False,
+        )
+        try:
+            message = await channel.send(
+                _approval_text(approval),
+                allowed_mentions=pinged,
+                suppress_embeds=True,
+                view=_approval_view(approval.approval_id),
+            )
+        except discord.HTTPException as exc:
+            raise _adapter_error(exc) from exc
+        return f"{channel_id}:{message.id}"
+
+    async def close_approval(
+        self, ref: str, approval: ApprovalRequested, resolved: ApprovalResolved
+    ) -> None:
+        """Replace the request's buttons with how it ended; pings nobody. Idempotent.
+        Raises `AdapterError`."""
+        channel_id, message_id = (int(part) for part in ref.split(":"))
+        message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
+        try:
+            await message.edit(
+                content=_closed_approval_text(approval, resolved),
+                view=None,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
         except discord.HTTPException as exc:
             raise _adapter_error(exc) from exc
 
@@ -204,6 +368,9 @@ class _Client(discord.Client):
         self.tree.add_command(_concordia_group(adapter))
 
     async def setup_hook(self) -> None:
+        # Approval buttons are routed by custom_id alone, so those posted before a restart
+        # still answer.
+        self.add_dynamic_items(_ApprovalButton)
         await self.adapter.setup(self)
 
     async def on_ready(self) -> None:
@@ -453,13 +620,9 @@ class DiscordAdapter:
         # The first follow-up replaces the "thinking" message and keeps its visibility:
         # a shell command's output is for the channel, every other answer for the caller.
         await interaction.response.defer(ephemeral=name != "shell", thinking=True)
-        channel = interaction.channel
-        parent = getattr(channel, "parent_id", None)
-        party = self.party_for(interaction.channel_id, parent)
+        party = self._party_of(interaction)
         if party is None:
-            await interaction.followup.send(
-                "This channel is not served by Concordia.", ephemeral=True
-            )
+            await interaction.followup.send(_NOT_SERVED, ephemeral=True)
             return
         author = _author(interaction.user)
         public = False
@@ -485,9 +648,46 @@ class DiscordAdapter:
                 suppress_embeds=True,
             )
 
+    async def decide(
+        self, interaction: discord.Interaction[Any], approval_id: int, decision: Decision
+    ) -> None:
+        """Answer a click on an approval's button: deferred at once (Discord wants an answer
+        within 3 s), then the party's verdict on it, shown only to the clicker. The party
+        refuses what is not theirs to decide (a prompter's click, an approval no longer
+        waiting) and says why; the buttons go only when the relay closes the request."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        party = self._party_of(interaction)
+        author = _author(interaction.user)
+        if party is None:
+            text = _NOT_SERVED
+        elif party.role_of(author) is None:
+            text = _COMMAND_HINT
+        else:
+            result = await party.decide(approval_id, author, decision)
+            text = result.text
+            log.info(
+                "%s answered approval %d with %s: %s",
+                author.name,
+                approval_id,
+                decision.value,
+                "taken" if result.ok else "refused",
+                extra={"party": party.name, "platform": PLATFORM},
+            )
+        await interaction.followup.send(
+            text[:MAX_MESSAGE_CHARS],
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+            suppress_embeds=True,
+        )
+
+    def _party_of(self, interaction: discord.Interaction[Any]) -> Party | None:
+        """The party of the channel an interaction came from, or of its thread's parent."""
+        parent = getattr(interaction.channel, "parent_id", None)
+        return self.party_for(interaction.channel_id, parent)
+
 
 def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
-    """/concordia join|leave|status|queue|cancel|shell|invite|restart|new."""
+    """/concordia join|leave|status|queue|cancel|shell|invite|restart|new|approve|approvals."""
     group = app_commands.Group(name="concordia", description="Drive the shared Claude session")
 
     def simple(name: str, description: str) -> None:
@@ -517,6 +717,23 @@ def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
     @app_commands.describe(command="the command, run in Claude's working directory")
     async def shell(interaction: discord.Interaction[Any], command: str) -> None:
         await adapter.command(interaction, "shell", command)
+
+    @group.command(name="approve", description="Approvers: answer Claude's request to use a tool")
+    @app_commands.describe(
+        approval_id="the number in the request (🔐 Approval N)",
+        decision="allow it once, always allow such a call, or deny it",
+    )
+    async def approve(
+        interaction: discord.Interaction[Any],
+        approval_id: app_commands.Range[int, 1],
+        decision: Literal["allow", "always", "deny"],
+    ) -> None:
+        await adapter.command(interaction, "approve", f"{approval_id} {decision}")
+
+    @group.command(name="approvals", description="The tool calls allowed always in this party")
+    @app_commands.describe(reset="forget them all: every call asks again")
+    async def approvals(interaction: discord.Interaction[Any], reset: bool = False) -> None:
+        await adapter.command(interaction, "approvals", "reset" if reset else "")
 
     simple("leave", "Leave this channel's party")
     simple("status", "Claude's state, the queue and counters")

@@ -1,11 +1,14 @@
-"""The Slack bridge over Socket Mode: app_mention and /concordia in, answers into the thread.
+"""The Slack bridge over Socket Mode: app_mention, /concordia and approval buttons in,
+answers into the thread.
 
 Only this module imports slack_bolt and slack_sdk. Socket Mode because the host usually sits
 behind NAT with no public URL. The app runs with ``process_before_response``: bolt acks an
 event only after our listener returns, and the listener returns once the prompt is in the
 store, so an ack never covers a prompt a crash could lose (Slack does not resend acked
 events). Everything posted is escaped (``&``, ``<``, ``>``), which also disarms
-``<!channel>``, ``<@U…>`` and ``<#C…>`` written by Claude; links are never unfurled.
+``<!channel>``, ``<@U…>`` and ``<#C…>`` written by Claude; links are never unfurled. The one
+ping the bot sends is built here, not taken from text: an approval request mentions the
+Slack users whose prompts are in the batch.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 import aiohttp
@@ -26,7 +30,16 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.base import AdapterError
 from bot.config import SlackSettings
-from bot.model import Accepted, Author, Command, Prompt, Rejected
+from bot.model import (
+    Accepted,
+    ApprovalRequested,
+    ApprovalResolved,
+    Author,
+    Command,
+    Decision,
+    Prompt,
+    Rejected,
+)
 from bot.output import Outbox, ThreadRelay, redeliver
 from bot.party import Party
 
@@ -41,6 +54,25 @@ _MEMBER_HINT = (
     "You have not joined this party yet, so your mention was not queued. "
     "Ask the host for the invite token and run `/concordia join <token>`."
 )
+_CLICK_HINT = (
+    "You have not joined this party yet, so your answer was not counted. "
+    "Ask the host for an approver invite token and run `/concordia join <token>`."
+)
+_NOT_SERVED = "This channel is not served by Concordia."
+# Approval buttons: one action_id per decision, the approval id as the value.
+_APPROVAL_ACTION_PREFIX = "concordia_approval_"
+_APPROVAL_ACTION = re.compile(rf"^{_APPROVAL_ACTION_PREFIX}(allow|always|deny)$")
+_APPROVAL_BUTTONS = (
+    (Decision.ALLOW, "Allow once", "primary"),
+    (Decision.ALWAYS, "Always allow", None),
+    (Decision.DENY, "Deny", "danger"),
+)
+# A Slack user id as mention syntax needs it; anything else is never put inside <@…>.
+_SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
+# Block Kit's limit for a section's or a context element's text; the fallback text (shown in
+# notifications) is held to it too: a summary, not the whole request.
+_TEXT_MAX_CHARS = 3000
+_OUTCOME_MAX_CHARS = 500  # "✅ allowed by …": one line, however many approvers it names
 _TEXT_FILETYPES = frozenset(
     {"text", "markdown", "python", "javascript", "json", "yaml", "diff", "shell"}
 )
@@ -82,6 +114,38 @@ class SlackSink:
         return self._interval
 
     async def post(self, thread: str, text: str) -> str:
+        return await self._post(thread, escape(text))
+
+    async def edit(self, ref: str, text: str) -> None:
+        await self._update(ref, escape(text))
+
+    async def post_approval(self, thread: str, approval: ApprovalRequested) -> str:
+        """Post the request with its three buttons, mentioning its Slack requesters once."""
+        mentions = _mentions(approval.requesters)
+        # The notification text: the request and the same pings, nobody else's.
+        suffix = f" ({', '.join(mentions)})" if mentions else ""
+        text = _cut(_approval_head(approval, mark_up=False), _TEXT_MAX_CHARS - len(suffix))
+        blocks = [
+            *_request_blocks(approval),
+            _context(_answer_line(approval, mentions), "concordia_approval_how"),
+            _buttons(approval.approval_id),
+        ]
+        return await self._post(thread, text + suffix, blocks)
+
+    async def close_approval(
+        self, ref: str, approval: ApprovalRequested, resolved: ApprovalResolved
+    ) -> None:
+        """Keep the request, drop the buttons, say how it ended; mentions no one."""
+        mark = "✅" if resolved.allowed else "⛔"
+        outcome = _cut(escape(f"{mark} {resolved.text}"), _OUTCOME_MAX_CHARS)
+        head = _cut(_approval_head(approval, mark_up=False), _TEXT_MAX_CHARS - len(outcome) - 1)
+        blocks = [*_request_blocks(approval), _context(outcome, "concordia_approval_outcome")]
+        await self._update(ref, f"{head} {outcome}", blocks)
+
+    async def _post(
+        self, thread: str, text: str, blocks: list[dict[str, Any]] | None = None
+    ) -> str:
+        """chat.postMessage of ready-escaped ``text`` (and ``blocks``) into ``thread``."""
         channel, _, thread_ts = thread.partition("/")
         # chat.postMessage allows about one message a second per channel: a long reply's
         # finished messages are spaced like edits instead of arriving in one burst.
@@ -93,7 +157,8 @@ class SlackSink:
             response = await self._client.chat_postMessage(
                 channel=channel,
                 thread_ts=thread_ts or None,
-                text=escape(text),
+                text=text,
+                blocks=blocks,
                 unfurl_links=False,
                 unfurl_media=False,
             )
@@ -101,12 +166,126 @@ class SlackSink:
             raise _adapter_error(exc) from exc
         return f"{response['channel']}:{response['ts']}"
 
-    async def edit(self, ref: str, text: str) -> None:
+    async def _update(
+        self, ref: str, text: str, blocks: list[dict[str, Any]] | None = None
+    ) -> None:
+        """chat.update of ready-escaped ``text`` (and ``blocks``; None keeps the old ones)."""
         channel, ts = ref.split(":", 1)
         try:
-            await self._client.chat_update(channel=channel, ts=ts, text=escape(text))
+            await self._client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
         except SlackApiError as exc:
             raise _adapter_error(exc) from exc
+
+
+# -- approval messages (Block Kit) -------------------------------------------------------
+
+
+def _mentions(requesters: tuple[Author, ...]) -> list[str]:
+    """``<@U…>`` for each Slack requester, once each; ids not shaped like Slack's are left out,
+    so nothing but a user mention can come out of this."""
+    ids = (a.user_id for a in requesters if a.platform == PLATFORM)
+    return [f"<@{user_id}>" for user_id in dict.fromkeys(ids) if _SLACK_USER_ID.match(user_id)]
+
+
+def _approval_head(approval: ApprovalRequested, *, mark_up: bool) -> str:
+    """ "🔐 Approval N: Claude wants to <summary>", escaped; the number in bold for blocks."""
+    number = f"Approval {approval.approval_id}"
+    return f"🔐 {f'*{number}*' if mark_up else number}: Claude wants to {escape(approval.summary)}"
+
+
+def _request_blocks(approval: ApprovalRequested) -> list[dict[str, Any]]:
+    """What Claude asks: the summary, then the tool's input as a code block (if any)."""
+    head = _cut(_approval_head(approval, mark_up=True), _TEXT_MAX_CHARS)
+    blocks = [_section(head, "concordia_approval_request")]
+    if approval.detail.strip():
+        # A ``` inside the detail would end the code block early.
+        detail = escape(approval.detail.replace("```", "`\u200b``"))
+        detail = _cut(detail, _TEXT_MAX_CHARS - len("```\n\n```"))
+        blocks.append(_section(f"```\n{detail}\n```", "concordia_approval_detail"))
+    return blocks
+
+
+def _answer_line(approval: ApprovalRequested, mentions: list[str]) -> str:
+    parts = [f"Prompted by {', '.join(mentions)}"] if mentions else []
+    if approval.needed > 1:
+        parts.append(f"needs {approval.needed} approvers")
+    parts.append(f"no answer in {approval.timeout_s:g} s denies it")
+    return " · ".join(parts)
+
+
+def _buttons(approval_id: int) -> dict[str, Any]:
+    elements = []
+    for decision, label, style in _APPROVAL_BUTTONS:
+        button: dict[str, Any] = {
+            "type": "button",
+            "action_id": f"{_APPROVAL_ACTION_PREFIX}{decision.value}",
+            "text": {"type": "plain_text", "text": label},
+            "value": str(approval_id),
+        }
+        if style is not None:
+            button["style"] = style
+        elements.append(button)
+    return {"type": "actions", "block_id": "concordia_approval_buttons", "elements": elements}
+
+
+def _section(text: str, block_id: str) -> dict[str, Any]:
+    return {"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}
+
+
+def _context(text: str, block_id: str) -> dict[str, Any]:
+    element = {"type": "mrkdwn", "text": _cut(text, _TEXT_MAX_CHARS)}
+    return {"type": "context", "block_id": block_id, "elements": [element]}
+
+
+def _cut(text: str, max_chars: int) -> str:
+    """Escaped ``text`` within ``max_chars`` (ending in "…" when shortened); an entity
+    (``&amp;``) or a mention (``<@U…>``) is never cut in half."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[: max(0, max_chars - 1)]
+    for opener, closer in (("&", ";"), ("<", ">")):
+        start = cut.rfind(opener)
+        if start != -1 and closer not in cut[start:]:
+            cut = cut[:start]
+    return cut + "…"
+
+
+# -- inbound: approval clicks --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _ApprovalClick:
+    """A participant's click on an approval button, as the core needs it."""
+
+    channel: str
+    thread_ts: str | None  # the thread the request was posted in, to answer there
+    author: Author
+    approval_id: int
+    decision: Decision
+
+
+def _approval_click(body: Mapping[str, Any]) -> _ApprovalClick | None:
+    """The ``block_actions`` payload of a click on one of our buttons; None when it is not one
+    (another action, no user or channel, a value that is no approval id)."""
+    actions = body.get("actions") or []
+    action = actions[0] if actions and isinstance(actions[0], Mapping) else {}
+    match = _APPROVAL_ACTION.match(str(action.get("action_id", "")))
+    value = str(action.get("value", ""))
+    user = body.get("user") or {}
+    container = body.get("container") or {}
+    message = body.get("message") or {}
+    channel = str((body.get("channel") or {}).get("id") or container.get("channel_id") or "")
+    user_id = str(user.get("id", ""))
+    if match is None or not (value.isascii() and value.isdigit()) or not user_id or not channel:
+        return None
+    thread_ts = container.get("thread_ts") or message.get("thread_ts")
+    return _ApprovalClick(
+        channel=channel,
+        thread_ts=str(thread_ts) if thread_ts else None,
+        author=Author(PLATFORM, user_id, str(user.get("username") or user.get("name") or user_id)),
+        approval_id=int(value),
+        decision=Decision(match.group(1)),
+    )
 
 
 class SlackAdapter:
@@ -137,6 +316,7 @@ class SlackAdapter:
         self._stopped = asyncio.Event()
         self._app.event("app_mention")(self._on_mention)
         self._app.command("/concordia")(self._on_command)
+        self._app.action(_APPROVAL_ACTION)(self._on_approval_click)
 
     async def start(self) -> None:
         try:
@@ -229,7 +409,7 @@ class SlackAdapter:
                     if prompt.author.user_id not in self._hinted:
                         self._hinted.add(prompt.author.user_id)
                         await self._client.chat_postEphemeral(
-                            channel=channel, user=prompt.author.user_id, text=_MEMBER_HINT
+                            channel=channel, user=prompt.author.user_id, text=escape(_MEMBER_HINT)
                         )
                 case Rejected(reason=reason):
                     await self._client.chat_postEphemeral(
@@ -244,10 +424,49 @@ class SlackAdapter:
 
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """The ack waits for our listener: work that may be slow (a rate-limited reaction)
-        runs after it, kept referenced and cancelled on stop."""
+        runs after it, kept referenced, cancelled on stop, and logged if it fails."""
         task = asyncio.create_task(coroutine)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "a Slack background task failed",
+                exc_info=task.exception(),
+                extra={"platform": PLATFORM},
+            )
+
+    async def _on_approval_click(self, ack: Any, body: dict[str, Any]) -> None:
+        """A click on an approval button: ack at once (Slack wants it within 3 s, and a click
+        is not resent, so there is nothing to make durable first), decide after."""
+        await ack()
+        click = _approval_click(body)
+        if click is None:
+            log.warning("ignoring an approval click without a usable payload")
+            return
+        self._in_background(self._decide(click))
+
+    async def _decide(self, click: _ApprovalClick) -> None:
+        """Hand the click to the party; answer the clicker alone, in the request's thread."""
+        party = self._channels.get(click.channel)
+        if party is None:
+            text = _NOT_SERVED
+        elif party.role_of(click.author) is None:
+            text = _CLICK_HINT
+        else:
+            result = await party.decide(click.approval_id, click.author, click.decision)
+            text = result.text
+        try:
+            await self._client.chat_postEphemeral(
+                channel=click.channel,
+                user=click.author.user_id,
+                thread_ts=click.thread_ts,
+                text=escape(text),
+            )
+        except SlackApiError:
+            log.warning("could not answer an approval click on Slack", exc_info=True)
 
     async def _with_files(self, text: str, files: list[dict[str, Any]], party: Party) -> str:
         """Text snippets and files are read into the prompt within the party's limit;
@@ -298,9 +517,7 @@ class SlackAdapter:
         channel = str(command.get("channel_id", ""))
         party = self._channels.get(channel)
         if party is None:
-            await respond(
-                text="This channel is not served by Concordia.", response_type="ephemeral"
-            )
+            await respond(text=_NOT_SERVED, response_type="ephemeral")
             return
         name, _, args = str(command.get("text", "")).strip().partition(" ")
         author = Author(

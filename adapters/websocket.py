@@ -21,10 +21,13 @@ from bot.config import WebSocketSettings
 from bot.invite import AttemptThrottle
 from bot.model import (
     Accepted,
+    ApprovalRequested,
+    ApprovalResolved,
     Author,
     BatchDone,
     BatchStarted,
     Command,
+    Decision,
     Notice,
     OutputText,
     PartyEvent,
@@ -106,6 +109,25 @@ def event_frame(event: PartyEvent) -> dict[str, Any]:
             return {"type": "done", "batch_id": batch_id, "status": status.value, "detail": detail}
         case Notice(message=message):
             return {"type": "system", "message": message}
+        case ApprovalRequested():
+            return {
+                "type": "approval",
+                "approval_id": event.approval_id,
+                "batch_id": event.batch_id,
+                "tool": event.tool,
+                "summary": event.summary,
+                "input": event.detail,
+                "needed": event.needed,
+                "timeout_s": event.timeout_s,
+            }
+        case ApprovalResolved():
+            return {
+                "type": "approval_done",
+                "approval_id": event.approval_id,
+                "batch_id": event.batch_id,
+                "allowed": event.allowed,
+                "text": event.text,
+            }
         case _:
             assert_never(event)
 
@@ -157,6 +179,8 @@ class WebSocketAdapter:
         if client is None:
             return
         unsubscribe = self._party.subscribe(client)
+        for approval in self._party.waiting_approvals():  # asked before this client joined
+            client.deliver(approval)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(client.pump(), name="ws-sender")
@@ -258,6 +282,28 @@ class WebSocketAdapter:
                 task = group.create_task(submit(frame))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+            elif kind == "approve":
+                approval_id, decision = frame.get("approval_id"), frame.get("decision")
+                if not isinstance(approval_id, int) or decision not in set(Decision):
+                    client.send(
+                        {
+                            "type": "error",
+                            "code": "malformed",
+                            "message": "approve needs an integer approval_id and a decision: "
+                            "allow, always or deny",
+                        }
+                    )
+                    continue
+                result = await self._party.decide(approval_id, client.author, Decision(decision))
+                client.send(
+                    {
+                        "type": "command_result",
+                        "name": result.name,
+                        "ok": result.ok,
+                        "text": result.text,
+                        "public": result.public,
+                    }
+                )
             elif kind == "command":
                 if in_flight:
                     await asyncio.wait(in_flight)

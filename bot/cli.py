@@ -24,6 +24,7 @@ from bot import ConcordiaError
 from bot.config import ClaudeSettings, Settings, load_settings
 from bot.dedupe import GeminiDeduper, build_deduper
 from bot.invite import InviteBook, Invites, invite_url
+from bot.model import Role
 from bot.party import Party
 from bot.safety import Redactor
 from bot.session import ClaudeSession
@@ -57,6 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="replace the prompter token; the old one stops working",
     )
+    invite.add_argument(
+        "--role",
+        choices=[r.value for r in Role],
+        help="mint an extra token of this role (approver: may decide on Claude's tool use)",
+    )
+    invite.add_argument(
+        "--ttl", type=_duration, help="with --role: the token expires after this (90s, 30m, 2h, 1d)"
+    )
+    invite.add_argument(
+        "--single-use", action="store_true", help="with --role: the token works for one join"
+    )
+    invite.add_argument("--revoke", metavar="TOKEN", help="end this token at once")
+    invite.add_argument(
+        "--party", help="the party (default: party.name; Discord and Slack channels have their own)"
+    )
     commands.add_parser(
         "doctor", parents=[common], help="check the setup: claude, credentials, Discord"
     )
@@ -84,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             case "setup":
                 return _setup(settings.claude)
             case "invite":
-                return asyncio.run(_invite(settings, rotate=args.rotate))
+                return asyncio.run(_invite(settings, args))
             case "doctor":
                 return asyncio.run(_doctor(settings))
     except ConcordiaError as exc:
@@ -271,19 +287,59 @@ async def _claude_version(command: str) -> str:
     return out.decode(errors="replace").strip()
 
 
-async def _invite(settings: Settings, *, rotate: bool) -> int:
+async def _invite(settings: Settings, args: argparse.Namespace) -> int:
+    party = args.party or settings.party.name
+    if party not in settings.party_names():
+        known = ", ".join(settings.party_names())
+        print(f"concordia: no party {party!r}; known: {known}", file=sys.stderr)
+        return 2
+    if (args.ttl or args.single_use) and not args.role:
+        print("concordia: --ttl and --single-use go with --role", file=sys.stderr)
+        return 2
+    ws = settings.websocket
     async with Store(settings.store.path) as store:
-        await store.ensure_party(settings.party.name)
-        book = InviteBook(store, settings.party.name, _state_file(settings, "tokens.json"))
-        if rotate:
-            from bot.model import Role
-
+        await store.ensure_party(party)
+        book = InviteBook(store, party, _state_file(settings, "tokens.json"))
+        if args.revoke:
+            if not await book.revoke(args.revoke):
+                print("concordia: that token is not a live invite of this party", file=sys.stderr)
+                return 1
+            print("revoked; it no longer lets anyone join")
+            return 0
+        if args.role:
+            token = await book.mint_extra(
+                Role(args.role), ttl_s=args.ttl, single_use=args.single_use
+            )
+            limits = [
+                f"expires in {args.ttl:g} s" if args.ttl else "",
+                "single use" if args.single_use else "",
+            ]
+            said = "; ".join(x for x in limits if x) or "until revoked"
+            print(f"{args.role} token ({said}), shown only now:")
+            print(f"  {invite_url(ws.host, ws.port, token)}")
+            print(f"  in Discord or Slack: /concordia join {token}")
+            return 0
+        if args.rotate:
             await book.rotate(Role.PROMPTER)
         invites = await book.ensure()
-    ws = settings.websocket
     print(f"invite: {invite_url(ws.host, ws.port, invites.prompter)}")
     print(f"host:   {invite_url(ws.host, ws.port, invites.host)}")
     return 0
+
+
+def _duration(text: str) -> float:
+    """ "90s", "30m", "2h", "1d" or plain seconds, for argparse."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration such as 90s, 30m, 2h or 1d"
+        ) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return seconds
 
 
 async def _run(settings: Settings) -> int:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bot import ConcordiaError
 
 __all__ = [
+    "ApprovalSettings",
     "ClaudeSettings",
     "ConfigError",
     "DiscordSettings",
@@ -76,6 +77,11 @@ class ClaudeSettings(_Section):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=2, ge=0, le=10)
     credentials_file: Path = Path("~/.config/concordia/credentials.json")
+    permission_mode: str = Field(
+        default="", pattern="^(|default|acceptEdits|plan|bypassPermissions|dontAsk)$"
+    )
+    allowed_tools: tuple[str, ...] = ()
+    disallowed_tools: tuple[str, ...] = ()
 
 
 class WebSocketSettings(_Section):
@@ -136,6 +142,12 @@ class SlackSettings(_ChannelBridge):
     download_timeout_s: float = Field(default=30.0, gt=0)
 
 
+class ApprovalSettings(_Section):
+    quorum: int = Field(default=1, ge=1, le=20)
+    quorum_tools: tuple[str, ...] = ()
+    timeout_s: float = Field(default=120.0, gt=0, le=86_400)
+
+
 class ShellSettings(_Section):
     enabled: bool = False
     allowed_users: tuple[str, ...] = ()
@@ -174,6 +186,7 @@ class Settings(_Section):
     websocket: WebSocketSettings = WebSocketSettings()
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
+    approvals: ApprovalSettings = ApprovalSettings()
     shell: ShellSettings = ShellSettings()
     gemini: GeminiSettings = GeminiSettings()
     log: LogSettings = LogSettings()

@@ -14,6 +14,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.model import Role
@@ -24,6 +25,8 @@ __all__ = ["AttemptThrottle", "InviteBook", "Invites", "invite_url"]
 log = logging.getLogger(__name__)
 
 _TOKEN_BYTES = 32
+# The tokens every party has, readable back by the host; others are minted on demand.
+_STANDING = (Role.PROMPTER, Role.HOST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +51,7 @@ class InviteBook:
     async def ensure(self) -> Invites:
         """Return the current tokens, minting any that is missing (first run)."""
         known = self._read()
-        for role in Role:
+        for role in _STANDING:
             if role.value not in known or not await self._store.has_invite(self._party, role):
                 known[role.value] = await self._mint(role, known)
         return Invites(prompter=known[Role.PROMPTER.value], host=known[Role.HOST.value])
@@ -56,6 +59,28 @@ class InviteBook:
     async def rotate(self, role: Role) -> str:
         """Replace the token of ``role``; the old one is refused from now on."""
         return await self._mint(role, self._read())
+
+    async def mint_extra(
+        self, role: Role, *, ttl_s: float | None = None, single_use: bool = False
+    ) -> str:
+        """A token of its own for ``role`` (approvers, or a guest), shown once and kept
+        only hashed: it can expire after ``ttl_s`` or be used for one join."""
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        expires = datetime.now(UTC) + timedelta(seconds=ttl_s) if ttl_s else None
+        await self._store.add_invite(
+            self._party, role, token, expires_at=expires, uses=1 if single_use else None
+        )
+        log.info("minted an extra %s invite", role.value, extra={"party": self._party})
+        return token
+
+    async def revoke(self, token: str) -> bool:
+        """End ``token``; a standing prompter or host token is replaced by a new one."""
+        known = self._read()
+        for role in _STANDING:
+            if known.get(role.value) == token:
+                await self.rotate(role)
+                return True
+        return await self._store.revoke_invite(self._party, token)
 
     async def _mint(self, role: Role, known: dict[str, str]) -> str:
         token = secrets.token_urlsafe(_TOKEN_BYTES)

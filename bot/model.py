@@ -12,12 +12,15 @@ from typing import Protocol
 
 __all__ = [
     "Accepted",
+    "ApprovalRequested",
+    "ApprovalResolved",
     "Author",
     "Batch",
     "BatchDone",
     "BatchStarted",
     "Command",
     "CommandResult",
+    "Decision",
     "Listener",
     "MergeGroup",
     "Notice",
@@ -52,10 +55,24 @@ class TurnStatus(enum.StrEnum):
 
 
 class Role(enum.StrEnum):
-    """What a participant may do. The host may also run host-only commands."""
+    """What a participant may do: prompt; also decide on Claude's tool use (approver); also
+    run host-only commands (host)."""
 
     PROMPTER = "prompter"
+    APPROVER = "approver"
     HOST = "host"
+
+    @property
+    def may_approve(self) -> bool:
+        return self is not Role.PROMPTER
+
+
+class Decision(enum.StrEnum):
+    """An approver's answer to a tool-use request."""
+
+    ALLOW = "allow"  # this call, once
+    ALWAYS = "always"  # this call and every identical one after, in this party, until reset
+    DENY = "deny"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +153,11 @@ class SourcePrompt:
     text: str
     thread: str = ""
     platform: str = ""
+    user_id: str = ""  # the author's id on ``platform``, to mention them
+
+    @property
+    def author_id(self) -> Author:
+        return Author(self.platform, self.user_id, self.author)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +215,37 @@ class Notice:
     message: str
 
 
-PartyEvent = BatchStarted | OutputText | BatchDone | Notice
+@dataclass(frozen=True, slots=True)
+class ApprovalRequested:
+    """Claude asks to use a tool during ``batch_id``; approvers (and the host) decide.
+
+    ``summary`` says in plain words what the tool will do ("run `rm -rf build`", "edit
+    src/app.py: 3 lines → 5 lines"); ``detail`` shows the input (the command, the diff).
+    Both are redacted and capped. ``needed`` distinct approvers must allow it; one deny
+    denies it. ``requesters`` are the batch's authors, to be mentioned once.
+    """
+
+    approval_id: int
+    batch_id: int
+    tool: str
+    summary: str
+    detail: str
+    needed: int
+    requesters: tuple[Author, ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalResolved:
+    """How an approval ended; ``text`` is one line for the thread ("allowed by alice")."""
+
+    approval_id: int
+    batch_id: int
+    allowed: bool
+    text: str
+
+
+PartyEvent = BatchStarted | OutputText | BatchDone | Notice | ApprovalRequested | ApprovalResolved
 
 
 class Listener(Protocol):

@@ -22,8 +22,18 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, TypeVar, assert_never
 
-from adapters.base import AdapterError, MessageSink
-from bot.model import Batch, BatchDone, BatchStarted, Notice, OutputText, PartyEvent, TurnStatus
+from adapters.base import AdapterError, ApprovalSink, MessageSink
+from bot.model import (
+    ApprovalRequested,
+    ApprovalResolved,
+    Batch,
+    BatchDone,
+    BatchStarted,
+    Notice,
+    OutputText,
+    PartyEvent,
+    TurnStatus,
+)
 from bot.safety import neutralize_mentions
 
 __all__ = [
@@ -747,6 +757,34 @@ def _merge_lines(batch: Batch) -> list[str]:
     return lines
 
 
+def _approval_text(approval: ApprovalRequested, max_chars: int) -> str:
+    """An approval as a plain message: what Claude wants, and how to answer."""
+    quorum = (
+        f"needs {approval.needed} different approvers"
+        if approval.needed > 1
+        else "needs one approver"
+    )
+    detail = approval.detail.replace("```", "`\u200b``")
+    answer = (
+        f"Approvers answer with `/concordia approve {approval.approval_id} allow`, "
+        f"`always` or `deny`; {quorum}; no answer in {approval.timeout_s:g} s denies it."
+    )
+    head = f"🔐 **Approval {approval.approval_id}**: Claude wants to {approval.summary}"
+    room = max_chars - len(head) - len(answer) - 12
+    if len(detail) > room:
+        detail = detail[: max(0, room - 1)] + "…"
+    return neutralize_mentions(f"{head}\n```\n{detail}\n```\n{answer}")
+
+
+def _closed_approval_text(text: str, resolved: ApprovalResolved, max_chars: int) -> str:
+    """The approval's message once decided: its request, then the outcome instead of how
+    to answer."""
+    request = text.rsplit("\n", 1)[0]
+    mark = "✅" if resolved.allowed else "⛔"
+    line = neutralize_mentions(f"{mark} {resolved.text}")
+    return (request[: max_chars - len(line) - 1] + "\n" + line)[:max_chars]
+
+
 def _status_line(done: BatchDone, *, has_output: bool) -> str | None:
     match done.status:
         case TurnStatus.SUCCESS:
@@ -799,6 +837,8 @@ class ThreadRelay:
         self._home_thread = home_thread
         self._policy = policy or DeliveryPolicy()
         self._queue: asyncio.Queue[PartyEvent | _Stop] = asyncio.Queue()
+        # Approvals shown and not yet resolved: their message ref, request and plain text.
+        self._approvals: dict[int, tuple[str, ApprovalRequested, str]] = {}
         self._state = _Lifecycle.UNOPENED  # written by the caller's side only
         self._task: asyncio.Task[None] | None = None
         # The latest batch's thread; the owner task's alone.
@@ -877,6 +917,9 @@ class ThreadRelay:
                 case Notice(message=message):
                     await self._post_notice(message)
                     event = None
+                case ApprovalRequested() | ApprovalResolved():
+                    await self._relay_approval(event, self._thread)
+                    event = None
                 case OutputText() | BatchDone():
                     log.warning(
                         "dropping %s for batch %d: no batch is open",
@@ -919,7 +962,7 @@ class ThreadRelay:
         ending: BatchDone | BatchStarted | _Stop | None = None
         try:
             async with stream:
-                ending = await self._pump(batch.batch_id, stream)
+                ending = await self._pump(batch.batch_id, stream, thread)
                 await stream.close()
             if isinstance(ending, BatchDone):
                 status = _status_line(ending, has_output=stream.next_seq > _HEADER_SEQ + 1)
@@ -930,9 +973,10 @@ class ThreadRelay:
         return None if isinstance(ending, BatchDone) else ending
 
     async def _pump(
-        self, batch_id: int, stream: OutputStream | None
+        self, batch_id: int, stream: OutputStream | None, thread: str | None = None
     ) -> BatchDone | BatchStarted | _Stop:
-        """Feed this batch's output to ``stream`` (or drop it) until something ends the batch."""
+        """Feed this batch's output to ``stream`` (or drop it) until something ends the batch;
+        approvals go to ``thread`` (nowhere when None)."""
         while True:
             event = await self._queue.get()
             match event:
@@ -945,6 +989,8 @@ class ThreadRelay:
                     return event
                 case Notice(message=message):
                     await self._post_notice(message)
+                case ApprovalRequested() | ApprovalResolved():
+                    await self._relay_approval(event, thread)
                 case OutputText() | BatchDone():
                     log.warning(
                         "dropping %s for batch %d while batch %d is open",
@@ -962,6 +1008,56 @@ class ThreadRelay:
             self._policy, lambda: self._sink.post(thread, text), what=f"post to {self._platform}"
         )
         await self._outbox.outbox_confirm(entry_id, ref, text)
+
+    async def _relay_approval(
+        self, event: ApprovalRequested | ApprovalResolved, thread: str | None
+    ) -> None:
+        """Show an approval request (buttons where the sink has them), then how it ended."""
+        extra = {"platform": self._platform, "batch_id": event.batch_id}
+        try:
+            match event:
+                case ApprovalRequested():
+                    if thread is None:
+                        return
+                    if isinstance(self._sink, ApprovalSink):
+                        sink = self._sink
+                        ref = await _call_with_retry(
+                            self._policy,
+                            lambda: sink.post_approval(thread, event),
+                            what=f"approval to {self._platform}",
+                        )
+                        self._approvals[event.approval_id] = (ref, event, "")
+                    else:
+                        text = _approval_text(event, self._sink.max_message_chars)
+                        ref = await _call_with_retry(
+                            self._policy,
+                            lambda: self._sink.post(thread, text),
+                            what=f"approval to {self._platform}",
+                        )
+                        self._approvals[event.approval_id] = (ref, event, text)
+                case ApprovalResolved():
+                    shown = self._approvals.pop(event.approval_id, None)
+                    if shown is None:
+                        return
+                    ref, request, text = shown
+                    if isinstance(self._sink, ApprovalSink):
+                        sink = self._sink
+                        await _call_with_retry(
+                            self._policy,
+                            lambda: sink.close_approval(ref, request, event),
+                            what=f"approval update on {self._platform}",
+                        )
+                    else:
+                        closed = _closed_approval_text(text, event, self._sink.max_message_chars)
+                        await _call_with_retry(
+                            self._policy,
+                            lambda: self._sink.edit(ref, closed),
+                            what=f"approval update on {self._platform}",
+                        )
+                case _:
+                    assert_never(event)
+        except AdapterError:
+            log.error("could not show an approval", exc_info=True, extra=extra)
 
     async def _post_notice(self, message: str) -> None:
         thread = self._thread

@@ -18,18 +18,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import assert_never
 
+from bot.approvals import Approvals
 from bot.config import Settings
 from bot.dedupe import Deduper
 from bot.invite import InviteBook
 from bot.metrics import Metrics
 from bot.model import (
     Accepted,
+    ApprovalRequested,
     Author,
     Batch,
     BatchDone,
     BatchStarted,
     Command,
     CommandResult,
+    Decision,
     Listener,
     Notice,
     OutputText,
@@ -49,7 +52,15 @@ from bot.safety import (
     sanitize_prompt,
     strip_controls,
 )
-from bot.session import ClaudeSession, SessionDied, SessionError, TextDelta, ToolUse, TurnEnd
+from bot.session import (
+    ClaudeSession,
+    SessionDied,
+    SessionError,
+    TextDelta,
+    ToolRequest,
+    ToolUse,
+    TurnEnd,
+)
 from bot.shell import ShellDenied, ShellRunner
 from bot.store import Participant, StaleSources, Store
 
@@ -112,7 +123,18 @@ class _ShellRequest:
 
 
 _HOST_ONLY = frozenset({"invite", "restart", "new"})
-COMMANDS = ("status", "queue", "cancel", "shell", "leave", "invite", "restart", "new")
+COMMANDS = (
+    "status",
+    "queue",
+    "cancel",
+    "shell",
+    "approve",
+    "approvals",
+    "leave",
+    "invite",
+    "restart",
+    "new",
+)
 _STATUS_SHELL_RUNS = 3
 _SHELL_OUTCOMES = {"exited": "exit", "timed_out": "timed out", "cancelled": "cancelled"}
 
@@ -163,6 +185,9 @@ class Party:
             if shell.enabled
             else None
         )
+        self._approvals = Approvals(
+            settings.approvals, party=name, store=store, redactor=redactor, publish=self._publish
+        )
         self._shell_queue: collections.deque[_ShellRequest] = collections.deque()
         self._shell_running: _ShellRequest | None = None  # written by the runner only
         self._last_turn_at: float | None = None
@@ -170,6 +195,7 @@ class Party:
     async def load(self) -> None:
         """Read who has joined; call once before serving."""
         await self._store.ensure_party(self.name)
+        await self._approvals.load()
         for member in await self._store.participants(self.name):
             self._members[(member.platform, member.user_id)] = member
         if await self._store.pending_prompts(self.name) or await self._store.open_batches(
@@ -282,6 +308,24 @@ class Party:
                 return await self._cancel(command)
             case "shell":
                 return await self._request_shell(command, role)
+            case "approve":
+                approval_id, _, decision = command.args.strip().partition(" ")
+                if not approval_id.isdigit() or decision.strip() not in set(Decision):
+                    return CommandResult(
+                        name, False, "usage: approve <approval id> allow|always|deny"
+                    )
+                return self._approvals.decide(
+                    int(approval_id), command.author, role, Decision(decision.strip())
+                )
+            case "approvals":
+                if command.args.strip() == "reset":
+                    if role is not Role.HOST:
+                        return CommandResult(name, False, "`approvals reset` is for the host only")
+                    cleared = await self._approvals.reset()
+                    return CommandResult(name, True, f"forgot {cleared} always-allow rule(s)")
+                rules = self._approvals.rules()
+                listed = "\n".join(f"  {r}" for r in rules) if rules else "  none"
+                return CommandResult(name, True, f"always allowed in this party:\n{listed}")
             case "leave":
                 await self.leave(command.author)
                 return CommandResult(name, True, "you left the party")
@@ -297,6 +341,17 @@ class Party:
             case _:
                 known = ", ".join(COMMANDS)
                 return CommandResult(name, False, f"unknown command `{name}`; try one of: {known}")
+
+    def waiting_approvals(self) -> list[ApprovalRequested]:
+        """The tool-use requests waiting for a decision, oldest first (for late joiners)."""
+        return self._approvals.waiting()
+
+    async def decide(self, approval_id: int, author: Author, decision: Decision) -> CommandResult:
+        """An approver's (or the host's) answer to a tool-use request; for buttons."""
+        role = self.role_of(author)
+        if role is None:
+            return CommandResult("approve", False, "you have not joined this party")
+        return self._approvals.decide(approval_id, author, role, decision)
 
     async def _cancel(self, command: Command) -> CommandResult:
         """`cancel` interrupts the running turn (or, when idle, withdraws your newest
@@ -411,6 +466,7 @@ class Party:
             f"participants: {len(self._members)}",
             *self.metrics.lines(),
             *await self._shell_status(),
+            f"always allowed: {', '.join(self._approvals.rules()) or 'nothing'}",
         ]
         return "\n".join(lines)
 
@@ -580,6 +636,15 @@ class Party:
                                 self._emit(batch, output.feed(delta))
                             case ToolUse(name=tool, detail=detail):
                                 self._emit(batch, output.feed(f"\n\n⚙ {tool}: {detail}\n\n"))
+                            case ToolRequest():
+                                # Claude waits for this answer; the output so far goes first.
+                                self._emit(batch, output.flush())
+                                allowed, why = await self._approvals.ask(
+                                    event,
+                                    batch_id=batch.batch_id,
+                                    requesters=[s.author_id for s in batch.sources],
+                                )
+                                await self.session.answer_tool(event, allow=allowed, message=why)
                             case TurnEnd():
                                 end = event
                             case _:
@@ -606,8 +671,10 @@ class Party:
             match control:
                 case _Cancel():
                     await self.session.interrupt()
+                    self._approvals.cancel_all("the turn was cancelled: denied")
                 case _Restart():
                     await self.session.interrupt()
+                    self._approvals.cancel_all("Claude is restarting: denied")
                     self._controls.put_nowait(control)  # applied once the turn has ended
                     return
                 case _:

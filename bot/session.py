@@ -38,6 +38,7 @@ __all__ = [
     "SessionDied",
     "SessionError",
     "TextDelta",
+    "ToolRequest",
     "ToolUse",
     "TurnEnd",
     "TurnParser",
@@ -54,6 +55,9 @@ _STREAM_JSON_FLAGS = (
     "stream-json",
     "--verbose",
     "--include-partial-messages",
+    # Tool calls Claude's own rules do not settle are asked over the control channel.
+    "--permission-prompt-tool",
+    "stdio",
 )
 _READ_CHUNK_BYTES = 65536
 # Writes this small fit in an empty pipe buffer (64 kB on Linux) and cannot block.
@@ -87,13 +91,24 @@ class ToolUse:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolRequest:
+    """Claude asks whether it may use a tool (``can_use_tool``); answer with
+    `ClaudeSession.answer_tool` before the turn can go on."""
+
+    request_id: str
+    tool: str
+    input: Mapping[str, Any]
+    tool_use_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class TurnEnd:
     status: TurnStatus
     result: str
     error: str = ""
 
 
-Event = TextDelta | ToolUse | TurnEnd
+Event = TextDelta | ToolUse | ToolRequest | TurnEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,19 @@ class TurnParser:
                 ]
             case "result":
                 return [_turn_end(line, was_interrupted=self.was_interrupted)]
+            case "control_request":
+                request = line.get("request") or {}
+                if request.get("subtype") != "can_use_tool":
+                    return []
+                tool_input = request.get("input")
+                return [
+                    ToolRequest(
+                        request_id=str(line.get("request_id", "")),
+                        tool=str(request.get("tool_name", "?")),
+                        input=tool_input if isinstance(tool_input, dict) else {},
+                        tool_use_id=str(request.get("tool_use_id", "")),
+                    )
+                ]
             case _:
                 return []
 
@@ -150,7 +178,14 @@ class TurnParser:
 
 
 def stream_json_command(settings: ClaudeSettings, session_id: str | None) -> list[str]:
-    command = [settings.command, *_STREAM_JSON_FLAGS, *settings.args]
+    command = [settings.command, *_STREAM_JSON_FLAGS]
+    if settings.permission_mode:
+        command += ["--permission-mode", settings.permission_mode]
+    if settings.allowed_tools:
+        command += ["--allowedTools", *settings.allowed_tools]
+    if settings.disallowed_tools:
+        command += ["--disallowedTools", *settings.disallowed_tools]
+    command += settings.args
     if session_id:
         command += ["--resume", session_id]
     return command
@@ -358,7 +393,8 @@ class ClaudeSession:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
         try:
-            await asyncio.wait_for(asyncio.to_thread(proc.wait), self._settings.interrupt_grace_s)
+            async with asyncio.timeout(self._settings.interrupt_grace_s):
+                await asyncio.to_thread(proc.wait)
         except TimeoutError:
             log.warning("claude did not exit after stdin closed; killing it")
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -405,7 +441,10 @@ class ClaudeSession:
                     continue
                 timeout = None if remaining == float("inf") else remaining
                 try:
-                    item = await asyncio.wait_for(self._lines.get(), timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation
+                    # that lands as the line arrives, and the runner would never stop.
+                    async with asyncio.timeout(timeout):
+                        item = await self._lines.get()
                 except TimeoutError:
                     continue
                 if isinstance(item, _Exited):
@@ -442,6 +481,24 @@ class ClaudeSession:
             }
         )
         return True
+
+    async def answer_tool(self, request: ToolRequest, *, allow: bool, message: str = "") -> None:
+        """Answer a `ToolRequest`: allow it as asked, or deny it telling Claude ``message``."""
+        decision: dict[str, Any] = (
+            {"behavior": "allow", "updatedInput": dict(request.input)}
+            if allow
+            else {"behavior": "deny", "message": message or "denied"}
+        )
+        await self._write(
+            {
+                "type": "control_response",
+                "response": {
+                    "subtype": "success",
+                    "request_id": request.request_id,
+                    "response": decision,
+                },
+            }
+        )
 
     def _timeout_message(self) -> str:
         return (

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -278,37 +278,86 @@ class Store:
     # -- invites and participants -----------------------------------------------------
 
     async def replace_invite(self, party: str, role: Role, token: str) -> None:
-        """Make ``token`` the one valid invite of ``role``; older ones stop working at once."""
+        """Make ``token`` the standing invite of ``role``; the one before stops working at
+        once (tokens minted with `add_invite` are not touched)."""
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE invites SET revoked_at = ?"
-                " WHERE party = ? AND role = ? AND revoked_at IS NULL",
+                " WHERE party = ? AND role = ? AND standing = 1 AND revoked_at IS NULL",
                 (_now(), party, role.value),
             )
             await db.execute(
-                "INSERT INTO invites (party, token_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO invites (party, token_hash, role, created_at, standing)"
+                " VALUES (?, ?, ?, ?, 1)",
                 (party, hash_token(token), role.value, _now()),
             )
 
+    async def add_invite(
+        self,
+        party: str,
+        role: Role,
+        token: str,
+        *,
+        expires_at: datetime | None = None,
+        uses: int | None = None,
+    ) -> None:
+        """Add an extra invite of ``role``: until ``expires_at`` (None: never), for ``uses``
+        joins (None: any number)."""
+        expires = (
+            expires_at.astimezone(UTC).isoformat(timespec="milliseconds") if expires_at else None
+        )
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO invites (party, token_hash, role, created_at, expires_at, uses_left,"
+                " standing) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                (party, hash_token(token), role.value, _now(), expires, uses),
+            )
+
+    async def revoke_invite(self, party: str, token: str) -> bool:
+        """Stop ``token`` from working; False if it was not a live invite of the party."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE invites SET revoked_at = ?"
+                " WHERE party = ? AND token_hash = ? AND revoked_at IS NULL",
+                (_now(), party, hash_token(token)),
+            )
+            return cur.rowcount > 0
+
     async def has_invite(self, party: str, role: Role) -> bool:
         async with self.db.execute(
-            "SELECT 1 FROM invites WHERE party = ? AND role = ? AND revoked_at IS NULL",
+            "SELECT 1 FROM invites"
+            " WHERE party = ? AND role = ? AND standing = 1 AND revoked_at IS NULL",
             (party, role.value),
         ) as cur:
             return await cur.fetchone() is not None
 
     async def check_invite(self, party: str, token: str) -> Role | None:
-        """The role the token grants, or None. Every live hash is compared in constant time."""
+        """The role the token grants, or None; a single-use token is used up by this call.
+
+        Every live hash is compared in constant time; expired and used-up ones are not live.
+        """
         digest = hash_token(token)
-        async with self.db.execute(
-            "SELECT token_hash, role FROM invites WHERE party = ? AND revoked_at IS NULL", (party,)
-        ) as cur:
-            rows = await cur.fetchall()
-        granted: Role | None = None
-        for stored, role in rows:
-            if hmac.compare_digest(str(stored), digest):
-                granted = Role(role)
-        return granted
+        async with self._transaction() as db:
+            async with db.execute(
+                "SELECT id, token_hash, role, uses_left FROM invites"
+                " WHERE party = ? AND revoked_at IS NULL"
+                " AND (expires_at IS NULL OR expires_at > ?)"
+                " AND (uses_left IS NULL OR uses_left > 0)",
+                (party, _now()),
+            ) as cur:
+                rows = await cur.fetchall()
+            granted: tuple[int, Role, int | None] | None = None
+            for invite_id, stored, role, uses_left in rows:
+                if hmac.compare_digest(str(stored), digest):
+                    granted = (int(invite_id), Role(role), uses_left)
+            if granted is None:
+                return None
+            invite_id, role, uses_left = granted
+            if uses_left is not None:
+                await db.execute(
+                    "UPDATE invites SET uses_left = uses_left - 1 WHERE id = ?", (invite_id,)
+                )
+        return role
 
     async def join(self, party: str, participant: Participant) -> None:
         async with self._transaction() as db:
@@ -449,13 +498,16 @@ class Store:
 
     async def pending_prompts(self, party: str) -> list[SourcePrompt]:
         async with self.db.execute(
-            "SELECT id, author, text, thread, platform FROM prompts"
+            "SELECT id, author, text, thread, platform, user_id FROM prompts"
             " WHERE party = ? AND state = 'pending'"
             " ORDER BY id",
             (party,),
         ) as cur:
             rows = await cur.fetchall()
-        return [SourcePrompt(int(i), str(a), str(t), str(th), str(p)) for i, a, t, th, p in rows]
+        return [
+            SourcePrompt(int(i), str(a), str(t), str(th), str(p), str(u))
+            for i, a, t, th, p, u in rows
+        ]
 
     async def prompt_state(self, prompt_id: int) -> PromptState:
         async with self.db.execute("SELECT state FROM prompts WHERE id = ?", (prompt_id,)) as cur:
@@ -527,6 +579,73 @@ class Store:
                 raise StoreError(f"batch {batch.batch_id} is already finished")
             await self._advance(db, [s.prompt_id for s in batch.sources], PromptState.SENT)
         return Batch(batch.batch_id, batch.prompt, batch.sources, batch.groups, attempt=int(row[0]))
+
+    # -- tool approvals -------------------------------------------------------------------
+
+    async def open_approval(
+        self, party: str, batch_id: int | None, tool: str, input_json: str, rule: str, needed: int
+    ) -> int:
+        """Record that Claude asks to use ``tool``; returns the approval's id."""
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "INSERT INTO approvals (party, batch_id, tool, input_json, rule, needed,"
+                " requested_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (party, batch_id, tool, input_json, rule, needed, _now()),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def close_approval(
+        self, approval_id: int, outcome: str, deciders: Sequence[Mapping[str, str]]
+    ) -> None:
+        """Record how an approval ended and who decided (the audit trail)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE approvals SET outcome = ?, deciders = ?, decided_at = ? WHERE id = ?",
+                (outcome, json.dumps(list(deciders)), _now(), approval_id),
+            )
+
+    async def abandon_open_approvals(self, party: str) -> int:
+        """Close approvals left open by a bot that died while they waited."""
+        async with self._transaction() as db:
+            cur = await db.execute(
+                "UPDATE approvals SET outcome = 'abandoned', decided_at = ?"
+                " WHERE party = ? AND outcome IS NULL",
+                (_now(), party),
+            )
+            return cur.rowcount
+
+    async def approval_outcomes(self, party: str) -> list[tuple[int, str, str | None, str]]:
+        """(id, tool, outcome, deciders JSON) of every approval of the party, oldest first."""
+        async with self.db.execute(
+            "SELECT id, tool, outcome, COALESCE(deciders, '[]') FROM approvals"
+            " WHERE party = ? ORDER BY id",
+            (party,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [(int(i), str(t), None if o is None else str(o), str(d)) for i, t, o, d in rows]
+
+    async def approval_rules(self, party: str) -> list[str]:
+        async with self.db.execute(
+            "SELECT rule FROM approval_rules WHERE party = ? ORDER BY created_at", (party,)
+        ) as cur:
+            return [str(r[0]) for r in await cur.fetchall()]
+
+    async def add_approval_rule(self, party: str, rule: str, created_by: str) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT INTO approval_rules (party, rule, created_by, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (party, rule, created_by, _now()),
+            )
+
+    async def clear_approval_rules(self, party: str) -> int:
+        async with self._transaction() as db:
+            cur = await db.execute("DELETE FROM approval_rules WHERE party = ?", (party,))
+            return cur.rowcount
 
     async def start_shell_run(self, party: str, author: Author, command: str) -> int:
         """Record that ``author`` is about to run ``command``; returns the run's id.
@@ -605,13 +724,13 @@ class Store:
         found = []
         for batch_id, prompt, groups_json, state, attempts in rows:
             async with self.db.execute(
-                "SELECT id, author, text, thread, platform FROM prompts"
+                "SELECT id, author, text, thread, platform, user_id FROM prompts"
                 " WHERE batch_id = ? ORDER BY id",
                 (batch_id,),
             ) as cur:
                 sources = tuple(
-                    SourcePrompt(int(i), str(a), str(t), str(th), str(p))
-                    for i, a, t, th, p in await cur.fetchall()
+                    SourcePrompt(int(i), str(a), str(t), str(th), str(p), str(u))
+                    for i, a, t, th, p, u in await cur.fetchall()
                 )
             batch = Batch(
                 int(batch_id),

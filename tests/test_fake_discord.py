@@ -6,9 +6,10 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import aiohttp
 import discord
@@ -41,6 +42,10 @@ _POST_MESSAGE = "POST /channels/{channel_id}/messages"
 _CALLBACK = "POST /interactions/{webhook_id}/{webhook_token}/callback"
 _FOLLOWUP = "POST /webhooks/{webhook_id}/{webhook_token}"
 _EDIT_WEBHOOK_MESSAGE = "PATCH /webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+_EDIT_MESSAGE = "PATCH /channels/{channel_id}/messages/{message_id}"
+_LOADING = 1 << 7
+_TYPE_REPLY = 19
+_COMPONENT_INTERACTION = 3
 
 T = TypeVar("T")
 
@@ -70,6 +75,45 @@ def _concordia_commands(bot: _Bot) -> app_commands.Group:
     return group
 
 
+class _Action(discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]], template=r"t:(?P<a>\w+)"):
+    """A button routed by custom_id ``t:<action>``; a click answers as the action says:
+    ``reply`` (type 4, ephemeral), ``update`` (type 7, buttons removed), ``defer`` (type 6,
+    then an ephemeral followup and an edit of @original), ``think`` (type 5, then a followup).
+    """
+
+    def __init__(self, action: str) -> None:
+        super().__init__(discord.ui.Button(label=action.title(), custom_id=f"t:{action}"))
+        self.action = action
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        return cls(match["a"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        assert isinstance(interaction.client, _Bot)
+        interaction.client.clicks.put_nowait(interaction)
+        if self.action == "reply":
+            await interaction.response.send_message(f"you clicked {self.action}", ephemeral=True)
+        elif self.action == "update":
+            await interaction.response.edit_message(content="decided", view=None)
+        elif self.action == "defer":
+            await interaction.response.defer()
+            await interaction.followup.send("noted", ephemeral=True)
+            await interaction.edit_original_response(content="decided later", view=None)
+        else:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await interaction.followup.send("thought about it", ephemeral=True)
+
+
+def _actions(*names: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for name in names:
+        view.add_item(_Action(name))
+    return view
+
+
 class _Bot(discord.Client):
     """A real discord.py client that reports what it saw through queues."""
 
@@ -83,6 +127,10 @@ class _Bot(discord.Client):
         self.resumes: asyncio.Queue[None] = asyncio.Queue()
         self.received: asyncio.Queue[discord.Message] = asyncio.Queue()
         self.invoked: asyncio.Queue[str] = asyncio.Queue()
+        self.clicks: asyncio.Queue[discord.Interaction] = asyncio.Queue()
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(_Action)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         """Skip discord.py's 5 s sleep before every IDENTIFY but the first."""
@@ -477,6 +525,252 @@ async def test_deferred_response_then_followups(bot: _Bot, fake: FakeDiscord) ->
     assert original["content_history"] == ["", "ran ls", "ran ls: done"]
     assert second["content"] == "second"
     assert [m["id"] for m in fake.messages(CHANNEL_ID)] == [original["id"], second["id"]]
+
+
+# -- message components -----------------------------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+async def test_buttons_are_stored_numbered_and_taken_away_by_an_edit(
+    bot: _Bot, fake: FakeDiscord
+) -> None:
+    channel = bot.get_partial_messageable(CHANNEL_ID)
+    pinged = discord.AllowedMentions(
+        users=[discord.Object(ALICE_ID)], everyone=False, roles=False, replied_user=False
+    )
+
+    posted = await _within(
+        channel.send(
+            f"<@{ALICE_ID}> <@{BOB_ID}> pick",
+            view=_actions("reply", "update"),
+            allowed_mentions=pinged,
+        )
+    )
+    await _within(
+        posted.edit(content="picked", view=None, allowed_mentions=discord.AllowedMentions.none())
+    )
+
+    post = next(c for c in fake.calls if c.route == _POST_MESSAGE)
+    assert [b["custom_id"] for b in post.json["components"][0]["components"]] == [
+        "t:reply",
+        "t:update",
+    ]
+    # Discord numbers the components it was sent without an id: the row, then its buttons.
+    (row,) = posted.components
+    assert isinstance(row, discord.ActionRow)
+    assert [(c.id, getattr(c, "custom_id", None)) for c in (row, *row.children)] == [
+        (1, None),
+        (2, "t:reply"),
+        (3, "t:update"),
+    ]
+    assert [u.id for u in posted.mentions] == [ALICE_ID], "allowed_mentions let only Alice ping"
+    (stored,) = fake.messages(CHANNEL_ID)
+    assert stored["components"] == []
+    assert stored["content_history"] == [f"<@{ALICE_ID}> <@{BOB_ID}> pick", "picked"]
+    assert stored["allowed_mentions_history"] == [
+        {"parse": [], "users": [ALICE_ID]},
+        {"parse": []},
+    ]
+    assert stored["mentions"] == []
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("components", "field", "code"),
+    [
+        (
+            [{"type": 2, "style": 1, "label": "x", "custom_id": "a"}],
+            ("0", "type"),
+            "BASE_TYPE_CHOICES",
+        ),
+        ([{"type": 1, "components": []}], ("0", "components"), "BASE_TYPE_BAD_LENGTH"),
+        (
+            [{"type": 1, "components": [{"type": 2, "style": 1, "label": "x"}]}],
+            ("0", "components", "0", "custom_id"),
+            "BASE_TYPE_REQUIRED",
+        ),
+        (
+            [
+                {
+                    "type": 1,
+                    "components": [
+                        {"type": 2, "style": 1, "label": "x", "custom_id": "same"},
+                        {"type": 2, "style": 4, "label": "y", "custom_id": "same"},
+                    ],
+                }
+            ],
+            ("0", "components", "1", "custom_id"),
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+        ),
+        (
+            [{"type": 1, "components": [{"type": 2, "style": 1, "custom_id": "c" * 101}]}],
+            ("0", "components", "0", "custom_id"),
+            "BASE_TYPE_MAX_LENGTH",
+        ),
+    ],
+    ids=[
+        "button-outside-a-row",
+        "empty-row",
+        "no-custom-id",
+        "duplicate-custom-id",
+        "long-custom-id",
+    ],
+)
+async def test_malformed_components_are_refused(
+    fake: FakeDiscord, components: list[dict[str, Any]], field: tuple[str, ...], code: str
+) -> None:
+    auth = {"Authorization": f"Bot {TOKEN}"}
+    body = {"content": "pick", "components": components}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{fake.api_base}/channels/{CHANNEL_ID}/messages", json=body, headers=auth
+        ) as sent,
+    ):
+        refused = await sent.json()
+
+    assert (sent.status, refused["code"]) == (400, 50035)
+    errors = refused["errors"]["components"]
+    for key in field:
+        errors = errors[key]
+    assert errors["_errors"][0]["code"] == code
+    assert fake.messages(CHANNEL_ID) == []
+
+
+@pytest.mark.timeout(20)
+async def test_a_click_reaches_the_dynamic_item_and_its_reply_is_ephemeral(
+    bot: _Bot, fake: FakeDiscord
+) -> None:
+    posted = await _within(
+        bot.get_partial_messageable(CHANNEL_ID).send("pick", view=_actions("reply"))
+    )
+
+    click = await fake.click_button(BOB_ID, posted.id, "t:reply")
+
+    interaction = await _within(bot.clicks.get())
+    assert interaction.type is discord.InteractionType.component
+    data: dict[str, Any] = dict(interaction.data or {})
+    assert (data["custom_id"], data["component_type"]) == ("t:reply", 2)
+    assert interaction.message is not None
+    assert interaction.message.id == posted.id
+    assert interaction.user.id == BOB_ID
+    assert interaction.channel_id == CHANNEL_ID
+    callback = await _within(fake.next_request(_CALLBACK))
+    assert callback.path == f"/interactions/{click['id']}/{click['token']}/callback"
+    assert (callback.status, callback.json["type"]) == (200, 4)
+    (reply,) = fake.interaction_messages(int(click["id"]))
+    assert reply["content"] == "you clicked reply"
+    assert reply["flags"] & _EPHEMERAL
+    # An answer to a button shows as a reply to the message the button is on.
+    assert reply["type"] == _TYPE_REPLY
+    assert reply["message_reference"]["message_id"] == str(posted.id)
+    assert reply["interaction_metadata"]["type"] == _COMPONENT_INTERACTION
+    assert reply["interaction_metadata"]["interacted_message_id"] == str(posted.id)
+    assert [m["id"] for m in fake.messages(CHANNEL_ID)] == [str(posted.id)], "ephemeral"
+
+
+@pytest.mark.timeout(20)
+async def test_update_message_edits_the_clicked_message(bot: _Bot, fake: FakeDiscord) -> None:
+    posted = await _within(
+        bot.get_partial_messageable(CHANNEL_ID).send("pick", view=_actions("update", "reply"))
+    )
+
+    click = await fake.click_button(ALICE_ID, posted.id, "t:update")
+
+    callback = await _within(fake.next_request(_CALLBACK))
+    assert (callback.status, callback.json["type"]) == (200, 7)
+    assert callback.json["data"]["components"] == []
+    (stored,) = fake.messages(CHANNEL_ID)
+    assert (stored["content"], stored["components"]) == ("decided", [])
+    assert fake.interaction_messages(int(click["id"])) == [], "type 7 creates no message"
+    with pytest.raises(ValueError, match="shows no button"):
+        await fake.click_button(ALICE_ID, posted.id, "t:reply")  # gone with the edit
+
+
+@pytest.mark.timeout(20)
+async def test_deferred_update_then_followup_and_an_edit_of_the_clicked_message(
+    bot: _Bot, fake: FakeDiscord
+) -> None:
+    posted = await _within(
+        bot.get_partial_messageable(CHANNEL_ID).send("pick", view=_actions("defer"))
+    )
+
+    click = await fake.click_button(ALICE_ID, posted.id, "t:defer")
+
+    defer = await _within(fake.next_request(_CALLBACK))
+    assert defer.json == {"type": 6}
+    followup = await _within(fake.next_request(_FOLLOWUP))
+    assert followup.status == 200
+    edit = await _within(fake.next_request(_EDIT_WEBHOOK_MESSAGE))
+    assert (edit.status, edit.path.rsplit("/", 1)[1]) == (200, "@original")
+    (noted,) = fake.interaction_messages(int(click["id"]))
+    assert noted["content"] == "noted"
+    assert noted["flags"] & _EPHEMERAL
+    (stored,) = fake.messages(CHANNEL_ID)
+    assert stored["content_history"] == ["pick", "decided later"]
+    assert stored["components"] == []
+
+
+@pytest.mark.timeout(20)
+async def test_a_thinking_defer_on_a_click_is_filled_by_the_followup(
+    bot: _Bot, fake: FakeDiscord
+) -> None:
+    posted = await _within(
+        bot.get_partial_messageable(CHANNEL_ID).send("pick", view=_actions("think"))
+    )
+
+    click = await fake.click_button(ALICE_ID, posted.id, "t:think")
+
+    defer = await _within(fake.next_request(_CALLBACK))
+    assert defer.json == {"type": 5, "data": {"flags": _EPHEMERAL}}
+    await _within(fake.next_request(_FOLLOWUP))
+    (answer,) = fake.interaction_messages(int(click["id"]))
+    assert answer["content_history"] == ["", "thought about it"]
+    assert answer["flags"] & _EPHEMERAL
+    assert not answer["flags"] & _LOADING
+    (stored,) = fake.messages(CHANNEL_ID)
+    assert [b["custom_id"] for b in stored["components"][0]["components"]] == ["t:think"]
+
+
+@pytest.mark.timeout(20)
+async def test_clicks_the_client_cannot_make_are_refused(bot: _Bot, fake: FakeDiscord) -> None:
+    channel = bot.get_partial_messageable(CHANNEL_ID)
+    plain = await _within(channel.send("no buttons"))
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Reply", custom_id="t:reply", disabled=True))
+    disabled = await _within(channel.send("greyed out", view=view))
+
+    with pytest.raises(ValueError, match="shows no button"):
+        await fake.click_button(ALICE_ID, plain.id, "t:reply")
+    with pytest.raises(ValueError, match="disabled"):
+        await fake.click_button(ALICE_ID, disabled.id, "t:reply")
+    with pytest.raises(ValueError, match="does not exist"):
+        await fake.click_button(ALICE_ID, 42, "t:reply")
+
+
+@pytest.mark.timeout(20)
+async def test_a_slash_command_cannot_be_answered_by_updating_a_message(fake: FakeDiscord) -> None:
+    auth = {"Authorization": f"Bot {TOKEN}"}
+    command = {"name": "concordia", "description": "Drive the shared Claude session"}
+    async with aiohttp.ClientSession() as http:
+        commands_url = f"{fake.api_base}/applications/{APPLICATION_ID}/guilds/{GUILD_ID}/commands"
+        async with http.put(commands_url, json=[command], headers=auth) as synced:
+            assert synced.status == 200
+        async with http.ws_connect(f"{fake.gateway_url}?v=10&encoding=json") as gateway:
+            await _within(gateway.receive_json())  # HELLO
+            identify = {"token": TOKEN, "intents": 1, "properties": {}}
+            await gateway.send_json({"op": GatewayOp.IDENTIFY, "d": identify})
+            await _within(gateway.receive_json())  # READY
+            interaction = await fake.send_interaction(ALICE_ID, "concordia", None)
+            url = (
+                f"{fake.api_base}/interactions/{interaction['id']}/{interaction['token']}/callback"
+            )
+            for response_type in (6, 7):
+                body = {"type": response_type, "data": {"content": "x"}}
+                async with http.post(url, json=body) as refused:
+                    assert (refused.status, (await refused.json())["code"]) == (400, 50035)
+            async with http.post(url, json={"type": 4, "data": {"content": "ok"}}) as answered:
+                assert answered.status == 204, "still unanswered after the refusals"
 
 
 # -- gateway faults ---------------------------------------------------------------------------

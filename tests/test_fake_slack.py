@@ -28,6 +28,7 @@ from tests.fakes.slack_api import (
     BOT_USER_ID,
     CHANNEL_ID,
     FILE_DOWNLOAD,
+    INTERACTIVE,
     MAX_TEXT_CHARS,
     OTHER_CHANNEL_ID,
     RESPONSE_URL,
@@ -378,6 +379,156 @@ async def test_views_open_takes_a_trigger_id_once(fake: FakeSlack) -> None:
     assert opened["view"]["id"].startswith("V")
     assert fake.views[0]["title"]["text"] == "Invite"
     assert again.value.response["error"] == "exchanged_trigger_id"
+
+
+# -- buttons (interactive envelopes) -----------------------------------------------------------
+
+
+_BUTTONS: list[dict[str, Any]] = [
+    {
+        "type": "section",
+        "block_id": "ask",
+        "text": {"type": "mrkdwn", "text": "May I?"},
+    },
+    {
+        "type": "actions",
+        "block_id": "answers",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": "answer_yes",
+                "text": {"type": "plain_text", "text": "Yes"},
+                "value": "7",
+                "style": "primary",
+            },
+            {
+                "type": "button",
+                "action_id": "answer_no",
+                "text": {"type": "plain_text", "text": "No"},
+                "value": "7",
+                "style": "danger",
+            },
+        ],
+    },
+]
+
+
+async def _post_buttons(fake: FakeSlack) -> tuple[str, str]:
+    """A mention and the bot's threaded reply with two buttons: (thread ts, reply ts)."""
+    mention = await fake.send_mention(ALICE_ID, "ask me")
+    thread_ts = mention["payload"]["event"]["ts"]
+    posted = await _client(fake).chat_postMessage(
+        channel=CHANNEL_ID, thread_ts=thread_ts, text="May I?", blocks=_BUTTONS
+    )
+    assert posted["message"]["blocks"] == _BUTTONS  # returned as stored
+    return thread_ts, str(posted["ts"])
+
+
+@pytest.mark.timeout(20)
+async def test_a_click_reaches_bolts_action_listener_and_respond_answers_the_clicker_alone(
+    fake: FakeSlack,
+) -> None:
+    app = AsyncApp(client=_client(fake))
+    clicks: asyncio.Queue[tuple[dict[str, Any], dict[str, Any]]] = asyncio.Queue()
+    responded: asyncio.Queue[int] = asyncio.Queue()
+
+    @app.action("answer_yes")
+    async def yes(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+        await ack()
+        clicks.put_nowait((body, action))
+        response = await respond(text="counted", response_type="ephemeral", replace_original=False)
+        responded.put_nowait(response.status_code)
+
+    thread_ts, ts = await _post_buttons(fake)
+    async with _connected(fake, app):
+        envelope = await fake.click_button(BOB_ID, ts, "answer_yes")
+        ack = await fake.wait_ack(envelope["envelope_id"], ACK_DEADLINE_S)
+        body, action = await _within(clicks.get())
+        call = await _within(fake.next_call(RESPONSE_URL))
+        status = await _within(responded.get())
+
+    assert (envelope["type"], envelope["accepts_response_payload"]) == (INTERACTIVE, False)
+    assert (ack.payload, ack.delivery) == (None, 1)
+    assert body["type"] == "block_actions"
+    assert (body["user"]["id"], body["user"]["username"]) == (BOB_ID, "bob")
+    assert body["channel"]["id"] == CHANNEL_ID
+    assert body["container"] == {
+        "type": "message",
+        "message_ts": ts,
+        "channel_id": CHANNEL_ID,
+        "is_ephemeral": False,
+        "thread_ts": thread_ts,
+    }
+    assert (body["message"]["ts"], body["message"]["blocks"]) == (ts, _BUTTONS)
+    assert body["response_url"].startswith(fake.api_url.removesuffix("/api/") + "/actions/")
+    assert (action["action_id"], action["block_id"], action["value"]) == (
+        "answer_yes",
+        "answers",
+        "7",
+    )
+    assert (action["type"], action["style"]) == ("button", "primary")
+    assert call.params == {
+        "text": "counted",
+        "response_type": "ephemeral",
+        "replace_original": False,
+    }
+    assert status == 200
+    (ephemeral,) = fake.ephemerals
+    assert (ephemeral["user"], ephemeral["channel"], ephemeral["text"]) == (
+        BOB_ID,
+        CHANNEL_ID,
+        "counted",
+    )
+    (reply,) = fake.messages(CHANNEL_ID, thread_ts=thread_ts)[1:]
+    assert reply["text_history"] == ["May I?"], "an ephemeral answer leaves the message alone"
+
+
+@pytest.mark.timeout(20)
+async def test_a_clicks_response_url_can_replace_then_delete_the_clicked_message(
+    fake: FakeSlack,
+) -> None:
+    thread_ts, ts = await _post_buttons(fake)
+    envelope = await fake.click_button(ALICE_ID, ts, "answer_no")  # no socket: kept pending
+    url = envelope["payload"]["response_url"]
+    done = [{"type": "section", "text": {"type": "mrkdwn", "text": "Answered: no"}}]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            url, json={"replace_original": True, "text": "Answered", "blocks": done}
+        ) as replaced:
+            assert (replaced.status, await replaced.text()) == (200, "ok")
+        (reply,) = fake.messages(CHANNEL_ID, thread_ts=thread_ts)[1:]
+        assert (reply["text_history"], reply["blocks"]) == (["May I?", "Answered"], done)
+        with pytest.raises(ValueError, match="no button"):
+            await fake.click_button(ALICE_ID, ts, "answer_no")  # the buttons are gone
+        async with session.post(url, json={"delete_original": True}) as deleted:
+            assert deleted.status == 200
+    assert [m["user"] for m in fake.messages(CHANNEL_ID, thread_ts=thread_ts)] == [ALICE_ID]
+    assert fake.ephemerals == []
+
+
+@pytest.mark.timeout(20)
+async def test_chat_update_replaces_the_blocks_and_a_text_only_update_keeps_them(
+    fake: FakeSlack,
+) -> None:
+    thread_ts, ts = await _post_buttons(fake)
+    client = _client(fake)
+    context = {"type": "context", "elements": [{"type": "mrkdwn", "text": "done"}]}
+    closed: list[dict[str, Any]] = [_BUTTONS[0], context]
+    updated = await client.chat_update(channel=CHANNEL_ID, ts=ts, text="May I? done", blocks=closed)
+    await client.chat_update(channel=CHANNEL_ID, ts=ts, text="May I? done!")
+
+    assert updated["message"]["blocks"] == closed
+    (reply,) = fake.messages(CHANNEL_ID, thread_ts=thread_ts)[1:]
+    assert reply["blocks"] == closed
+    assert reply["text_history"] == ["May I?", "May I? done", "May I? done!"]
+    update = next(c for c in fake.calls if c.method == "chat.update")
+    assert update.params["blocks"] == closed  # sent as JSON, as slack-sdk does
+    with pytest.raises(ValueError, match="no button"):
+        await fake.click_button(BOB_ID, ts, "answer_yes")
+    with pytest.raises(ValueError, match="no message"):
+        await fake.click_button(BOB_ID, "1.000001", "answer_yes")
+    with pytest.raises(ValueError, match="not a member"):
+        await fake.click_button(BOT_USER_ID, ts, "answer_yes")
 
 
 # -- Web API ----------------------------------------------------------------------------------

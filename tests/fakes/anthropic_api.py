@@ -10,6 +10,12 @@ Replies are chosen from the user's text (case-sensitive substrings, first match 
 - ``SLOW``: the echo, then ``slow_steps`` deltas of ``" ."`` one every ``slow_interval_s``.
 - ``LONG``: ``long_reply`` (by default `LONG_REPLY`, about 12,000 characters with fenced
   Python blocks) in slices of 200 characters, ``long_interval_s`` apart.
+- ``TOOL_BASH <command>``: a ``tool_use`` of Bash running ``<command>``; once its result
+  is back, ``"TOOL RESULT: "`` and the result's text (``"TOOL ERROR: "`` when refused).
+- ``TOOL_EDIT <absolute path>``: a Read of the file, then an Edit replacing ``old`` with
+  ``new`` in it (the CLI refuses an Edit of a file not read first), then the result line.
+  ``TOOL_*`` triggers start a line of the conversation's latest user text, so the follow-up
+  requests that carry only ``tool_result`` blocks continue the script.
 - otherwise: ``"ECHO: " + user_text[:200]``.
 
 The session-title side request the TUI sends (``tools: []`` and an
@@ -26,6 +32,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncGenerator
@@ -49,6 +56,7 @@ _SLOW_DELTA = " ."
 _LONG_DELTA_CHARS = 200
 _LONG_REPLY_TARGET_CHARS = 12_000
 _TITLE_REPLY = '{"title":"Fake"}'
+_TOOL_TRIGGER = re.compile(r"^(TOOL_BASH|TOOL_EDIT) (.+)$", re.MULTILINE)
 _FAIL_STATUS = 500
 _FAIL_MESSAGE = "fake internal error"
 # The real API's error "type" for each status; anything else is a generic api_error.
@@ -269,6 +277,9 @@ class FakeAnthropic:
         log.debug("fake Anthropic API turn %d: %r", len(self.turns), recorded.user_text[:80])
 
         text = recorded.user_text
+        step = _tool_step(body)
+        if step is not None and not self._failures:
+            return await self._stream_blocks(request, model, [step])
         if self._failures:
             failure = self._failures.popleft()
             return _error_response(failure.status, failure.message)
@@ -382,6 +393,112 @@ class FakeAnthropic:
                 # The client hung up between two writes; a cancel usually wins this race.
                 log.debug("client left %s after %d deltas", message_id, output_tokens)
         return response
+
+    async def _stream_blocks(
+        self, request: web.Request, model: str, blocks: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        """Write one message of whole ``text`` or ``tool_use`` blocks as SSE."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        message_id = f"msg_fake_{next(self._message_ids):06d}"
+        await response.prepare(request)
+        await _send(
+            response,
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": message_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 1, "output_tokens": 1},
+                },
+            },
+        )
+        stop_reason = "end_turn"
+        for index, block in enumerate(blocks):
+            if block["type"] == "tool_use":
+                stop_reason = "tool_use"
+                start = {**block, "input": {}}
+                delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+            else:
+                start = {"type": "text", "text": ""}
+                delta = {"type": "text_delta", "text": block["text"]}
+            await _send(
+                response,
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+            await _send(
+                response,
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+            await _send(
+                response, "content_block_stop", {"type": "content_block_stop", "index": index}
+            )
+        await _send(
+            response,
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": {"output_tokens": 1},
+            },
+        )
+        await _send(response, "message_stop", {"type": "message_stop"})
+        await response.write_eof()
+        return response
+
+
+def _tool_step(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The next block of a ``TOOL_*`` script, or None when the conversation has none."""
+    messages = body.get("messages", [])
+    for start in range(len(messages) - 1, -1, -1):
+        trigger = _user_text({"messages": [messages[start]]})
+        if trigger:
+            break
+    else:
+        return None
+    # A line of its own, so a re-run note or a merge header may come before it.
+    found = _TOOL_TRIGGER.search(trigger)
+    if found is None:
+        return None
+    kind, argument = found.group(1), found.group(2).strip()
+    results = [
+        block
+        for message in messages[start + 1 :]
+        if message.get("role") == "user" and isinstance(message.get("content"), list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    steps: list[tuple[str, dict[str, Any]]]
+    if kind == "TOOL_BASH":
+        steps = [("Bash", {"command": argument, "description": "Run the requested command"})]
+    else:
+        steps = [
+            ("Read", {"file_path": argument}),
+            ("Edit", {"file_path": argument, "old_string": "old", "new_string": "new"}),
+        ]
+    if len(results) < len(steps):
+        name, tool_input = steps[len(results)]
+        return {
+            "type": "tool_use",
+            "id": f"toolu_fake_{start:03d}_{len(results)}",
+            "name": name,
+            "input": tool_input,
+        }
+    last = results[-1]
+    content = last.get("content", "")
+    if isinstance(content, list):
+        content = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+    prefix = "TOOL ERROR: " if last.get("is_error") else "TOOL RESULT: "
+    return {"type": "text", "text": prefix + str(content)[:_ECHO_MAX_CHARS]}
 
 
 async def _send(response: web.StreamResponse, event: str, data: dict[str, Any]) -> None:

@@ -34,6 +34,15 @@ Behaviour copied from Discord, because a client that gets it wrong should fail h
   within 3 s (later: 404 code 10062) and only once (400 code 40060). After a deferred
   response (type 5) the first followup replaces the "thinking" message instead of posting a
   new one, and inherits its ephemeral flag.
+- Message ``components`` are action rows (type 1) of buttons (type 2), checked as Discord
+  checks them (at most 5 rows of 5, a custom_id on every non-link button, unique in the
+  message, at most 100 characters) and stored with a sequential ``id`` on each component;
+  an edit with ``components: []`` takes them away. ``click_button`` dispatches a
+  MESSAGE_COMPONENT interaction (type 3) carrying the message; it is answered with type 4 or
+  5 (a new message, shown as a reply to the clicked one), 6 (ack; ``@original`` is then the
+  clicked message) or 7 (edit the clicked message). Application commands take 4 or 5 only.
+- Every ``allowed_mentions`` the bot sent with a message (create and each edit) is kept,
+  and shown to tests as ``allowed_mentions_history``.
 - The gateway honours ``compress=zlib-stream`` (one zlib stream per connection, each frame
   ended by ``Z_SYNC_FLUSH``) and ``zstd-stream`` when ``zstandard`` (or Python 3.14's
   ``compression.zstd``) is importable; discord.py asks for zstd only in exactly that case,
@@ -64,7 +73,7 @@ import secrets
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -164,8 +173,20 @@ _CHANNEL_GUILD_TEXT = 0
 _CHANNEL_DM = 1
 _CHANNEL_PUBLIC_THREAD = 11
 _INTERACTION_APPLICATION_COMMAND = 2
+_INTERACTION_MESSAGE_COMPONENT = 3
 _CALLBACK_CHANNEL_MESSAGE = 4
 _CALLBACK_DEFERRED_CHANNEL_MESSAGE = 5
+_CALLBACK_DEFERRED_UPDATE_MESSAGE = 6
+_CALLBACK_UPDATE_MESSAGE = 7
+# Components (discord.com/developers/docs/components/reference).
+_COMPONENT_ACTION_ROW = 1
+_COMPONENT_BUTTON = 2
+_BUTTON_STYLE_LINK = 5
+_BUTTON_STYLE_PREMIUM = 6
+_MAX_ACTION_ROWS = 5
+_MAX_ROW_BUTTONS = 5
+_MAX_CUSTOM_ID_CHARS = 100
+_MAX_BUTTON_LABEL_CHARS = 80
 
 # Permissions (as Discord sends them: decimal strings).
 _PERMS_EVERYONE = (
@@ -398,6 +419,8 @@ class _Connection:
 class _StoredMessage:
     payload: _Json  # the REST message object as it is now
     history: list[str]  # every content it has had, oldest first
+    # The ``allowed_mentions`` sent with the create and with each edit (None: not sent).
+    allowed_mentions: list[Any] = field(default_factory=list)
     is_ephemeral: bool = False
     is_deleted: bool = False
 
@@ -406,10 +429,22 @@ class _StoredMessage:
 class _Interaction:
     payload: _Json
     created_s: float  # time.monotonic() when dispatched
-    command_name: str
+    command_name: str  # "" for a component interaction
     response_type: int | None = None
+    # The "@original" message: the response's, or for a component interaction answered with
+    # type 6 or 7, the message the component is on.
     original_id: int | None = None
-    message_ids: list[int] = field(default_factory=list)
+    message_ids: list[int] = field(default_factory=list)  # messages this interaction created
+
+    @property
+    def interaction_type(self) -> int:
+        return int(self.payload["type"])
+
+    @property
+    def interacted_message_id(self) -> int | None:
+        """The message whose component was used (component interactions only)."""
+        message = self.payload.get("message")
+        return None if message is None else int(message["id"])
 
 
 @dataclass(slots=True)
@@ -589,9 +624,10 @@ class FakeDiscord:
     ``replayed``. ``rate_limited_count`` counts 429s served. Downloads of attachment URLs
     (``/attachments/…``, Discord's CDN) are served but not recorded.
 
-    Test controls that dispatch (``send_message``, ``send_interaction``) need a live or
-    resumable session: they raise RuntimeError before the client has identified. While the
-    client is disconnected their dispatches are logged and replayed on RESUME.
+    Test controls that dispatch (``send_message``, ``send_interaction``, ``click_button``)
+    need a live or resumable session: they raise RuntimeError before the client has
+    identified. While the client is disconnected their dispatches are logged and replayed on
+    RESUME.
 
     ``route_limits`` maps a route (``Route.key`` form) to ``(requests, window_s)``: that route
     advertises the limit per bucket (route and major parameter, e.g. one channel) and answers
@@ -746,9 +782,11 @@ class FakeDiscord:
     def messages(self, channel_id: int) -> list[_Json]:
         """Messages in a channel or thread, oldest first, as Discord would return them now.
 
-        Each is a copy with one extra key, ``content_history``: every content the message
-        has had, oldest first (so ``[-1]`` is the current content). Deleted and ephemeral
-        messages are left out; see `interaction_messages` for ephemeral ones.
+        Each is a copy with two extra keys: ``content_history``, every content the message
+        has had, oldest first (so ``[-1]`` is the current content), and
+        ``allowed_mentions_history``, the ``allowed_mentions`` sent with its create and each
+        edit (None where none was sent). Deleted and ephemeral messages are left out; see
+        `interaction_messages` for ephemeral ones.
         """
         return [
             self._snapshot(stored)
@@ -951,6 +989,61 @@ class FakeDiscord:
         }
         if "guild_id" in registered:
             data["guild_id"] = registered["guild_id"]
+        name = f"{command} {subcommand}" if subcommand else command
+        payload = self._interaction_payload(
+            _INTERACTION_APPLICATION_COMMAND, data, user_id, channel_id
+        )
+        return await self._start_interaction(session, payload, name)
+
+    async def click_button(self, user_id: int, message_id: int, custom_id: str) -> _Json:
+        """A member clicks the button ``custom_id`` on a message: dispatch INTERACTION_CREATE.
+
+        The interaction is type 3 (MESSAGE_COMPONENT) with ``data`` ``{custom_id,
+        component_type: 2, id}`` and the whole ``message``, in the message's channel. Raises
+        ValueError for an unknown user or message, a message in a DM, and a button the message
+        does not show now or that is disabled, because the Discord client cannot click those.
+        Returns the interaction payload; answer it within 3 s.
+        """
+        session = self._require_session()
+        if user_id not in self._users:
+            raise ValueError(f"user_id {user_id} is not a member of the fake guild")
+        stored = self._messages.get(message_id)
+        if stored is None or stored.is_deleted:
+            raise ValueError(f"message {message_id} does not exist (or was deleted)")
+        channel_id = int(stored.payload["channel_id"])
+        if self._channels[channel_id]["type"] == _CHANNEL_DM:
+            raise ValueError("the fake clicks buttons in guild channels only, not in DMs")
+        button = next(
+            (
+                child
+                for row in stored.payload["components"]
+                for child in row.get("components", [])
+                if child.get("type") == _COMPONENT_BUTTON and child.get("custom_id") == custom_id
+            ),
+            None,
+        )
+        if button is None:
+            shown = [
+                child.get("custom_id")
+                for row in stored.payload["components"]
+                for child in row.get("components", [])
+            ]
+            raise ValueError(f"message {message_id} shows no button {custom_id!r}; it has {shown}")
+        if button.get("disabled"):
+            raise ValueError(f"the button {custom_id!r} is disabled")
+        data: _Json = {"custom_id": custom_id, "component_type": _COMPONENT_BUTTON}
+        if "id" in button:
+            data["id"] = button["id"]
+        payload = self._interaction_payload(
+            _INTERACTION_MESSAGE_COMPONENT, data, user_id, channel_id
+        )
+        payload["message"] = copy.deepcopy(stored.payload)
+        return await self._start_interaction(session, payload, "")
+
+    def _interaction_payload(
+        self, interaction_type: int, data: _Json, user_id: int, channel_id: int
+    ) -> _Json:
+        """An INTERACTION_CREATE payload from ``user_id`` in a guild channel or thread."""
         interaction_id = self._ids.next()
         token = (
             base64.urlsafe_b64encode(
@@ -960,10 +1053,10 @@ class FakeDiscord:
             .rstrip("=")
         )
         channel = self._channels[channel_id]
-        payload: _Json = {
+        return {
             "id": str(interaction_id),
             "application_id": str(APPLICATION_ID),
-            "type": _INTERACTION_APPLICATION_COMMAND,
+            "type": interaction_type,
             "data": data,
             "guild": {"id": str(GUILD_ID), "locale": "en-US", "features": []},
             "guild_id": str(GUILD_ID),
@@ -984,9 +1077,11 @@ class FakeDiscord:
             "context": 0,
             "attachment_size_limit": _ATTACHMENT_SIZE_LIMIT,
         }
-        name = f"{command} {subcommand}" if subcommand else command
+
+    async def _start_interaction(self, session: _Session, payload: _Json, name: str) -> _Json:
+        interaction_id = int(payload["id"])
         self._interactions[interaction_id] = _Interaction(payload, time.monotonic(), name)
-        self._interaction_ids_by_token[token] = interaction_id
+        self._interaction_ids_by_token[payload["token"]] = interaction_id
         await self._dispatch(session, "INTERACTION_CREATE", payload)
         return copy.deepcopy(payload)
 
@@ -1595,13 +1690,14 @@ class FakeDiscord:
                 return _Reply(200, self._messages[earlier[0]].payload)
         _check_flags(body.get("flags"), _CREATE_FLAGS, ())
         _check_content_and_embeds(body, ())
+        components = _checked_components(body.get("components"), ())
         attachments = self._uploaded_attachments(channel_id, body, call.files)
         if not (
             body.get("content")
             or body.get("embeds")
             or attachments
             or body.get("sticker_ids")
-            or body.get("components")
+            or components
             or body.get("poll")
         ):
             raise _ApiError(400, 50006, "Cannot send an empty message")
@@ -1630,7 +1726,7 @@ class FakeDiscord:
             msg_type=_TYPE_REPLY if referenced is not None else _TYPE_DEFAULT,
             flags=int(body.get("flags") or 0),
             embeds=body.get("embeds") or [],
-            components=body.get("components") or [],
+            components=components,
             tts=bool(body.get("tts", False)),
             mentions=mentions,
             mention_roles=roles,
@@ -1638,7 +1734,7 @@ class FakeDiscord:
             attachments=attachments,
             **extra,
         )
-        self._store_message(payload)
+        self._store_message(payload, allowed_mentions=body.get("allowed_mentions"))
         if nonce is not None:
             self._nonces[(BOT_USER_ID, str(nonce))] = (int(payload["id"]), time.monotonic())
         await self._dispatch_message(self._live_session(), "MESSAGE_CREATE", payload)
@@ -1786,41 +1882,59 @@ class FakeDiscord:
         data = body.get("data") or {}
         if not isinstance(data, dict):
             raise _ApiError.invalid_form(("data",), "MODEL_TYPE_CONVERT", "Only dictionaries.")
+        interacted = interaction.interacted_message_id
+        payload: _Json | None = None
+        flags = 0
         if response_type == _CALLBACK_CHANNEL_MESSAGE:
             _check_flags(data.get("flags"), _INTERACTION_FLAGS, ("data",))
             _check_content_and_embeds(data, ("data",))
-            if not (data.get("content") or data.get("embeds") or data.get("components")):
+            components = _checked_components(data.get("components"), ("data",))
+            if not (data.get("content") or data.get("embeds") or components):
                 raise _ApiError(400, 50006, "Cannot send an empty message")
             flags = int(data.get("flags") or 0)
             content = data.get("content") or ""
+            payload = await self._interaction_message(
+                interaction, data | {"components": components}, content, flags
+            )
         elif response_type == _CALLBACK_DEFERRED_CHANNEL_MESSAGE:
             _check_flags(data.get("flags"), _FLAG_EPHEMERAL, ("data",))
             flags = int(data.get("flags") or 0) | _FLAG_LOADING
-            content = ""
+            payload = await self._interaction_message(interaction, data, "", flags)
+        elif (
+            response_type in (_CALLBACK_DEFERRED_UPDATE_MESSAGE, _CALLBACK_UPDATE_MESSAGE)
+            and interacted is not None
+        ):
+            # Both answer on the message the component is on: 7 edits it now, 6 only acks
+            # (a later PATCH of @original edits it).
+            stored = self._messages[interacted]
+            if response_type == _CALLBACK_UPDATE_MESSAGE:
+                self._edit(stored, data, (), ("data",))
+                await self._dispatch_interaction_message(stored, "MESSAGE_UPDATE")
+                payload = stored.payload
+            flags = int(stored.payload["flags"])
         else:
             raise _ApiError.invalid_form(
                 ("type",),
                 "BASE_TYPE_CHOICES",
-                "The fake answers application commands with type 4 or 5 only.",
+                "The fake answers application commands with type 4 or 5, and message "
+                "components with type 4, 5, 6 or 7.",
             )
-        payload = await self._interaction_message(interaction, data, content, flags)
         interaction.response_type = response_type
-        interaction.original_id = int(payload["id"])
+        interaction.original_id = int(payload["id"]) if payload is not None else interacted
         if call.query.get("with_response") not in ("1", "true", "True"):
             return _Reply(204)
-        return _Reply(
-            200,
-            {
-                "interaction": {
-                    "id": str(interaction_id),
-                    "type": _INTERACTION_APPLICATION_COMMAND,
-                    "response_message_id": payload["id"],
-                    "response_message_loading": bool(flags & _FLAG_LOADING),
-                    "response_message_ephemeral": bool(flags & _FLAG_EPHEMERAL),
-                },
-                "resource": {"type": response_type, "message": payload},
+        callback: _Json = {
+            "interaction": {
+                "id": str(interaction_id),
+                "type": interaction.interaction_type,
+                "response_message_loading": bool(flags & _FLAG_LOADING),
+                "response_message_ephemeral": bool(flags & _FLAG_EPHEMERAL),
             },
-        )
+        }
+        if payload is not None:
+            callback["interaction"]["response_message_id"] = payload["id"]
+            callback["resource"] = {"type": response_type, "message": payload}
+        return _Reply(200, callback)
 
     def _interaction_for_webhook(self, call: _Call) -> _Interaction:
         interaction_id = self._interaction_ids_by_token.get(call.params["webhook_token"])
@@ -1839,8 +1953,10 @@ class FakeDiscord:
         body = _require_object(call.body)
         _check_flags(body.get("flags"), _INTERACTION_FLAGS, ())
         _check_content_and_embeds(body, ())
-        if not (body.get("content") or body.get("embeds") or call.files or body.get("components")):
+        components = _checked_components(body.get("components"), ())
+        if not (body.get("content") or body.get("embeds") or call.files or components):
             raise _ApiError(400, 50006, "Cannot send an empty message")
+        body = body | {"components": components}
         assert interaction.original_id is not None  # set whenever response_type is
         original = self._messages[interaction.original_id]
         if original.payload["flags"] & _FLAG_LOADING:
@@ -1865,7 +1981,9 @@ class FakeDiscord:
             message_id = interaction.original_id
         else:
             message_id = int(raw) if raw.isdigit() else None
-        if message_id is None or message_id not in interaction.message_ids:
+        if message_id is None or (
+            message_id not in interaction.message_ids and message_id != interaction.original_id
+        ):
             raise _ApiError(404, 10008, "Unknown Message")
         stored = self._messages[message_id]
         if stored.is_deleted:
@@ -1896,14 +2014,28 @@ class FakeDiscord:
         mentions, roles, everyone = self._resolve_mentions(
             content, data.get("allowed_mentions"), None
         )
+        interaction_type = interaction.interaction_type
         metadata: _Json = {
             "id": interaction.payload["id"],
-            "type": _INTERACTION_APPLICATION_COMMAND,
+            "type": interaction_type,
             "user": user,
             "authorizing_integration_owners": interaction.payload["authorizing_integration_owners"],
-            "name": interaction.command_name,
-            "command_type": 1,
         }
+        extra: _Json = {}
+        interacted = interaction.interacted_message_id
+        if interacted is None:
+            metadata |= {"name": interaction.command_name, "command_type": 1}
+            msg_type = _TYPE_CHAT_INPUT_COMMAND
+        else:
+            # An answer to a button shows as a reply to the message the button is on.
+            metadata["interacted_message_id"] = str(interacted)
+            msg_type = _TYPE_REPLY
+            extra["message_reference"] = {
+                "type": 0,
+                "channel_id": str(channel_id),
+                "message_id": str(interacted),
+                "guild_id": str(GUILD_ID),
+            }
         if interaction.original_id is not None:
             metadata["original_response_message_id"] = str(interaction.original_id)
         payload = self._new_message(
@@ -1911,7 +2043,7 @@ class FakeDiscord:
             channel_id,
             BOT_USER_ID,
             content,
-            msg_type=_TYPE_CHAT_INPUT_COMMAND,
+            msg_type=msg_type,
             flags=flags,
             embeds=data.get("embeds") or [],
             components=data.get("components") or [],
@@ -1924,12 +2056,17 @@ class FakeDiscord:
             interaction_metadata=metadata,
             interaction={
                 "id": interaction.payload["id"],
-                "type": _INTERACTION_APPLICATION_COMMAND,
+                "type": interaction_type,
                 "name": interaction.command_name,
                 "user": user,
             },
+            **extra,
         )
-        stored = self._store_message(payload, is_ephemeral=bool(flags & _FLAG_EPHEMERAL))
+        stored = self._store_message(
+            payload,
+            is_ephemeral=bool(flags & _FLAG_EPHEMERAL),
+            allowed_mentions=data.get("allowed_mentions"),
+        )
         interaction.message_ids.append(int(payload["id"]))
         await self._dispatch_interaction_message(stored, "MESSAGE_CREATE")
         return payload
@@ -1982,8 +2119,15 @@ class FakeDiscord:
             payload["position"] = channel["total_message_sent"]
         return payload
 
-    def _store_message(self, payload: _Json, *, is_ephemeral: bool = False) -> _StoredMessage:
-        stored = _StoredMessage(payload, [payload["content"]], is_ephemeral=is_ephemeral)
+    def _store_message(
+        self, payload: _Json, *, is_ephemeral: bool = False, allowed_mentions: Any = None
+    ) -> _StoredMessage:
+        stored = _StoredMessage(
+            payload,
+            [payload["content"]],
+            allowed_mentions=[copy.deepcopy(allowed_mentions)],
+            is_ephemeral=is_ephemeral,
+        )
         message_id = int(payload["id"])
         self._messages[message_id] = stored
         if not is_ephemeral:
@@ -2003,9 +2147,13 @@ class FakeDiscord:
         files: tuple[tuple[str, bytes], ...],
         where: tuple[str, ...],
     ) -> None:
-        """Apply a PATCH body to a stored message (content, embeds, flags, attachments)."""
+        """Apply a PATCH body to a stored message (content, embeds, components, flags,
+        attachments); ``components: []`` takes every component away."""
         _check_content_and_embeds(body, where)
         payload = stored.payload
+        components = payload["components"]
+        if "components" in body:
+            components = _checked_components(body["components"], where)
         if "flags" in body and body["flags"] is not None:
             # Only SUPPRESS_EMBEDS can be toggled by an edit; other bits stay as they were.
             wanted = int(body["flags"])
@@ -2024,10 +2172,11 @@ class FakeDiscord:
             attachments = self._uploaded_attachments(
                 channel_id, body, files, payload["attachments"]
             )
-        if not (content or embeds or attachments or payload["components"]):
+        if not (content or embeds or attachments or components):
             raise _ApiError(400, 50006, "Cannot send an empty message")
         if "content" in body:
             stored.history.append(content)
+        stored.allowed_mentions.append(copy.deepcopy(body.get("allowed_mentions")))
         mentions, roles, everyone = self._resolve_mentions(
             content, body.get("allowed_mentions"), None
         )
@@ -2038,6 +2187,7 @@ class FakeDiscord:
             "mentions": [self._users[uid] for uid in mentions],
             "mention_roles": [str(rid) for rid in roles],
             "mention_everyone": everyone,
+            "components": components,
             "edited_timestamp": _now_iso(),
         }
         payload["flags"] &= ~_FLAG_LOADING
@@ -2120,6 +2270,7 @@ class FakeDiscord:
     def _snapshot(self, stored: _StoredMessage) -> _Json:
         snapshot = copy.deepcopy(stored.payload)
         snapshot["content_history"] = list(stored.history)
+        snapshot["allowed_mentions_history"] = copy.deepcopy(stored.allowed_mentions)
         return snapshot
 
     # -- guild model -----------------------------------------------------------------------
@@ -2279,6 +2430,106 @@ def _check_flags(flags: Any, allowed: int, where: tuple[str, ...]) -> None:
         raise _ApiError.invalid_form(
             (*where, "flags"), "MESSAGE_FLAGS_INVALID", f"Only flags {allowed} may be set here."
         )
+
+
+def _checked_components(components: Any, where: tuple[str, ...]) -> list[_Json]:
+    """The message's ``components`` as Discord stores them: action rows of buttons, each
+    component given a sequential ``id`` unless it brought one.
+
+    Refused like Discord does (400 / 50035): more than 5 rows, a top-level component that is
+    not an action row, a row of 0 or over 5, a button without a valid style, a custom_id
+    missing (or given to a link button), over 100 characters or repeated in the message, a
+    label over 80. Other component types are refused too: the fake serves buttons only.
+    """
+    if components is None:
+        return []
+    at = (*where, "components")
+    if not isinstance(components, list):
+        raise _ApiError.invalid_form(at, "BASE_TYPE_ARRAY", "Must be an array.")
+    if len(components) > _MAX_ACTION_ROWS:
+        raise _ApiError.invalid_form(
+            at, "BASE_TYPE_MAX_LENGTH", f"Must be {_MAX_ACTION_ROWS} or fewer in length."
+        )
+    rows: list[_Json] = copy.deepcopy(components)
+    custom_ids: set[str] = set()
+    for r, row in enumerate(rows):
+        row_at = (*at, str(r))
+        if not isinstance(row, dict) or row.get("type") != _COMPONENT_ACTION_ROW:
+            raise _ApiError.invalid_form(
+                (*row_at, "type"),
+                "BASE_TYPE_CHOICES",
+                f"Value must be one of ({_COMPONENT_ACTION_ROW},): top-level components of a "
+                "message without IS_COMPONENTS_V2 are action rows.",
+            )
+        children = row.get("components")
+        if not isinstance(children, list) or not 1 <= len(children) <= _MAX_ROW_BUTTONS:
+            raise _ApiError.invalid_form(
+                (*row_at, "components"),
+                "BASE_TYPE_BAD_LENGTH",
+                f"Must be between 1 and {_MAX_ROW_BUTTONS} in length.",
+            )
+        for c, child in enumerate(children):
+            _check_button(child, (*row_at, "components", str(c)), custom_ids)
+    used = {int(c["id"]) for c in _walk_components(rows) if isinstance(c.get("id"), int)}
+    fresh = (n for n in itertools.count(1) if n not in used)
+    for component in _walk_components(rows):
+        if not isinstance(component.get("id"), int):
+            component["id"] = next(fresh)
+    return rows
+
+
+def _check_button(button: Any, at: tuple[str, ...], custom_ids: set[str]) -> None:
+    if not isinstance(button, dict) or button.get("type") != _COMPONENT_BUTTON:
+        raise _ApiError.invalid_form(
+            (*at, "type"),
+            "BASE_TYPE_CHOICES",
+            f"Value must be one of ({_COMPONENT_BUTTON},): the fake serves buttons only.",
+        )
+    style = button.get("style")
+    if not isinstance(style, int) or not 1 <= style <= _BUTTON_STYLE_PREMIUM:
+        raise _ApiError.invalid_form(
+            (*at, "style"), "BASE_TYPE_CHOICES", "Value must be one of (1, 2, 3, 4, 5, 6)."
+        )
+    custom_id = button.get("custom_id")
+    if style in (_BUTTON_STYLE_LINK, _BUTTON_STYLE_PREMIUM):
+        if custom_id is not None:
+            raise _ApiError.invalid_form(
+                (*at, "custom_id"),
+                "BUTTON_COMPONENT_CUSTOM_ID_NOT_ALLOWED",
+                "A link or premium button cannot have a custom id.",
+            )
+    elif not isinstance(custom_id, str) or not custom_id:
+        raise _ApiError.invalid_form(
+            (*at, "custom_id"), "BASE_TYPE_REQUIRED", "This field is required"
+        )
+    elif len(custom_id) > _MAX_CUSTOM_ID_CHARS:
+        raise _ApiError.invalid_form(
+            (*at, "custom_id"),
+            "BASE_TYPE_MAX_LENGTH",
+            f"Must be {_MAX_CUSTOM_ID_CHARS} or fewer in length.",
+        )
+    elif custom_id in custom_ids:
+        raise _ApiError.invalid_form(
+            (*at, "custom_id"),
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+            "Component custom id cannot be duplicated",
+        )
+    else:
+        custom_ids.add(custom_id)
+    label = button.get("label")
+    if label is not None and (not isinstance(label, str) or len(label) > _MAX_BUTTON_LABEL_CHARS):
+        raise _ApiError.invalid_form(
+            (*at, "label"),
+            "BASE_TYPE_MAX_LENGTH",
+            f"Must be {_MAX_BUTTON_LABEL_CHARS} or fewer in length.",
+        )
+
+
+def _walk_components(rows: list[_Json]) -> Iterator[_Json]:
+    """Every component, depth first (a row, then its children), as Discord numbers them."""
+    for row in rows:
+        yield row
+        yield from row.get("components", [])
 
 
 def _check_content_and_embeds(body: _Json, where: tuple[str, ...]) -> None:

@@ -36,9 +36,17 @@ Behaviour copied from Slack, because a client that gets it wrong should fail her
   Slack sends them (bolt turns that into the header ``x-slack-retry-num: 0``, so "the header
   is present" does not mean "this is a retry").
 - A ``response_url`` accepts up to 5 posts within 30 minutes; a ``trigger_id`` opens one view
-  within 3 s. File URLs (``url_private``, ``url_private_download``) need
+  within 3 s.
+- File URLs (``url_private``, ``url_private_download``) need
   ``Authorization: Bearer BOT_TOKEN`` and the ``files:read`` scope; without them Slack (and
   the fake) redirects to an HTML sign-in page that answers 200, not an error.
+- A button click (`click_button`) is an ``interactive`` envelope with a ``block_actions``
+  payload, sent only for a button the bot's message shows now. Its ``response_url`` posts an
+  ephemeral message to the clicker (the default) or, with ``response_type: "in_channel"``, a
+  message in the channel; ``replace_original: true`` replaces the clicked message and
+  ``delete_original: true`` deletes it. A response lands in a thread only when it names one
+  (``thread_ts``): answers through a response_url do not follow the clicked message into
+  its thread (slackapi/bolt-js#963), so the fake does not guess one.
 - Messages the bot posts are not echoed back as events: the app subscribes to
   ``app_mention`` only, which Slack does not send for the bot's own posts.
 """
@@ -78,6 +86,7 @@ __all__ = [
     "CHANNEL_ID",
     "DEFAULT_SCOPES",
     "FILE_DOWNLOAD",
+    "INTERACTIVE",
     "MAX_TEXT_CHARS",
     "OTHER_CHANNEL_ID",
     "RESPONSE_URL",
@@ -104,6 +113,7 @@ OTHER_CHANNEL_ID = "C0GENERAL1"
 BOT_TOKEN = "xoxb-1000000000001-2000000000001-ConcordiaFakeBotToken0"
 APP_TOKEN = "xapp-1-A0CONCORD01-3000000000001-concordiafakeapptoken0000000000000000"
 SLASH_COMMAND = "/concordia"
+INTERACTIVE = "interactive"  # the envelope type of a button click
 
 DEFAULT_SCOPES = frozenset(
     {
@@ -139,6 +149,7 @@ _CREATED = 1_706_270_400  # 2024-01-26, when the fake workspace was "made"
 _API_PREFIX = "/api/"
 _LINK_PATH = "/link/"
 _COMMANDS_PREFIX = "/commands"
+_ACTIONS_PREFIX = "/actions"
 _FILES_PREFIX = "/files-pri"
 _SIGN_IN_PATH = "/signin"
 
@@ -167,11 +178,12 @@ class RecordedCall:
     """One request as the fake received it, and how it was answered.
 
     ``method`` is the Web API method (``chat.postMessage``), or `RESPONSE_URL` for a post to a
-    slash command's ``response_url``, or `FILE_DOWNLOAD` for a file download. ``params`` is
-    the query, form and JSON arguments merged (JSON wins); ``token`` is the bearer token (or
-    the ``token`` argument), None when there was none. ``error`` is the ``error`` the reply
-    carried (``ratelimited``, ``invalid_auth``…), None for a success. ``arrived_at_s`` is the
-    ``time.monotonic()`` of arrival, so a test can check the pacing after a 429.
+    slash command's or a button click's ``response_url``, or `FILE_DOWNLOAD` for a file
+    download. ``params`` is the query, form and JSON arguments merged (JSON wins); ``token`` is
+    the bearer token (or the ``token`` argument), None when there was none. ``error`` is the
+    ``error`` the reply carried (``ratelimited``, ``invalid_auth``…), None for a success.
+    ``arrived_at_s`` is the ``time.monotonic()`` of arrival, so a test can check the pacing
+    after a 429.
     """
 
     method: str
@@ -263,6 +275,7 @@ class _ResponseUrl:
     channel: str
     user: str
     created_s: float
+    message_ts: str | None = None  # the clicked message, for a button's response_url
     uses: int = 0
 
 
@@ -353,6 +366,25 @@ def _rich_text(text: str) -> list[_Json]:
     block_id = secrets.token_hex(3)
     section = {"type": "rich_text_section", "elements": elements}
     return [{"type": "rich_text", "block_id": block_id, "elements": [section]}]
+
+
+def _find_button(blocks: Iterable[Any], action_id: str) -> tuple[str, _Json] | None:
+    """The ``(block_id, button)`` with ``action_id`` in an actions block or a section's
+    accessory, or None. A block without a block_id gets the one Slack would make up."""
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        elements = list(block.get("elements") or []) if block.get("type") == "actions" else []
+        if block.get("type") == "section" and isinstance(block.get("accessory"), dict):
+            elements.append(block["accessory"])
+        for element in elements:
+            if (
+                isinstance(element, dict)
+                and element.get("type") == "button"
+                and element.get("action_id") == action_id
+            ):
+                return str(block.get("block_id") or secrets.token_hex(3)), element
+    return None
 
 
 def _user(user_id: str, name: str, *, is_admin: bool = False, is_bot: bool = False) -> _Json:
@@ -503,6 +535,7 @@ class FakeSlack:
         app.router.add_route("*", _API_PREFIX + "{method}", self._api)
         app.router.add_get(_LINK_PATH, self._link)
         app.router.add_post(_COMMANDS_PREFIX + "/{team}/{hook}/{secret}", self._response_url)
+        app.router.add_post(_ACTIONS_PREFIX + "/{team}/{hook}/{secret}", self._response_url)
         app.router.add_get(_FILES_PREFIX + "/{team_file}/download/{name}", self._download)
         app.router.add_get(_FILES_PREFIX + "/{team_file}/{name}", self._download)
         app.router.add_get(_SIGN_IN_PATH, self._sign_in)
@@ -802,14 +835,7 @@ class FakeSlack:
             raise ValueError(f"user_id {user_id!r} is not a member of the fake workspace")
         if channel not in self._channels:
             raise ValueError(f"the fake has no channel {channel!r}")
-        hook = f"{next(self._ids):013d}"
-        secret = secrets.token_hex(12)
-        response_url = (
-            f"http://{self._require_origin()}{_COMMANDS_PREFIX}/{TEAM_ID}/{hook}/{secret}"
-        )
-        self._response_urls[response_url] = _ResponseUrl(channel, user_id, time.monotonic())
-        trigger_id = f"{hook}.{next(self._ids):013d}.{secrets.token_hex(16)}"
-        self._triggers[trigger_id] = _Trigger(time.monotonic())
+        response_url, trigger_id = self._interaction_hooks(_COMMANDS_PREFIX, channel, user_id)
         envelope: _Json = {
             "envelope_id": str(uuid.uuid4()),
             "payload": {
@@ -832,6 +858,92 @@ class FakeSlack:
         }
         return await self._send_envelope(envelope)
 
+    async def click_button(
+        self, user_id: str, message_ts: str, action_id: str, *, channel: str = CHANNEL_ID
+    ) -> _Json:
+        """A member clicks the button ``action_id`` on the bot's message ``message_ts``: send an
+        ``interactive`` envelope (``block_actions``) and return it.
+
+        The action carries the button's own ``block_id``, ``value``, ``text`` and ``style``;
+        ``message`` is the message as it is now. The ``response_url`` (5 posts within 30 min)
+        and ``trigger_id`` point at the fake. Await `wait_ack` for the ack. ValueError for an
+        unknown user, channel or message, or a button the message does not show (any more).
+        """
+        if user_id not in self._users or user_id == BOT_USER_ID:
+            raise ValueError(f"user_id {user_id!r} is not a member of the fake workspace")
+        if channel not in self._channels:
+            raise ValueError(f"the fake has no channel {channel!r}")
+        message = self._messages.get((channel, message_ts))
+        if message is None:
+            raise ValueError(f"no message {message_ts} in {channel}")
+        found = _find_button(message.blocks or [], action_id)
+        if found is None:
+            raise ValueError(f"message {message_ts} shows no button {action_id!r}")
+        block_id, button = found
+        response_url, trigger_id = self._interaction_hooks(
+            _ACTIONS_PREFIX, channel, user_id, message_ts
+        )
+        action: _Json = {
+            "action_id": action_id,
+            "block_id": block_id,
+            "text": copy.deepcopy(button.get("text")),
+            "value": button.get("value"),
+            "type": "button",
+            "action_ts": self._ts.next(),
+        }
+        if "style" in button:
+            action["style"] = button["style"]
+        container: _Json = {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel,
+            "is_ephemeral": False,
+        }
+        if message.thread_ts is not None:
+            container["thread_ts"] = message.thread_ts
+        user = self._users[user_id]
+        envelope: _Json = {
+            "envelope_id": str(uuid.uuid4()),
+            "payload": {
+                "type": "block_actions",
+                "user": {
+                    "id": user_id,
+                    "username": user["name"],
+                    "name": user["name"],
+                    "team_id": TEAM_ID,
+                },
+                "api_app_id": APP_ID,
+                "token": _VERIFICATION_TOKEN,
+                "container": container,
+                "trigger_id": trigger_id,
+                "team": {"id": TEAM_ID, "domain": _TEAM_DOMAIN},
+                "enterprise": None,
+                "is_enterprise_install": False,
+                "channel": {"id": channel, "name": self._channels[channel]["name"]},
+                "message": self._wire(message),
+                "state": {"values": {}},
+                "response_url": response_url,
+                "actions": [action],
+            },
+            "type": INTERACTIVE,
+            "accepts_response_payload": False,
+        }
+        return await self._send_envelope(envelope)
+
+    def _interaction_hooks(
+        self, prefix: str, channel: str, user_id: str, message_ts: str | None = None
+    ) -> tuple[str, str]:
+        """A fresh ``response_url`` and ``trigger_id`` for one interaction."""
+        hook = f"{next(self._ids):013d}"
+        secret = secrets.token_hex(12)
+        response_url = f"http://{self._require_origin()}{prefix}/{TEAM_ID}/{hook}/{secret}"
+        self._response_urls[response_url] = _ResponseUrl(
+            channel, user_id, time.monotonic(), message_ts
+        )
+        trigger_id = f"{hook}.{next(self._ids):013d}.{secrets.token_hex(16)}"
+        self._triggers[trigger_id] = _Trigger(time.monotonic())
+        return response_url, trigger_id
+
     async def redeliver(self, envelope: _Json) -> _Json:
         """Send ``envelope`` again as Slack's retry: same ``envelope_id`` (and ``event_id``),
         ``retry_attempt`` + 1, ``retry_reason: "timeout"``. Returns the envelope as resent.
@@ -840,7 +952,8 @@ class FakeSlack:
         """
         if envelope.get("envelope_id") not in self._envelopes:
             raise ValueError(
-                "redeliver takes an envelope returned by send_mention/send_slash_command"
+                "redeliver takes an envelope returned by send_mention, send_slash_command "
+                "or click_button"
             )
         resent = copy.deepcopy(envelope)
         if resent["type"] == "events_api":
@@ -1286,6 +1399,9 @@ class FakeSlack:
             status, error = 404, "used_url"
         elif body is None or not isinstance(body, dict):
             status, error = 400, "invalid_payload"
+        elif _as_bool(params.get("delete_original")) and hook.message_ts is not None:
+            hook.uses += 1
+            self._delete_message(hook.channel, hook.message_ts)
         else:
             try:
                 text, blocks = self._content_args(params)
@@ -1300,17 +1416,26 @@ class FakeSlack:
     def _respond(
         self, hook: _ResponseUrl, params: _Json, text: str, blocks: list[Any] | None
     ) -> None:
-        if params.get("response_type") == "in_channel":
+        original = (
+            None if hook.message_ts is None else self._messages.get((hook.channel, hook.message_ts))
+        )
+        thread_ts = params.get("thread_ts")
+        parent = None if not thread_ts else self._thread_parent(hook.channel, str(thread_ts))
+        if original is not None and _as_bool(params.get("replace_original")):
+            original.text = text
+            original.history.append(text)
+            original.blocks = blocks
+        elif params.get("response_type") == "in_channel":
             message = _Message(
                 hook.channel,
                 self._ts.next(),
                 BOT_USER_ID,
                 text,
-                None,
+                None if parent is None else parent.ts,
                 blocks=blocks,
                 history=[text],
             )
-            self._store_message(message, None)
+            self._store_message(message, parent)
         else:
             self.ephemerals.append(
                 {
@@ -1318,7 +1443,7 @@ class FakeSlack:
                     "user": hook.user,
                     "text": text,
                     "blocks": blocks,
-                    "thread_ts": None,
+                    "thread_ts": None if parent is None else parent.ts,
                     "message_ts": self._ts.next(),
                 }
             )
@@ -1416,6 +1541,20 @@ class FakeSlack:
         self._channel_ts[message.channel].append(message.ts)
         if parent is not None:
             parent.reply_ts.append(message.ts)
+
+    def _delete_message(self, channel: str, ts: str) -> None:
+        """Remove a message; a thread parent with replies stays as Slack's tombstone."""
+        message = self._messages.get((channel, ts))
+        if message is None:
+            return
+        if message.reply_ts:
+            message.text, message.blocks = "This message was deleted.", None
+            message.history.append(message.text)
+            return
+        del self._messages[channel, ts]
+        self._channel_ts[channel].remove(ts)
+        if message.thread_ts is not None:
+            self._messages[channel, message.thread_ts].reply_ts.remove(ts)
 
     def _wire(self, message: _Message) -> _Json:
         """The message object as Slack returns it from chat.postMessage / chat.update."""
