@@ -218,6 +218,21 @@ class _System:
 
 
 @dataclass(frozen=True, slots=True)
+class _Approval:
+    approval_id: str
+    summary: str
+    input: str
+    needed: int
+
+
+@dataclass(frozen=True, slots=True)
+class _ApprovalDone:
+    approval_id: str
+    allowed: bool
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class _CommandResult:
     name: str
     is_ok: bool
@@ -225,7 +240,17 @@ class _CommandResult:
 
 
 _ServerFrame = (
-    _Welcome | _Error | _Queued | _Rejected | _Batch | _Output | _Done | _System | _CommandResult
+    _Welcome
+    | _Error
+    | _Queued
+    | _Rejected
+    | _Batch
+    | _Output
+    | _Done
+    | _System
+    | _Approval
+    | _ApprovalDone
+    | _CommandResult
 )
 
 
@@ -324,6 +349,25 @@ def _done(raw: Mapping[str, object]) -> _Done:
     return _Done(batch_id=_ident(raw, "done", "batch_id"), status=status, status_text=status_text)
 
 
+def _approval(raw: Mapping[str, object]) -> _Approval:
+    needed = raw.get("needed", 1)
+    return _Approval(
+        approval_id=_ident(raw, "approval", "approval_id"),
+        summary=_str(raw, "approval", "summary"),
+        input=_str(raw, "approval", "input"),
+        needed=needed if isinstance(needed, int) else 1,
+    )
+
+
+def _approval_done(raw: Mapping[str, object]) -> _ApprovalDone:
+    allowed = raw.get("allowed")
+    return _ApprovalDone(
+        approval_id=_ident(raw, "approval_done", "approval_id"),
+        allowed=allowed is True,
+        text=_str(raw, "approval_done", "text"),
+    )
+
+
 def _system(raw: Mapping[str, object]) -> _System:
     return _System(message=_str(raw, "system", "message"))
 
@@ -345,6 +389,8 @@ _TRANSLATORS: dict[str, Callable[[Mapping[str, object]], _ServerFrame]] = {
     "output": _output,
     "done": _done,
     "system": _system,
+    "approval": _approval,
+    "approval_done": _approval_done,
     "command_result": _command_result,
 }
 
@@ -595,6 +641,20 @@ class _Reader:
                     self._notify(_Answered(client_id, is_success=is_success))
             case _System():
                 self._screen.line(frame.message, "yellow")
+            case _Approval():
+                quorum = f" (needs {frame.needed} approvers)" if frame.needed > 1 else ""
+                self._screen.line(
+                    f"🔐 approval {frame.approval_id}: Claude wants to {frame.summary}{quorum}",
+                    "bold magenta",
+                )
+                if frame.input and frame.input not in frame.summary:
+                    self._screen.line(frame.input, "magenta")
+                self._screen.line(
+                    f"   answer with /approve {frame.approval_id} allow | always | deny", "dim"
+                )
+            case _ApprovalDone():
+                mark = "✅" if frame.allowed else "⛔"
+                self._screen.line(f"{mark} approval {frame.approval_id}: {frame.text}", "magenta")
             case _CommandResult():
                 self._screen.line(frame.text, "" if frame.is_ok else "red")
                 self._notify(_CommandAnswered(is_ok=frame.is_ok))

@@ -36,6 +36,7 @@ class FakeHost:
     - otherwise: queued, batch, two output deltas ("echo: " + text), done. The status is
       error for "fail…", interrupted for "stop…", else success. After "last words" the
       host closes the connection (1001).
+    - "ask…": as otherwise, with an approval and its outcome before the output.
     - commands: command_result "<name> ok: <args>"; ok is false for /fail.
 
     Every frame received goes to ``received``; the end of a connection puts ``_CLOSED``.
@@ -117,6 +118,26 @@ class FakeHost:
             prompt=" + ".join(p["text"] for p in merged),
             sources=sources,
         )
+        if text.startswith("ask"):
+            await _send(
+                ws,
+                type="approval",
+                approval_id=9,
+                batch_id=batch_id,
+                tool="Bash",
+                summary="run `touch x`",
+                input="touch x",
+                needed=2,
+                timeout_s=120,
+            )
+            await _send(
+                ws,
+                type="approval_done",
+                approval_id=9,
+                batch_id=batch_id,
+                allowed=False,
+                text="denied by bo",
+            )
         await _send(ws, type="output", batch_id=batch_id, text="echo: ")
         await _send(ws, type="output", batch_id=batch_id, text=text)
         status = "success"
@@ -254,6 +275,21 @@ async def test_commands_are_sent_and_their_results_awaited(host: FakeHost) -> No
     out = _printed(console)
     assert "status ok: \n" in out
     assert "cancel ok: 3" in out
+
+
+@pytest.mark.timeout(10)
+async def test_approvals_are_shown_with_how_to_answer(host: FakeHost) -> None:
+    console = _console()
+
+    code = await _join(host.url(), "ask to touch", "/approve 9 deny", console=console)
+
+    assert code == EXIT_OK
+    out = _printed(console)
+    assert "🔐 approval 9: Claude wants to run `touch x` (needs 2 approvers)" in out
+    assert "answer with /approve 9 allow | always | deny" in out
+    assert "⛔ approval 9: denied by bo" in out
+    frames = await host.frames_until_closed()
+    assert {"type": "command", "name": "approve", "args": "9 deny"} in frames
 
 
 @pytest.mark.timeout(10)
