@@ -14,8 +14,17 @@ from typing import Any
 
 import pytest
 
+from bot.config import ClaudeSettings
 from bot.model import TurnStatus
-from bot.session import Event, TextDelta, ToolUse, TurnEnd, TurnParser
+from bot.session import (
+    Event,
+    TextDelta,
+    ToolRequest,
+    ToolUse,
+    TurnEnd,
+    TurnParser,
+    stream_json_command,
+)
 
 PAYLOADS = Path(__file__).parent / "payloads" / "claude"
 PARTIAL_TRANSCRIPTS = ["b_stream_json_partial.jsonl.txt", "b_stream_json_partial_2.1.331.jsonl.txt"]
@@ -87,8 +96,50 @@ def _feed_all(parser: TurnParser, lines: list[dict[str, Any]]) -> list[Event]:
 def test_payloads_are_present() -> None:
     names = sorted(p.name for p in PAYLOADS.glob("b_stream_json*.jsonl.txt"))
     assert names == sorted(
-        ["b_stream_json.jsonl.txt", "b_stream_json_interrupt.jsonl.txt", *PARTIAL_TRANSCRIPTS]
+        [
+            "b_stream_json.jsonl.txt",
+            "b_stream_json_interrupt.jsonl.txt",
+            "b_stream_json_can_use_tool_2.1.331.jsonl.txt",
+            *PARTIAL_TRANSCRIPTS,
+        ]
     )
+
+
+def test_a_permission_request_becomes_a_tool_request() -> None:
+    """Recorded from 2.1.331 with --permission-prompt-tool stdio, the call denied."""
+    (turn,) = _replay("b_stream_json_can_use_tool_2.1.331.jsonl.txt")
+    requests = [e for e in turn.events if isinstance(e, ToolRequest)]
+    assert len(requests) == 1
+    request = requests[0]
+    assert request.tool == "Bash"
+    assert request.input == {
+        "command": "touch made.txt",
+        "description": "Run the requested command",
+    }
+    assert request.request_id
+    assert request.tool_use_id.startswith("toolu_")
+    kinds = [type(e) for e in turn.events]
+    assert kinds.index(ToolUse) < kinds.index(ToolRequest)
+    assert turn.end.status is TurnStatus.SUCCESS
+    assert "denied from chat" in turn.end.result
+
+
+def test_permission_settings_become_cli_flags() -> None:
+    settings = ClaudeSettings(
+        command="claude",
+        args=("--model", "sonnet"),
+        permission_mode="acceptEdits",
+        allowed_tools=("Read", "Bash(git diff:*)"),
+        disallowed_tools=("WebFetch",),
+    )
+    command = stream_json_command(settings, "abc")
+    assert command[command.index("--permission-prompt-tool") + 1] == "stdio"
+    assert command[command.index("--permission-mode") + 1] == "acceptEdits"
+    allowed = command.index("--allowedTools")
+    assert command[allowed + 1 : allowed + 3] == ["Read", "Bash(git diff:*)"]
+    assert command[command.index("--disallowedTools") + 1] == "WebFetch"
+    assert command[-4:] == ["--model", "sonnet", "--resume", "abc"]
+    assert "--permission-mode" not in stream_json_command(ClaudeSettings(), None)
 
 
 @pytest.mark.parametrize("name", PARTIAL_TRANSCRIPTS)
