@@ -627,12 +627,7 @@ class DiscordAdapter:
         author = _author(interaction.user)
         public = False
         if name == "join":
-            role = await party.join(args.strip(), author)
-            text = (
-                f"Welcome to party {party.name} ({role.value}). Mention me with a prompt."
-                if role
-                else "That invite token was refused."
-            )
+            text = (await party.admit(args, author)).text
         elif party.role_of(author) is None:
             text = _COMMAND_HINT  # the party's own answer does not say how to join here
         else:

@@ -525,12 +525,7 @@ class SlackAdapter:
         )
         public = False
         if name == "join":
-            role = await party.join(args.strip(), author)
-            text = (
-                f"Welcome to party {party.name} ({role.value}). Mention me with a prompt."
-                if role
-                else "That invite token was refused."
-            )
+            text = (await party.admit(args, author)).text
         else:
             result = await party.command(Command(name or "status", args, author, channel))
             text, public = result.text, result.public

@@ -232,6 +232,16 @@ class Party:
         log.info("%s joined as %s", author.name, role.value, extra={"party": self.name})
         return role
 
+    async def admit(self, token: str, author: Author) -> CommandResult:
+        """`join` for chat commands: the answer to show the person who tried the token."""
+        role = await self.join(token.strip(), author)
+        if role is None:
+            return CommandResult("join", False, "That invite token was refused.")
+        text = f"Welcome to party {self.name} ({role.value}). Mention me with a prompt."
+        if role.may_approve:
+            text += " You may also decide on the tools Claude asks to use."
+        return CommandResult("join", True, text)
+
     async def leave(self, author: Author) -> None:
         await self._store.leave(self.name, author.platform, author.user_id)
         self._members.pop((author.platform, author.user_id), None)
