@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 from bot import ConcordiaError
 from bot.model import ApprovalRequested, ApprovalResolved
 
-__all__ = ["Adapter", "AdapterError", "ApprovalSink", "MessageSink"]
+__all__ = ["Adapter", "AdapterError", "ApprovalSink", "MessageSink", "too_long"]
 
 
 class AdapterError(ConcordiaError):
@@ -68,6 +68,14 @@ class ApprovalSink(Protocol):
     ) -> None:
         """Show how it ended and take its controls away."""
         ...
+
+
+def too_long(name: str, size: int, limit: int) -> str:
+    """Why a prompt with an attached text file over the party's limit is refused."""
+    return (
+        f"the attached {name} ({size:,} bytes) does not fit in a prompt: the limit is "
+        f"{limit:,} characters (party.max_prompt_chars)"
+    )
 
 
 class Adapter(Protocol):

@@ -24,7 +24,7 @@ import discord.http
 import yarl
 from discord import app_commands
 
-from adapters.base import AdapterError
+from adapters.base import AdapterError, too_long
 from bot.config import DiscordSettings
 from bot.model import (
     Accepted,
@@ -210,9 +210,11 @@ class DiscordSink:
     """Posts and edits on Discord for the relays. A thread is ``"C"`` (channel C itself) or
     ``"C/M"`` (the thread started from message M in channel C, created on first use)."""
 
-    def __init__(self, client: discord.Client, edit_interval_s: float):
+    def __init__(self, client: discord.Client, edit_interval_s: float, clean: Callable[[str], str]):
+        """``clean`` makes a participant's text fit to post (a party's `chat_safe`)."""
         self._client = client
         self._edit_interval_s = edit_interval_s
+        self._clean = clean
         self._threads: dict[str, int] = {}
 
     @property
@@ -310,7 +312,8 @@ class DiscordSink:
             return "Concordia"
         me = self._client.user
         text = strip_mention(full.content, me.id) if me else full.content
-        name = " ".join(text.split())[:_THREAD_NAME_CHARS]
+        # The thread's name is the bot's post: the prompt's secrets and pings must not be in it.
+        name = " ".join(self._clean(text).split())[:_THREAD_NAME_CHARS]
         return name or "Concordia"
 
 
@@ -512,7 +515,9 @@ class DiscordAdapter:
 
     async def _start_relays(self) -> None:
         assert self._client is not None
-        self._sink = DiscordSink(self._client, self._settings.edit_interval_s)
+        # Every party shares the run's redactor, so any one of them cleans for all.
+        clean = next(iter(self._channels.values())).chat_safe
+        self._sink = DiscordSink(self._client, self._settings.edit_interval_s, clean)
         finished = await redeliver(self._sink, self._outbox, PLATFORM)
         if finished:
             log.info("finished %d Discord messages cut off by a restart", finished)
@@ -548,14 +553,14 @@ class DiscordAdapter:
         if party is None or client.user not in message.mentions:
             return
         text = strip_mention(message.content, client.user.id)
-        text = await self._with_attachments(text, message.attachments, party)
+        body = await self._with_attachments(text, message.attachments, party)
         prompt = Prompt(
             f"{PLATFORM}:{message.id}",
             _author(message.author),
-            text,
+            body if isinstance(body, str) else text,
             thread=f"{message.channel.id}/{message.id}",
         )
-        submission = await party.submit(prompt)
+        submission = body if isinstance(body, Rejected) else await party.submit(prompt)
         try:
             match submission:
                 case Accepted(is_duplicate=False):
@@ -586,9 +591,10 @@ class DiscordAdapter:
 
     async def _with_attachments(
         self, text: str, attachments: list[discord.Attachment], party: Party
-    ) -> str:
+    ) -> str | Rejected:
         """Text files (Discord turns a long paste into message.txt) are read into the prompt
-        within the party's limit; anything else is named, never dropped silently."""
+        within the party's limit, and a text file over it refuses the prompt (it was part of
+        the ask); anything else is named, never dropped silently."""
         budget = party.max_prompt_chars - len(text)
         parts = [text] if text else []
         for attachment in attachments:
@@ -596,21 +602,32 @@ class DiscordAdapter:
             is_text = (attachment.content_type or "").startswith(
                 "text/"
             ) or suffix in _TEXT_SUFFIXES
-            if is_text and attachment.size <= budget * 4:
-                try:
-                    body = (await attachment.read()).decode("utf-8")
-                except (discord.HTTPException, UnicodeDecodeError) as exc:
-                    parts.append(f"[attachment {attachment.filename}: could not be read ({exc})]")
-                    continue
-                if len(body) <= budget:
-                    parts.append(f"--- {attachment.filename} ---\n{body}")
-                    budget -= len(body)
-                    continue
+            if is_text:
+                # UTF-8 takes 1-4 bytes a character: past 4x the budget it cannot fit.
+                body = await self._read_text(attachment) if attachment.size <= budget * 4 else None
+                if body is None or len(body) > budget:
+                    if body is None and attachment.size <= budget * 4:
+                        parts.append(f"[attachment {attachment.filename}: could not be read]")
+                        continue
+                    return Rejected(
+                        too_long(attachment.filename, attachment.size, party.max_prompt_chars)
+                    )
+                parts.append(f"--- {attachment.filename} ---\n{body}")
+                budget -= len(body)
+                continue
             parts.append(
                 f"[attachment {attachment.filename} ({attachment.content_type or 'unknown type'}, "
                 f"{attachment.size:,} bytes) not included]"
             )
         return "\n\n".join(parts)
+
+    @staticmethod
+    async def _read_text(attachment: discord.Attachment) -> str | None:
+        try:
+            return (await attachment.read()).decode("utf-8")
+        except (discord.HTTPException, UnicodeDecodeError):
+            log.warning("could not read the attachment %s", attachment.filename, exc_info=True)
+            return None
 
     async def command(
         self, interaction: discord.Interaction[Any], name: str, args: str = ""

@@ -28,7 +28,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterError
+from adapters.base import AdapterError, too_long
 from bot.config import SlackSettings
 from bot.model import (
     Accepted,
@@ -306,7 +306,13 @@ class SlackAdapter:
         self._channels = dict(channels)
         self._outbox = outbox
         self._client = AsyncWebClient(token=bot_token, base_url=settings.api_url)
-        self._app = AsyncApp(client=self._client, process_before_response=True)
+        # Bolt copies the root logger's level onto its own loggers unless given one: at
+        # DEBUG it would log every payload, `/concordia join <token>` included.
+        self._app = AsyncApp(
+            client=self._client,
+            process_before_response=True,
+            logger=logging.getLogger("slack_bolt"),
+        )
         self._handler = AsyncSocketModeHandler(self._app, app_token)
         self._bot_user_id = ""
         self._relays: list[ThreadRelay] = []
@@ -385,15 +391,15 @@ class SlackAdapter:
         text = re.sub(
             rf"<@{re.escape(self._bot_user_id)}(\|[^>]*)?>", "", str(event.get("text", ""))
         ).strip()
-        text = await self._with_files(text, event.get("files") or [], party)
+        body = await self._with_files(text, event.get("files") or [], party)
         ts = str(event.get("ts", ""))
         prompt = Prompt(
             f"{PLATFORM}:{channel}:{ts}",
             Author(PLATFORM, user, user),
-            text,
+            body if isinstance(body, str) else text,
             thread=f"{channel}/{event.get('thread_ts') or ts}",
         )
-        submission = await party.submit(prompt)
+        submission = body if isinstance(body, Rejected) else await party.submit(prompt)
         self._in_background(self._acknowledge(party, prompt, submission, channel, ts))
 
     async def _acknowledge(
@@ -468,9 +474,11 @@ class SlackAdapter:
         except SlackApiError:
             log.warning("could not answer an approval click on Slack", exc_info=True)
 
-    async def _with_files(self, text: str, files: list[dict[str, Any]], party: Party) -> str:
-        """Text snippets and files are read into the prompt within the party's limit;
-        anything else is named."""
+    async def _with_files(
+        self, text: str, files: list[dict[str, Any]], party: Party
+    ) -> str | Rejected:
+        """Text snippets and files are read into the prompt within the party's limit, and a
+        text file over it refuses the prompt; anything else is named."""
         budget = party.max_prompt_chars - len(text)
         parts = [text] if text else []
         for shared in files:
@@ -481,9 +489,14 @@ class SlackAdapter:
                 str(shared.get("mimetype", "")).startswith("text/")
                 or shared.get("filetype") in _TEXT_FILETYPES
             )
-            if is_text and url and size <= budget * 4:
+            if is_text and url:
+                # UTF-8 takes 1-4 bytes a character: past 4x the budget it cannot fit.
+                if size > budget * 4:
+                    return Rejected(too_long(name, size, party.max_prompt_chars))
                 body = await self._download(str(url))
-                if body is not None and len(body) <= budget:
+                if body is not None and len(body) > budget:
+                    return Rejected(too_long(name, size, party.max_prompt_chars))
+                if body is not None:
                     parts.append(f"--- {name} ---\n{body}")
                     budget -= len(body)
                     continue

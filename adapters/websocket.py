@@ -34,13 +34,14 @@ from bot.model import (
     Prompt,
     Rejected,
 )
-from bot.party import Party
+from bot.party import IdentityTaken, Party
+from bot.safety import clean_name
 
 __all__ = ["PLATFORM", "PROTOCOL_VERSION", "WebSocketAdapter"]
 
 log = logging.getLogger(__name__)
 
-PLATFORM = "ws"
+PLATFORM = "websocket"
 PROTOCOL_VERSION = 1
 CLOSE_BAD_TOKEN = 4001
 CLOSE_TOO_SLOW = 4008
@@ -223,12 +224,20 @@ class WebSocketAdapter:
             )
             await connection.close(1008, "bad name")
             return None
-        name = " ".join(name.split())
-        author = Author(PLATFORM, name, name)
+        name = clean_name(name)
+        # The name is the identity here, chosen by the client: not verified.
+        author = Author(PLATFORM, name, name, is_verified=False)
         delay = self._throttle.delay_s(source)
         if delay:
             await asyncio.sleep(delay)  # pacing: slows down repeated bad tokens from one address
-        role = await self._party.join(token, author) if isinstance(token, str) and token else None
+        try:
+            role = (
+                await self._party.join(token, author) if isinstance(token, str) and token else None
+            )
+        except IdentityTaken as exc:
+            await _send(connection, {"type": "error", "code": "name_taken", "message": str(exc)})
+            await connection.close(1008, "name taken")
+            return None
         if role is None:
             self._throttle.failed(source)
             log.warning(

@@ -115,8 +115,19 @@ def _configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log.level, handlers=[handler])
-    # Their DEBUG output is every SQL statement and every gateway frame: ours is enough.
-    for noisy in ("aiosqlite", "discord", "websockets"):
+    # Their DEBUG output is every SQL statement, gateway frame and request body: a Slack
+    # `/concordia join <token>` payload or an invite answer would land in the log whole.
+    for noisy in (
+        "aiosqlite",
+        "discord",
+        "websockets",
+        "slack_bolt",
+        "slack_sdk",
+        "google_genai",
+        "httpx",
+        "httpcore",
+        "aiohttp",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 

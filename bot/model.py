@@ -77,11 +77,15 @@ class Decision(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Author:
-    """Who sent something: a platform name plus that platform's opaque user id."""
+    """Who sent something: a platform name plus that platform's opaque user id.
+
+    ``is_verified`` is False where the id is chosen by the client itself (a WebSocket
+    name), not vouched for by the platform (a Discord or Slack account)."""
 
     platform: str
     user_id: str
     name: str
+    is_verified: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import assert_never
 
+from bot import ConcordiaError
 from bot.approvals import Approvals
 from bot.config import Settings
 from bot.dedupe import Deduper
-from bot.invite import InviteBook
+from bot.invite import AttemptThrottle, InviteBook
 from bot.metrics import Metrics
 from bot.model import (
     Accepted,
@@ -48,6 +49,7 @@ from bot.safety import (
     ChatSafeStream,
     Redactor,
     UnsafeInput,
+    clean_name,
     neutralize_mentions,
     sanitize_prompt,
     strip_controls,
@@ -74,6 +76,15 @@ _RERUN_NOTE = (
     "restarted. Check what was already done before repeating it.)\n\n"
 )
 _MAX_ATTEMPTS = 2
+
+
+class IdentityTaken(ConcordiaError):
+    """A self-chosen name is a member already, with another role."""
+
+
+def _cleaned(author: Author) -> Author:
+    name = clean_name(author.name)
+    return author if name == author.name else dataclasses.replace(author, name=name)
 
 
 class MemberPace:
@@ -167,6 +178,7 @@ class Party:
         self.metrics = Metrics()
         self._listeners: set[Listener] = set()
         self._members: dict[tuple[str, str], Participant] = {}
+        self._join_attempts = AttemptThrottle()
         self._pace = MemberPace(
             burst=settings.party.member_burst,
             per_minute=settings.party.member_prompts_per_minute,
@@ -222,10 +234,21 @@ class Party:
     # -- membership -----------------------------------------------------------------------
 
     async def join(self, token: str, author: Author) -> Role | None:
-        """Admit ``author`` if ``token`` is a live invite; return the role granted, or None."""
+        """Admit ``author`` if ``token`` is a live invite; return the role granted, or None.
+
+        Raises `IdentityTaken` when ``author`` is not verified (a WebSocket name) and is a
+        member already with another role: a name must not carry someone else's rights,
+        nor take them away."""
+        author = _cleaned(author)
         role = await self._store.check_invite(self.name, token)
         if role is None:
             return None
+        held = self.role_of(author)
+        if not author.is_verified and held is not None and held is not role:
+            raise IdentityTaken(
+                f"the name {author.name!r} is in this party with another role; pick another name"
+            )
+        self._redactor.add(token)  # minted elsewhere (`concordia invite`): redact it from now on
         member = Participant(author.platform, author.user_id, author.name, role)
         await self._store.join(self.name, member)
         self._members[(author.platform, author.user_id)] = member
@@ -233,10 +256,18 @@ class Party:
         return role
 
     async def admit(self, token: str, author: Author) -> CommandResult:
-        """`join` for chat commands: the answer to show the person who tried the token."""
+        """`join` for chat commands: the answer to show the person who tried the token.
+
+        Repeated bad tokens from one account are answered ever more slowly."""
+        account = f"{author.platform}:{author.user_id}"
+        delay = self._join_attempts.delay_s(account)
+        if delay:
+            await asyncio.sleep(delay)  # pacing: slows down guessing from one account
         role = await self.join(token.strip(), author)
         if role is None:
+            self._join_attempts.failed(account)
             return CommandResult("join", False, "That invite token was refused.")
+        self._join_attempts.succeeded(account)
         text = f"Welcome to party {self.name} ({role.value}). Mention me with a prompt."
         if role.may_approve:
             text += " You may also decide on the tools Claude asks to use."
@@ -262,6 +293,7 @@ class Party:
         Returns `Accepted` once the prompt is committed to the store (a repeated
         ``source_id`` returns the first acceptance again), or `Rejected` with a reason.
         """
+        prompt = dataclasses.replace(prompt, author=_cleaned(prompt.author))
         if self.role_of(prompt.author) is None:
             return self._reject("you have not joined this party: join with an invite token first")
         wait_s = self._pace.take((prompt.author.platform, prompt.author.user_id))
@@ -303,6 +335,7 @@ class Party:
 
     async def command(self, command: Command) -> CommandResult:
         """Run a participant's command; the answer is one short text fit for chat."""
+        command = dataclasses.replace(command, author=_cleaned(command.author))
         role = self.role_of(command.author)
         name = command.name
         if role is None:
@@ -361,7 +394,7 @@ class Party:
         role = self.role_of(author)
         if role is None:
             return CommandResult("approve", False, "you have not joined this party")
-        return self._approvals.decide(approval_id, author, role, decision)
+        return self._approvals.decide(approval_id, _cleaned(author), role, decision)
 
     async def _cancel(self, command: Command) -> CommandResult:
         """`cancel` interrupts the running turn (or, when idle, withdraws your newest
@@ -390,8 +423,8 @@ class Party:
             return CommandResult("shell", False, "the shell command is off for this party")
         author = command.author
         allowed = f"{author.platform}:{author.user_id}" in self._settings.shell.allowed_users
-        # WebSocket clients choose their names: a listed name counts only with the host token.
-        if not allowed or (author.platform == "websocket" and role is not Role.HOST):
+        # A name the client chose (WebSocket) counts only with the host token.
+        if not allowed or (not author.is_verified and role is not Role.HOST):
             return CommandResult("shell", False, "you may not run shell commands here")
         try:
             self._shell.check(command.args)
@@ -432,28 +465,31 @@ class Party:
         assert self._shell is not None
         command, author = request.command, request.author
         run_id = await self._store.start_shell_run(self.name, author, command)
-        shown = self._safe(command)
+        shown = self.chat_safe(command)
         log.info("%s runs a shell command", author.name, extra={"party": self.name})
         try:
             result = await self._shell.run(command, cancel=request.cancel)
         except (ShellDenied, OSError) as exc:
             await self._store.finish_shell_run(run_id, "failed", None, 0.0)
-            return CommandResult("shell", False, self._safe(f"could not run `{command}`: {exc}"))
+            return CommandResult(
+                "shell", False, self.chat_safe(f"could not run `{command}`: {exc}")
+            )
         outcome = "timed_out" if result.timed_out else "cancelled" if result.cancelled else "exited"
         await self._store.finish_shell_run(run_id, outcome, result.exit_code, result.duration_s)
         self._publish(Notice(f"{author.name} ran `{shown}` on the host: {result.summary}"))
         # A fence inside the text would end ours early: break it with a zero-width space.
         fenced = f"$ {command}\n{result.output.rstrip()}".replace("```", "`\u200b``")
         text = f"```\n{fenced}\n```\n{result.summary}"
-        return CommandResult("shell", result.exit_code == 0, self._safe(text), public=True)
+        return CommandResult("shell", result.exit_code == 0, self.chat_safe(text), public=True)
 
-    def _safe(self, text: str) -> str:
+    def chat_safe(self, text: str) -> str:
         """Text fit for chat: no controls, no configured secret, no mass ping."""
         return neutralize_mentions(self._redactor.redact(strip_controls(text)))
 
     async def _invite(self, args: str) -> CommandResult:
         if args.strip() == "rotate":
             token = await self._invites.rotate(Role.PROMPTER)
+            self._redactor.add(token)
             return CommandResult(
                 "invite", True, f"new invite token: {token} (the old one no longer works)"
             )
@@ -495,7 +531,7 @@ class Party:
             else:
                 ended = f"{_SHELL_OUTCOMES[run.outcome]} {run.exit_code} in {run.duration_s:.1f} s"
             lines.append(
-                f"  {run.started_at[:19]} {run.name}: `{self._safe(run.command)[:80]}` {ended}"
+                f"  {run.started_at[:19]} {run.name}: `{self.chat_safe(run.command)[:80]}` {ended}"
             )
         return lines
 
@@ -693,7 +729,7 @@ class Party:
     def _shown(self, batch: Batch) -> Batch:
         """The batch as participants see it: a prompt may quote a secret or @everyone."""
 
-        safe = self._safe
+        safe = self.chat_safe
         return dataclasses.replace(
             batch,
             prompt=safe(batch.prompt),

@@ -20,6 +20,7 @@ __all__ = [
     "Redactor",
     "StreamRedactor",
     "UnsafeInput",
+    "clean_name",
     "neutralize_mentions",
     "sanitize_prompt",
     "strip_controls",
@@ -107,12 +108,22 @@ class Redactor:
     that matches wins, so a secret that contains another is redacted whole.
     """
 
-    __slots__ = ("_longest_chars", "_pattern", "_prefixes")
+    __slots__ = ("_longest_chars", "_pattern", "_prefixes", "_secrets")
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        kept = sorted(
-            {s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=lambda s: (-len(s), s)
-        )
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._prefixes: frozenset[str] = frozenset()
+        self._longest_chars = 0
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Redact these too from now on (a rotated invite token, a token first seen in use)."""
+        fresh = {s for s in secrets if len(s) >= MIN_SECRET_CHARS} - self._secrets
+        if not fresh:
+            return
+        self._secrets |= fresh
+        kept = sorted(self._secrets, key=lambda s: (-len(s), s))
         # Python's alternation is ordered, so listing the longest first makes it win.
         self._pattern = re.compile("|".join(map(re.escape, kept))) if kept else None
         self._prefixes = frozenset(s[:i] for s in kept for i in range(1, len(s)))
@@ -186,6 +197,18 @@ class StreamRedactor:
 
 
 _MASS_MENTION = re.compile(r"@(?=everyone|here)", re.IGNORECASE)
+
+
+_NAME_CHARS = 64
+
+
+def clean_name(name: str) -> str:
+    """A display name fit to show anywhere: no controls or bidi overrides, one line, capped.
+
+    Names are chosen by participants (the WebSocket client's ``--name``, a chat display
+    name) and are quoted to Claude and to every client, so they get the prompt's rules."""
+    text = " ".join(strip_controls(name).split())[:_NAME_CHARS].strip()
+    return text or "someone"
 
 
 def neutralize_mentions(text: str) -> str:

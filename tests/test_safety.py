@@ -13,6 +13,7 @@ from bot.safety import (
     Redactor,
     StreamRedactor,
     UnsafeInput,
+    clean_name,
     neutralize_mentions,
     sanitize_prompt,
 )
@@ -299,3 +300,27 @@ def test_neutralize_is_idempotent():
 def test_lone_surrogates_are_refused_as_invalid_utf8(text: str) -> None:
     with pytest.raises(UnsafeInput, match="not valid UTF-8"):
         sanitize_prompt(text)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("ev\x1b[31mil\u202e\x07", "evil"),
+        ("  two\n\tlines  ", "two lines"),
+        ("\x1b]0;title\x07", "someone"),
+        ("x" * 100, "x" * 64),
+    ],
+)
+def test_names_are_cleaned_like_prompts(raw: str, clean: str) -> None:
+    assert clean_name(raw) == clean
+
+
+def test_a_secret_added_later_is_redacted_from_then_on() -> None:
+    redactor = Redactor(["sk-first-secret-value"])
+    rotated = "Cg1vtcDJf8Q8yGhqUN8utAhERo5_5F4sqUO-4hxhxZ"
+    assert redactor.redact(f"say {rotated}") == f"say {rotated}"
+    redactor.add(rotated, "short")
+    assert redactor.redact(f"say {rotated} and sk-first-secret-value") == (
+        "say [redacted] and [redacted]"
+    )
+    assert redactor.longest_chars == len(rotated)

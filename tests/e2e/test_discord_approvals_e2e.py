@@ -184,6 +184,9 @@ class StandInParty:
         for listener in self.listeners:
             listener.deliver(event)
 
+    def chat_safe(self, text: str) -> str:
+        return text
+
     def role_of(self, author: Author) -> Role | None:
         if author.platform != "discord":
             return None
@@ -433,7 +436,7 @@ async def test_the_sink_turns_discord_refusals_into_adapter_errors(
         discord.http.Route.BASE = fake_discord.api_base
         async with client:
             await client.login(TOKEN)
-            sink = DiscordSink(client, 0.05)
+            sink = DiscordSink(client, 0.05, str)
             fake_discord.rate_limit(POST, retry_after=0.1)
             ref = await sink.post_approval(str(CHANNEL_ID), requested(3))
             with pytest.raises(AdapterError) as missing:
