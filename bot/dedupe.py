@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import snowballstemmer
-from google import genai
-from google.genai import errors as genai_errors
-from google.genai import types as genai_types
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA, Indel
 
@@ -713,15 +710,15 @@ def _parse_answer(
 
 def _fallback_kind(exc: Exception) -> str:
     """A short, countable name for why a Gemini merge was not used."""
-    match exc:
-        case TimeoutError():
-            return "timeout"
-        case genai_errors.APIError(code=code):
-            return f"HTTP {code}"
-        case InvalidMerge():
-            return "invalid answer"
-        case _:
-            return type(exc).__name__
+    from google.genai import errors  # loaded by GeminiDeduper already; see its __init__
+
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, errors.APIError):
+        return f"HTTP {exc.code}"
+    if isinstance(exc, InvalidMerge):
+        return "invalid answer"
+    return type(exc).__name__
 
 
 class GeminiDeduper:
@@ -746,6 +743,11 @@ class GeminiDeduper:
         base_url: str = "",
         fallback: Deduper,
     ) -> None:
+        # Imported here, not at the top: google-genai takes about 0.35 s to import, and
+        # only hosts with a Gemini key (not `concordia join`, not the local merger) need it.
+        from google import genai
+        from google.genai import types as genai_types
+
         self.model = model
         self._timeout_s = timeout_s
         self._fallback = fallback
