@@ -940,43 +940,55 @@ class ThreadRelay:
         extra = {"platform": self._platform, "batch_id": batch.batch_id}
         if not thread:
             log.debug("batch has no thread on this platform", extra=extra)
-            skipped = await self._pump(batch.batch_id, None)
-            return None if isinstance(skipped, BatchDone) else skipped
+            return await self._skip(batch.batch_id)
         self._thread = thread
         header = _batch_header(batch, self._sink.max_message_chars)
         try:
             await self._post_once(thread, batch.batch_id, _HEADER_SEQ, header)
         except AdapterError:
             log.error("could not post the batch header; skipping it", exc_info=True, extra=extra)
-            skipped = await self._pump(batch.batch_id, None)
-            return None if isinstance(skipped, BatchDone) else skipped
-        stream = OutputStream(
-            self._sink,
-            self._outbox,
-            platform=self._platform,
-            thread=thread,
-            batch_id=batch.batch_id,
-            first_seq=_HEADER_SEQ + 1,
-            policy=self._policy,
-        )
+            return await self._skip(batch.batch_id)
         ending: BatchDone | BatchStarted | _Stop | None = None
+        seq = _HEADER_SEQ + 1
         try:
-            async with stream:
-                ending = await self._pump(batch.batch_id, stream, thread)
-                await stream.close()
+            # One stream per stretch of output: an approval request ends the stretch, so
+            # what Claude writes after it is posted below it, not above.
+            while ending is None:
+                stream = OutputStream(
+                    self._sink,
+                    self._outbox,
+                    platform=self._platform,
+                    thread=thread,
+                    batch_id=batch.batch_id,
+                    first_seq=seq,
+                    policy=self._policy,
+                )
+                async with stream:
+                    event = await self._pump(batch.batch_id, stream, thread)
+                    await stream.close()
+                seq = stream.next_seq
+                if isinstance(event, ApprovalRequested):
+                    await self._relay_approval(event, thread)
+                else:
+                    ending = event
             if isinstance(ending, BatchDone):
-                status = _status_line(ending, has_output=stream.next_seq > _HEADER_SEQ + 1)
+                status = _status_line(ending, has_output=seq > _HEADER_SEQ + 1)
                 if status is not None:
-                    await self._post_once(thread, batch.batch_id, stream.next_seq, status)
+                    await self._post_once(thread, batch.batch_id, seq, status)
         except AdapterError:
             log.error("could not deliver the batch's output", exc_info=True, extra=extra)
         return None if isinstance(ending, BatchDone) else ending
 
+    async def _skip(self, batch_id: int) -> BatchStarted | _Stop | None:
+        """Drop this batch's output until it ends; the event that cut it short, if any."""
+        ending = await self._pump(batch_id, None)
+        return ending if isinstance(ending, BatchStarted | _Stop) else None
+
     async def _pump(
         self, batch_id: int, stream: OutputStream | None, thread: str | None = None
-    ) -> BatchDone | BatchStarted | _Stop:
-        """Feed this batch's output to ``stream`` (or drop it) until something ends the batch;
-        approvals go to ``thread`` (nowhere when None)."""
+    ) -> BatchDone | BatchStarted | _Stop | ApprovalRequested:
+        """Feed this batch's output to ``stream`` (or drop it) until something ends the batch,
+        or, with a stream, until an approval request (returned: it goes below the output)."""
         while True:
             event = await self._queue.get()
             match event:
@@ -989,6 +1001,8 @@ class ThreadRelay:
                     return event
                 case Notice(message=message):
                     await self._post_notice(message)
+                case ApprovalRequested() if stream is not None:
+                    return event
                 case ApprovalRequested() | ApprovalResolved():
                     await self._relay_approval(event, thread)
                 case OutputText() | BatchDone():

@@ -17,6 +17,8 @@ import pytest
 
 from adapters.base import AdapterError
 from bot.model import (
+    ApprovalRequested,
+    ApprovalResolved,
     Batch,
     BatchDone,
     BatchStarted,
@@ -886,3 +888,30 @@ async def test_relay_header_lists_each_part_and_the_prompts_merged_into_it():
     assert header[2].endswith("… ← #4 alice, #5 bob")
     assert len(header[2]) < 160
     assert header[3] == "> reactions: #7 dave"
+
+
+async def test_output_after_an_approval_goes_below_it() -> None:
+    request = ApprovalRequested(
+        approval_id=4,
+        batch_id=12,
+        tool="Bash",
+        summary="run `touch x`",
+        detail="touch x",
+        needed=1,
+        requesters=(),
+        timeout_s=120,
+    )
+    sink = FakeSink(max_chars=2000)
+    async with relay_for(sink, MemoryOutbox()) as relay:
+        relay.deliver(BatchStarted(make_batch(12, "t")))
+        relay.deliver(OutputText(12, "before the tool"))
+        relay.deliver(request)
+        relay.deliver(ApprovalResolved(4, 12, allowed=True, text="allowed by ann"))
+        relay.deliver(OutputText(12, "after the tool"))
+        relay.deliver(BatchDone(12, TurnStatus.SUCCESS))
+    shown = sink.texts("t")
+    assert shown[1] == "before the tool"
+    assert shown[2].startswith("🔐 **Approval 4**: Claude wants to run `touch x`")
+    assert shown[2].endswith("✅ allowed by ann")
+    assert "/concordia approve 4" not in shown[2]
+    assert shown[3:] == ["after the tool"]
