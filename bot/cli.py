@@ -510,6 +510,10 @@ def _announce(settings: Settings, port: int, invites: Mapping[str, Invites]) -> 
         "--name NAME",
         flush=True,
     )
+    print(
+        "people who may approve Claude's tool use: concordia invite --role approver",
+        flush=True,
+    )
     for name, tokens in invites.items():
         if name != settings.party.name:
             print(
