@@ -293,7 +293,9 @@ class Party:
         Returns `Accepted` once the prompt is committed to the store (a repeated
         ``source_id`` returns the first acceptance again), or `Rejected` with a reason.
         """
-        prompt = dataclasses.replace(prompt, author=_cleaned(prompt.author))
+        author = _cleaned(prompt.author)
+        if author is not prompt.author:
+            prompt = dataclasses.replace(prompt, author=author)
         if self.role_of(prompt.author) is None:
             return self._reject("you have not joined this party: join with an invite token first")
         wait_s = self._pace.take((prompt.author.platform, prompt.author.user_id))
