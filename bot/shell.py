@@ -311,7 +311,7 @@ class ShellRunner:
         read_fd, write_fd = os.pipe()
         try:
             read_file = os.fdopen(read_fd, "rb", buffering=0)
-        except BaseException:
+        except BaseException:  # cancellation too: close both ends, then let it through
             os.close(read_fd)
             os.close(write_fd)
             raise
@@ -319,7 +319,7 @@ class ShellRunner:
             transport, _ = await loop.connect_read_pipe(
                 lambda: _OutputPipe(capture, pipe_closed), read_file
             )
-        except BaseException:
+        except BaseException:  # cancellation too: close both ends, then let it through
             read_file.close()
             os.close(write_fd)
             raise

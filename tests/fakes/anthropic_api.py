@@ -43,6 +43,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.fakes._server import serve_on_loopback
+
 __all__ = ["LONG_REPLY", "FakeAnthropic", "RecordedRequest", "claude_command", "claude_env"]
 
 log = logging.getLogger(__name__)
@@ -213,16 +215,10 @@ class FakeAnthropic:
         app.router.add_get("/", self._root)  # also answers HEAD, which 2.1.197 sends
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        # handler_cancellation: a client hanging up cancels its handler at once, so a
-        # SLOW stream stops (and leaves in_flight) before the CLI's next request arrives.
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
+        # A client hanging up cancels its handler at once, so a SLOW stream stops (and
+        # leaves in_flight) before the CLI's next request arrives.
+        runner = await serve_on_loopback(app, shutdown_timeout_s=_SHUTDOWN_TIMEOUT_S)
         self._runner = runner
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-        finally:
-            if not runner.addresses:  # the listener failed: do not leak the runner
-                await self.stop()
         host, port = runner.addresses[0][:2]
         self._base_url = f"http://{host}:{port}"
         log.debug("fake Anthropic API listening on %s", self._base_url)

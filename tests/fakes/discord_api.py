@@ -83,6 +83,8 @@ from urllib.parse import unquote
 from aiohttp import BodyPartReader, WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from tests.fakes._server import serve_on_loopback
+
 __all__ = [
     "ALICE_ID",
     "APPLICATION_ID",
@@ -720,14 +722,8 @@ class FakeDiscord:
         app.router.add_get(_CDN_PREFIX + "/{channel_id}/{attachment_id}/{filename}", self._cdn)
         app.router.add_route("*", _API_PREFIX + "/{tail:.*}", self._api)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
+        runner = await serve_on_loopback(app, shutdown_timeout_s=_SHUTDOWN_TIMEOUT_S)
         self._runner = runner
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-        finally:
-            if not runner.addresses:  # the listener failed: do not leak the runner
-                await self.stop()
         host, port = runner.addresses[0][:2]
         self._origin = f"{host}:{port}"
         log.debug("fake Discord listening on %s", self._origin)

@@ -43,6 +43,8 @@ from typing import Any, Self, assert_never
 
 from aiohttp import web
 
+from tests.fakes._server import serve_on_loopback
+
 __all__ = [
     "FakeGemini",
     "GeminiReply",
@@ -266,16 +268,10 @@ class FakeGemini:
         app = web.Application()
         app.router.add_post(_GENERATE_CONTENT_PATH, self._generate_content)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        # handler_cancellation: a client that hangs up (its timeout fired) cancels a hung
-        # handler at once, and closing the transport in a drop ends its handler too.
-        runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
+        # A client that hangs up (its timeout fired) cancels a hung handler at once, and
+        # closing the transport in a drop ends its handler too.
+        runner = await serve_on_loopback(app, shutdown_timeout_s=_SHUTDOWN_TIMEOUT_S)
         self._runner = runner
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-        finally:
-            if not runner.addresses:  # the listener failed: do not leak the runner
-                await self.stop()
         host, port = runner.addresses[0][:2]
         self._base_url = f"http://{host}:{port}"
         log.debug("fake Gemini API listening on %s", self._base_url)
