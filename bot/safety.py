@@ -3,13 +3,19 @@ neither pings a whole channel nor shows a configured secret.
 
 Invariant: `sanitize_prompt` returns text with no terminal control sequence, no C0/C1 control
 other than ``\\n`` and ``\\t``, no DEL and no bidi override, so what Claude reads is what every
-participant saw; a `Redactor` never lets a configured secret through, even split across deltas.
+participant saw; a `Redactor` never lets a configured secret through, even split across deltas,
+whether written as is, spaced out, reversed, in base64 (or base64url) or in hex.
+
+Redaction is the last line of defence, not the defence: the agent must not be able to read the
+secrets at all. A model that is asked to leak one can always find an encoding not listed here.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from bot import ConcordiaError
 
@@ -101,19 +107,106 @@ def sanitize_prompt(raw: str | bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+# Between two characters of a spelled-out secret: up to 4 of anything but an ASCII letter or
+# digit ("a b c", "a-b-c", '"a", "b"', one character a line, or nothing: the literal secret).
+_SPELLED_GAP = r"[^A-Za-z0-9]{0,4}"
+# GNU base64 wraps at 76 columns; allow a line break (CRLF included) anywhere.
+_BASE64_GAP = r"\s{0,2}"
+# xxd's "7b22 6465" grouping and xxd -p's line breaks, "\x41\x42", "41:42".
+_HEX_GAP = r"[^0-9A-Fa-f]{0,2}"
+_GAP_WIDEST_CHARS = {_SPELLED_GAP: 4, _BASE64_GAP: 2, _HEX_GAP: 2}
+_BASE64URL = str.maketrans("+/", "-_")
+# `re` parses nested groups recursively: the nested-optional pattern of a 250-place form
+# already raises RecursionError (measured on 3.11), and an env secret or its hex can be longer.
+# Compiling grows with it too (10 tokens: 57 ms at 32 places, 99 ms at 64). Past this many
+# places, a tail that begins with a form's first places is held back as if it could still
+# match: holding back more than needed is safe, and such a tail is a leak in the making anyway.
+_PARTIAL_PLACES = 32
+
+
+class _Form(NamedTuple):
+    """One way a secret can be written: the characters allowed at each place, in order, and
+    the pattern for what may stand between two places."""
+
+    places: tuple[str, ...]
+    gap: str
+
+    def longest_chars(self) -> int:
+        """Length of the longest text this form matches (every gap at its widest)."""
+        return len(self.places) + _GAP_WIDEST_CHARS[self.gap] * (len(self.places) - 1)
+
+    def branches(self) -> list[tuple[str, str]]:
+        """The form's pattern as (first character, pattern of the rest) pairs."""
+        rest = "".join(self.gap + _place(chars) for chars in self.places[1:])
+        return [(first, rest) for first in self.places[0]]
+
+    def partial_branches(self) -> list[tuple[str, str]]:
+        """Like `branches`, for a pattern anchored at the end that matches any text that could
+        still grow into this form: ``c0(?:G(?:c1(?:G(?:c2)?)?)?)?\\Z`` for places c0 c1 c2."""
+        kept = self.places[:_PARTIAL_PLACES]
+        nested = r"[\s\S]*" if len(kept) < len(self.places) else ""
+        for chars in reversed(kept[1:]):
+            nested = f"(?:{self.gap}(?:{_place(chars)}{nested})?)?"
+        return [(first, nested + r"\Z") for first in kept[0]]
+
+
+def _place(chars: str) -> str:
+    return re.escape(chars) if len(chars) == 1 else f"[{re.escape(chars)}]"
+
+
+def _forms(secret: str) -> set[_Form]:
+    """Every form of ``secret`` that `Redactor` recognises."""
+    forms = {_Form(tuple(secret), _SPELLED_GAP), _Form(tuple(secret[::-1]), _SPELLED_GAP)}
+    data = secret.encode()
+    # Inside a longer encoded text the secret starts at any offset modulo 3. Skipping its first
+    # 0, 1 or 2 bytes puts the rest on a group boundary; the whole groups made only of secret
+    # bytes then encode the same whatever surrounds them.
+    for skip in range(3):
+        whole = data[skip : skip + (len(data) - skip) // 3 * 3]
+        stable = base64.b64encode(whole).decode("ascii")
+        if len(stable) >= MIN_SECRET_CHARS:
+            forms.add(_Form(tuple(stable), _BASE64_GAP))
+            forms.add(_Form(tuple(stable.translate(_BASE64URL)), _BASE64_GAP))
+    forms.add(_Form(tuple(c + c.upper() if c.isalpha() else c for c in data.hex()), _HEX_GAP))
+    return forms
+
+
+def _compile_by_first_char(branches: Iterable[tuple[str, str]]) -> re.Pattern[str]:
+    """One alternation of the branches, in their order, grouped by first character.
+
+    Branches that start with different characters never match at the same position, so the
+    grouping keeps the order where it matters. `re` then rejects most positions on one
+    character test and tries only that character's few branches at the others (50,000
+    characters of Markdown, 10 tokens: 0.8 ms against 1.2 ms for the flat alternation)."""
+    groups: dict[str, list[str]] = {}
+    for first, rest in branches:
+        groups.setdefault(first, []).append(rest)
+    return re.compile(
+        "|".join(f"{re.escape(first)}(?:{'|'.join(rests)})" for first, rests in groups.items())
+    )
+
+
 class Redactor:
     """Replaces every configured secret with ``[redacted]``.
 
-    Secrets shorter than `MIN_SECRET_CHARS` are ignored. At each position the longest secret
+    Each secret is recognised written as is, with up to 4 characters other than ASCII letters
+    and digits between any two of its characters (``a b c``, ``a-b-c``, ``"a", "b"``), reversed
+    (with the same separators), as base64 or base64url of its UTF-8 bytes at any alignment
+    inside a longer encoded text (the whole groups that depend on the secret alone, with up to 2
+    whitespace characters between any two), and as hex of its UTF-8 bytes in either case (with
+    up to 2 non-hex characters between any two digits). This is the last line of defence: a
+    secret the agent can read, it can leak in an encoding not listed here.
+
+    Secrets shorter than `MIN_SECRET_CHARS` are ignored. At each position the longest form
     that matches wins, so a secret that contains another is redacted whole.
     """
 
-    __slots__ = ("_longest_chars", "_pattern", "_prefixes", "_secrets")
+    __slots__ = ("_longest_chars", "_partial", "_pattern", "_secrets")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         self._secrets: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
-        self._prefixes: frozenset[str] = frozenset()
+        self._partial: re.Pattern[str] | None = None
         self._longest_chars = 0
         self.add(*secrets)
 
@@ -123,15 +216,19 @@ class Redactor:
         if not fresh:
             return
         self._secrets |= fresh
-        kept = sorted(self._secrets, key=lambda s: (-len(s), s))
+        forms = sorted(
+            {form for secret in self._secrets for form in _forms(secret)},
+            key=lambda form: (-len(form.places), form),
+        )
         # Python's alternation is ordered, so listing the longest first makes it win.
-        self._pattern = re.compile("|".join(map(re.escape, kept))) if kept else None
-        self._prefixes = frozenset(s[:i] for s in kept for i in range(1, len(s)))
-        self._longest_chars = len(kept[0]) if kept else 0
+        self._pattern = _compile_by_first_char(b for form in forms for b in form.branches())
+        self._partial = _compile_by_first_char(b for form in forms for b in form.partial_branches())
+        self._longest_chars = max(form.longest_chars() for form in forms)
 
     @property
     def longest_chars(self) -> int:
-        """Length of the longest secret kept; 0 when there is none."""
+        """Length of the longest text that can match (a secret in its widest form); 0 when
+        there is no secret."""
         return self._longest_chars
 
     def redact(self, text: str) -> str:
@@ -159,27 +256,25 @@ class StreamRedactor:
     def feed(self, delta: str) -> str:
         """Take the next piece; return the text that is now safe to emit (maybe "")."""
         pattern = self._redactor._pattern
-        if pattern is None:
+        partial = self._redactor._partial
+        if pattern is None or partial is None:
             return delta
         buf = self._held + delta
-        prefixes = self._redactor._prefixes
         # Whether a secret matches at position q depends only on buf[q:q + longest]; only the
         # positions closer than that to the end can still change their answer, and only if
-        # what follows them is a proper prefix of some secret.
+        # what follows them could still grow into a match.
         undecided_from = len(buf) - self._redactor._longest_chars + 1
         out: list[str] = []
         pos = 0
         while True:
             match = pattern.search(buf, pos)
             stop = match.start() if match is not None else len(buf)
-            # A match at `stop` is undecided too when a longer secret could still match there.
-            held = next(
-                (q for q in range(max(pos, undecided_from), stop + 1) if buf[q:] in prefixes),
-                None,
-            )
-            if held is not None:
-                out.append(buf[pos:held])
-                pos = held
+            # A match at `stop` is undecided too when a longer form could still match there.
+            first = max(pos, undecided_from)
+            undecided = partial.search(buf, first) if first <= stop else None
+            if undecided is not None and undecided.start() <= stop:
+                out.append(buf[pos : undecided.start()])
+                pos = undecided.start()
                 break
             out.append(buf[pos:stop])
             if match is None:

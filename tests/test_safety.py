@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import random
+import re
+from collections.abc import Callable
 
 import pytest
 
 from bot import ConcordiaError
 from bot.safety import (
+    MIN_SECRET_CHARS,
     REDACTED,
     Redactor,
     StreamRedactor,
@@ -323,4 +328,213 @@ def test_a_secret_added_later_is_redacted_from_then_on() -> None:
     assert redactor.redact(f"say {rotated} and sk-first-secret-value") == (
         "say [redacted] and [redacted]"
     )
-    assert redactor.longest_chars == len(rotated)
+    # The longest match is its hex: 2 digits a character, up to 2 characters between two digits.
+    assert redactor.longest_chars == 6 * len(rotated) - 2
+
+
+# --------------------------------------------------------------------------- disguised secrets
+
+# Shaped like secrets.token_urlsafe(32): 43 characters of the base64url alphabet.
+TOKEN = "_lUYy-jf5ZKWlGvSaTWgFL46K3xzpCDDOaD5Qjc3bQk"
+# Base64 of ASCII letters, digits, "-" and "_" never holds "+" or "/"; "~", "?" and ">" do.
+SYMBOLS = "p4ss~w0rd?>~ops"
+UNICODE = "clé-secrète-ünïcode"
+_NOTES = "Deploy the bot to staging on Friday; ask Alice before rotating anything."
+
+
+def _json(secret: str) -> bytes:
+    doc = {"name": "demo", "token": secret, "notes": _NOTES}
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode()
+
+
+def _wrapped(encoded: bytes) -> str:
+    """As GNU base64 prints it: 76 columns a line."""
+    text = encoded.decode()
+    return "".join(text[i : i + 76] + "\n" for i in range(0, len(text), 76))
+
+
+def _xxd_grouped(data: bytes) -> str:
+    """Hex in 4-digit groups, 8 groups a line (xxd's grouping, without offsets and dump)."""
+    groups = [data[i : i + 2].hex() for i in range(0, len(data), 2)]
+    return "".join(" ".join(groups[i : i + 8]) + "\n" for i in range(0, len(groups), 8))
+
+
+_Encode = Callable[[bytes], bytes]
+
+
+def _stable(plain: bytes, secret: str, encode: _Encode = base64.b64encode) -> str:
+    """The 4-character groups of ``encode(plain)`` that encode nothing but bytes of ``secret``."""
+    at = plain.index(secret.encode())
+    first, end = -(-at // 3), (at + len(secret.encode())) // 3
+    return encode(plain).decode()[4 * first : 4 * end]
+
+
+def _b64(plain: bytes, secret: str, encode: _Encode = base64.b64encode) -> tuple[str, str]:
+    return encode(plain).decode(), _stable(plain, secret, encode)
+
+
+_HEX_ESCAPES = "".join(f"\\x{b:02x}" for b in TOKEN.encode())
+
+# label: (secret, text showing it disguised, what of it must be gone after redaction)
+DISGUISES = {
+    "spaced": (TOKEN, " ".join(TOKEN), TOKEN),
+    "dashed": (TOKEN, "-".join(TOKEN), TOKEN),
+    "quoted list": (TOKEN, ", ".join(f'"{c}"' for c in TOKEN), TOKEN),
+    "one a line": (TOKEN, "\n".join(TOKEN), TOKEN),
+    "reversed": (TOKEN, TOKEN[::-1], TOKEN[::-1]),
+    "reversed spaced": (TOKEN, " ".join(TOKEN[::-1]), TOKEN[::-1]),
+    "base64": (TOKEN, *_b64(TOKEN.encode(), TOKEN)),
+    "base64 echo": (TOKEN, *_b64(f"{TOKEN}\n".encode(), TOKEN)),
+    "base64 offset 1": (TOKEN, *_b64(f"x{TOKEN}".encode(), TOKEN)),
+    "base64 offset 2": (TOKEN, *_b64(f"xy{TOKEN}".encode(), TOKEN)),
+    "base64 wrapped json": (
+        TOKEN,
+        _wrapped(base64.b64encode(_json(TOKEN))),
+        _stable(_json(TOKEN), TOKEN),
+    ),
+    "base64url": (TOKEN, *_b64(_json(TOKEN), TOKEN, base64.urlsafe_b64encode)),
+    "base64 symbols": (SYMBOLS, *_b64(_json(SYMBOLS), SYMBOLS)),
+    "base64url symbols": (SYMBOLS, *_b64(_json(SYMBOLS), SYMBOLS, base64.urlsafe_b64encode)),
+    "base64 unicode": (UNICODE, *_b64(_json(UNICODE), UNICODE)),
+    "hex": (TOKEN, TOKEN.encode().hex(), TOKEN.encode().hex()),
+    "HEX": (TOKEN, TOKEN.encode().hex().upper(), TOKEN.encode().hex().upper()),
+    "hex escapes": (TOKEN, _HEX_ESCAPES, _HEX_ESCAPES),
+    "xxd grouped": (TOKEN, _xxd_grouped(_json(TOKEN)), TOKEN.encode().hex()),
+    "hex unicode": (UNICODE, UNICODE.encode().hex(), UNICODE.encode().hex()),
+}
+
+ORDINARY = {
+    "english": (
+        "The party met on Thursday to review the release. Everyone agreed that the redactor "
+        "should stay out of the way of ordinary prose: quotes, dashes - like these - and lists "
+        '("one", "two", "three") must survive untouched, as must numbers such as 1, 2, 3.\n'
+    ),
+    "python": (
+        "```python\n"
+        "def rotate(book: InviteBook, *, force: bool = False) -> str:\n"
+        '    """Mint a fresh token unless the current one is young."""\n'
+        "    if not force and book.age_s < 3600:\n"
+        "        return book.current\n"
+        "    token = secrets.token_urlsafe(32)\n"
+        "    book.store(token, hashlib.sha256(token.encode()).hexdigest()[:16])\n"
+        "    return token\n"
+        "```\n"
+    ),
+    "base64 blob": _wrapped(base64.b64encode(random.Random(7).randbytes(3000))),
+    "hex dump": _xxd_grouped(random.Random(8).randbytes(1000)),
+}
+
+
+def _squashed(text: str) -> str:
+    return re.sub("[^0-9A-Za-z]", "", text)
+
+
+def _windows(core: str) -> set[str]:
+    core = _squashed(core)
+    return {core[i : i + MIN_SECRET_CHARS] for i in range(len(core) - MIN_SECRET_CHARS + 1)}
+
+
+def _disguise_redactor() -> Redactor:
+    return Redactor([TOKEN, SYMBOLS, UNICODE, "another-secret-value"])
+
+
+@pytest.mark.parametrize("label", DISGUISES)
+def test_disguised_secrets_are_redacted(label: str) -> None:
+    secret, text, core = DISGUISES[label]
+    assert _squashed(core) in _squashed(text)  # the disguise does show the secret
+    out = Redactor([secret]).redact(f"Here it is:\n{text}\nDone.")
+    assert REDACTED in out
+    assert not {w for w in _windows(core) if w in _squashed(out)}
+    assert out.startswith("Here it is:\n")
+    assert out.endswith("\nDone.")
+
+
+def test_disguises_show_what_they_are_named_for() -> None:
+    # Otherwise "base64url symbols" would test nothing "base64 symbols" does not.
+    assert DISGUISES["base64 symbols"][1] != DISGUISES["base64url symbols"][1]
+    # The token's groups straddle a line break, as `base64` prints them.
+    _, text, core = DISGUISES["base64 wrapped json"]
+    assert core not in text
+    assert core in text.replace("\n", "")
+
+
+@pytest.mark.parametrize("label", ORDINARY)
+def test_ordinary_text_survives_configured_secrets(label: str) -> None:
+    text = ORDINARY[label]
+    redactor = _disguise_redactor()
+    assert redactor.redact(text) == text
+    stream = StreamRedactor(redactor)
+    out = [stream.feed(text[i : i + 50]) for i in range(0, len(text), 50)]
+    assert "".join(out) + stream.flush() == text
+
+
+def test_a_secret_containing_another_is_redacted_whole_when_spaced() -> None:
+    redactor = Redactor(["abcdefgh", "abcdefghijkl"])
+    assert redactor.redact("x a b c d e f g h i j k l y") == f"x {REDACTED} y"
+    assert redactor.redact("x l-k-j-i-h-g-f-e-d-c-b-a y") == f"x {REDACTED} y"
+
+
+def test_a_rotated_token_is_redacted_in_every_form() -> None:
+    redactor = Redactor(["sk-first-secret-value"])
+    disguises = [text for secret, text, _ in DISGUISES.values() if secret == TOKEN]
+    assert not any(REDACTED in redactor.redact(text) for text in disguises)
+    redactor.add(TOKEN)
+    assert all(REDACTED in redactor.redact(text) for text in disguises)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "abc1234",
+        "a b c 1 2 3 4",
+        "4321cba",
+        base64.b64encode(b"abc1234").decode(),
+        base64.b64encode(b'{"k": "abc1234"}').decode(),
+        b"abc1234".hex(),
+        b"abc1234".hex().upper(),
+    ],
+)
+def test_short_secret_is_ignored_in_every_form(text: str) -> None:
+    redactor = Redactor(["abc1234"])
+    assert redactor.longest_chars == 0
+    assert redactor.redact(text) == text
+    stream = StreamRedactor(redactor)
+    assert stream.feed(text) + stream.flush() == text
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("label", DISGUISES)
+def test_stream_redaction_equals_whole_redaction_for_every_form(label: str, seed: int) -> None:
+    rng = random.Random(f"{label}/{seed}")
+    _, text, _ = DISGUISES[label]
+    redactor = _disguise_redactor()
+    whole = f"{ORDINARY['english']}{text[: rng.randrange(len(text) + 1)]}{text}\n{text[::-1]}"
+    stream = StreamRedactor(redactor)
+    out = [stream.feed(delta) for delta in _random_split(rng, whole)]
+    out.append(stream.flush())
+    assert "".join(out) == redactor.redact(whole)
+    assert REDACTED in "".join(out)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_stream_holds_back_less_than_the_longest_form(seed: int) -> None:
+    rng = random.Random(seed)
+    redactor = _disguise_redactor()
+    # First halves of disguises that are nothing but the secret: nothing is redacted, and what
+    # was emitted is a prefix of what was fed.
+    bare = [
+        *("spaced", "dashed", "quoted list", "one a line", "reversed", "reversed spaced"),
+        *("base64", "base64 echo", "base64 offset 1", "base64 offset 2"),
+        *("hex", "HEX", "hex escapes", "hex unicode"),
+    ]
+    starts = [DISGUISES[label][1][: rng.randrange(len(DISGUISES[label][1]) // 2)] for label in bare]
+    text = "".join(rng.choice([*starts, " ", "\n", "word"]) for _ in range(80))
+    assert redactor.redact(text) == text
+    stream = StreamRedactor(redactor)
+    fed = emitted = ""
+    for delta in _random_split(rng, text):
+        fed += delta
+        emitted += stream.feed(delta)
+        assert fed.startswith(emitted)
+        assert len(fed) - len(emitted) <= redactor.longest_chars - 1
+    assert emitted + stream.flush() == text
