@@ -21,13 +21,27 @@ from pathlib import Path
 from adapters.base import Adapter
 from adapters.websocket import WebSocketAdapter
 from bot import ConcordiaError
-from bot.config import ClaudeSettings, Settings, load_settings
+from bot.config import CONFIG_ENV, ClaudeSettings, Settings, load_settings
+from bot.confinement import (
+    Confinement,
+    SandboxMode,
+    SandboxSupport,
+    agent_environment,
+    sandbox_support,
+)
 from bot.dedupe import GeminiDeduper, build_deduper
 from bot.invite import InviteBook, Invites, invite_url
 from bot.model import Role
 from bot.party import Party
 from bot.safety import Redactor
 from bot.session import ClaudeSession
+from bot.state_dir import (
+    DATABASE_NAME,
+    LEGACY_DIR_NAME,
+    default_state_dir,
+    make_private_dir,
+    move_legacy_state,
+)
 from bot.store import Store
 
 log = logging.getLogger("concordia")
@@ -96,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         match args.command:
             case "run":
-                return asyncio.run(_run(settings))
+                return asyncio.run(_run(settings, _config_path(args)))
             case "setup":
                 return _setup(settings.claude)
             case "invite":
@@ -147,7 +161,46 @@ class _RedactingFilter(logging.Filter):
 
 
 def _state_file(settings: Settings, name: str) -> Path:
-    return settings.store.path.parent / name
+    return settings.state_dir / name
+
+
+def _prepare_state(settings: Settings) -> None:
+    """Move an old in-tree ``.concordia/`` out (default store path only), then make the state
+    folder 0700. Run before anything opens the database."""
+    default = default_state_dir(settings.claude.workdir, os.environ) / DATABASE_NAME
+    legacy = [Path.cwd() / LEGACY_DIR_NAME, settings.claude.workdir / LEGACY_DIR_NAME]
+    if settings.store_path == default:
+        for line in move_legacy_state(legacy, settings.state_dir):
+            print(f"concordia: {line}", file=sys.stderr, flush=True)
+    else:
+        for folder in legacy:
+            if folder.is_dir() and folder.resolve() != settings.state_dir.resolve():
+                print(
+                    f"concordia: {folder} is an old state folder inside the working tree "
+                    "(with clear-text tokens Claude can read); store.path points elsewhere, so "
+                    "it is not used: delete it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    make_private_dir(settings.state_dir)
+
+
+def _confinement(settings: Settings, config: Path | None, support: SandboxSupport) -> Confinement:
+    """What `concordia run` denies the agent: its own files and the bot's /proc entry."""
+    denied = [settings.state_dir, settings.claude.credentials_file, Path(f"/proc/{os.getpid()}")]
+    if config is not None:
+        denied.append(config.resolve())
+    mode = settings.claude.sandbox
+    return Confinement(
+        denied=tuple(denied),
+        is_sandboxed=mode is not SandboxMode.OFF and support.is_available,
+        is_sandbox_required=mode is SandboxMode.REQUIRED,
+    )
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    named = args.config or os.environ.get(CONFIG_ENV)
+    return Path(named) if named else None
 
 
 # -- credentials --------------------------------------------------------------------------
@@ -162,9 +215,11 @@ def _stored_api_key(claude: ClaudeSettings) -> str | None:
     return str(key) if key else None
 
 
-def _claude_env(claude: ClaudeSettings) -> dict[str, str]:
-    """The CLI's environment: ours, plus claude.env, plus the stored key if none is set."""
-    env = {**os.environ, **claude.env}
+def _claude_env(settings: Settings) -> dict[str, str]:
+    """The CLI's environment: the allow-listed part of ours, claude.env, the stored key if no
+    credential is set; never the bot's own secrets (`bot.confinement`)."""
+    claude = settings.claude
+    env = agent_environment(os.environ, claude.env, bot_secret_names=_bot_secret_names(settings))
     # Few retries: an API outage should fail the turn with the API's message, not hang it.
     env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(claude.api_max_retries))
     env.setdefault("DISABLE_AUTOUPDATER", "1")
@@ -173,6 +228,16 @@ def _claude_env(claude: ClaudeSettings) -> dict[str, str]:
         if key:
             env[_API_KEY_VAR] = key
     return env
+
+
+def _bot_secret_names(settings: Settings) -> list[str]:
+    """The variables that hold the bot's own secrets, which the agent must never see."""
+    return [
+        settings.discord.token_env,
+        settings.slack.bot_token_env,
+        settings.slack.app_token_env,
+        settings.gemini.api_key_env,
+    ]
 
 
 def _has_credentials(env: Mapping[str, str]) -> bool:
@@ -244,12 +309,25 @@ async def _doctor(settings: Settings) -> int:
     else:
         version = await _claude_version(found)
         print(f"✓ claude: {found} ({version or 'version unknown'})")
-    if _has_credentials(_claude_env(claude)):
+    if _has_credentials(_claude_env(settings)):
         print("✓ Claude has credentials")
     else:
         problems.append("Claude has no credentials: run `concordia setup` or set ANTHROPIC_API_KEY")
     if not claude.workdir.is_dir():
         problems.append(f"claude.workdir {claude.workdir} is not a directory")
+    print(f"✓ state folder: {settings.state_dir} (outside the working tree)")
+    support = await asyncio.to_thread(sandbox_support)
+    if claude.sandbox is SandboxMode.OFF:
+        print("! Claude's sandbox is off (claude.sandbox): approved commands are not confined")
+    elif support.is_available:
+        print(f"✓ Claude's sandbox: {support.mechanism}")
+    elif claude.sandbox is SandboxMode.REQUIRED:
+        problems.append(f"claude.sandbox is required but the sandbox cannot run: {support.missing}")
+    else:
+        print(
+            f"! Claude's sandbox is missing: {support.missing}; without it an approved command "
+            "can read any file of this user (Concordia's own files stay denied by rules)"
+        )
     if settings.discord.is_enabled:
         token = os.environ.get(settings.discord.token_env, "")
         if not token:
@@ -308,7 +386,8 @@ async def _invite(settings: Settings, args: argparse.Namespace) -> int:
         print("concordia: --ttl and --single-use go with --role", file=sys.stderr)
         return 2
     ws = settings.websocket
-    async with Store(settings.store.path) as store:
+    _prepare_state(settings)
+    async with Store(settings.store_path) as store:
         await store.ensure_party(party)
         book = InviteBook(store, party, _state_file(settings, "tokens.json"))
         if args.revoke:
@@ -353,8 +432,16 @@ def _duration(text: str) -> float:
     return seconds
 
 
-async def _run(settings: Settings) -> int:
-    claude_env = _claude_env(settings.claude)
+async def _run(settings: Settings, config: Path | None) -> int:
+    _hide_own_process()
+    support = await asyncio.to_thread(sandbox_support)
+    if settings.claude.sandbox is SandboxMode.REQUIRED and not support.is_available:
+        print(
+            f"concordia: claude.sandbox is required but the sandbox cannot run: {support.missing}",
+            file=sys.stderr,
+        )
+        return 2
+    claude_env = _claude_env(settings)
     if not _has_credentials(claude_env):
         if not sys.stdin.isatty():
             print(
@@ -365,7 +452,7 @@ async def _run(settings: Settings) -> int:
             return 2
         if _setup(settings.claude) != 0:
             return 1
-        claude_env = _claude_env(settings.claude)
+        claude_env = _claude_env(settings)
 
     discord_token = ""
     if settings.discord.is_enabled:
@@ -394,7 +481,10 @@ async def _run(settings: Settings) -> int:
             return 2
         slack_tokens = (bot_token, app_token)
 
-    async with Store(settings.store.path) as store, contextlib.AsyncExitStack() as stack:
+    _prepare_state(settings)
+    confinement = _confinement(settings, config, support)
+    _say_sandbox(settings, support)
+    async with Store(settings.store_path) as store, contextlib.AsyncExitStack() as stack:
         tokens_file = _state_file(settings, "tokens.json")
         books: dict[str, InviteBook] = {}
         invites: dict[str, Invites] = {}
@@ -419,7 +509,9 @@ async def _run(settings: Settings) -> int:
         for name in settings.party_names():
             session_id = await store.session_id(name)
             session = await stack.enter_async_context(
-                ClaudeSession(settings.claude, session_id=session_id, env=claude_env)
+                ClaudeSession(
+                    settings.claude, session_id=session_id, env=claude_env, confinement=confinement
+                )
             )
             parties[name] = Party(
                 settings,
@@ -450,6 +542,40 @@ async def _run(settings: Settings) -> int:
             )
         await _serve(parties, adapters, lambda: _announce(settings, websocket.port, invites))
     return 0
+
+
+def _hide_own_process() -> None:
+    """Make this process non-dumpable (Linux): its /proc entries, environ included, become
+    unreadable to other processes of the same user, such as a command Claude runs. The bot's
+    tokens are in its environment; the agent's process gets an allow-list instead."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the bot non-dumpable (errno %d)", ctypes.get_errno())
+
+
+def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
+    if settings.claude.sandbox is SandboxMode.OFF:
+        print(
+            'concordia: Claude\'s sandbox is off (claude.sandbox = "off"): a command you '
+            "approve can read anything this user can",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not support.is_available:
+        print(
+            f"concordia: Claude's sandbox is not available ({support.missing}); Concordia's "
+            "files are still denied by permission rules, but an approved command could read "
+            "other files of this user",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        log.info("Claude's commands run in its sandbox (%s)", support.mechanism)
 
 
 async def _serve(

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bot import ConcordiaError
+from bot.confinement import SandboxMode
+from bot.state_dir import DATABASE_NAME, default_state_dir, inside
 
 __all__ = [
     "ApprovalSettings",
@@ -52,10 +54,17 @@ class _Section(BaseModel):
 
 
 class StoreSettings(_Section):
-    path: Path = Field(
-        default=Path(".concordia/concordia.db"),
-        description="SQLite file; relative paths are relative to the directory concordia runs in",
+    path: Path | None = Field(
+        default=None,
+        description="SQLite file (the tokens file sits beside it); unset: the per-user state "
+        "folder (bot.state_dir). Relative paths are relative to the directory concordia runs in",
     )
+    allow_inside_workdir: bool = False
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _empty_is_default(cls, path: object) -> object:
+        return None if path == "" else path  # TOML has no null: "" asks for the default
 
 
 class PartySettings(_Section):
@@ -77,11 +86,22 @@ class ClaudeSettings(_Section):
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=2, ge=0, le=10)
     credentials_file: Path = Path("~/.config/concordia/credentials.json")
+    sandbox: SandboxMode = SandboxMode.AUTO
     permission_mode: str = Field(
         default="", pattern="^(|default|acceptEdits|plan|bypassPermissions|dontAsk)$"
     )
     allowed_tools: tuple[str, ...] = ()
     disallowed_tools: tuple[str, ...] = ()
+
+    @field_validator("args")
+    @classmethod
+    def _no_settings_flag(cls, args: tuple[str, ...]) -> tuple[str, ...]:
+        if any(arg == "--settings" or arg.startswith("--settings=") for arg in args):
+            raise ValueError(
+                "may not hold --settings: Concordia passes its own (the rules that keep Claude "
+                "out of its files, and the sandbox); put yours in .claude/settings.json"
+            )
+        return args
 
 
 class WebSocketSettings(_Section):
@@ -201,16 +221,58 @@ class Settings(_Section):
                 names.append(name)
         return names
 
-    def resolved(self, base: Path) -> Self:
-        """Return a copy with relative paths made absolute against ``base``."""
-        store = self.store.model_copy(update={"path": _absolute(self.store.path, base)})
+    @property
+    def store_path(self) -> Path:
+        """The SQLite file; only a `resolved` copy has one."""
+        if self.store.path is None:
+            raise RuntimeError("settings not resolved: use load_settings or Settings.resolved")
+        return self.store.path
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder of the database and the tokens file."""
+        return self.store_path.parent
+
+    def resolved(self, base: Path, environ: Mapping[str, str]) -> Self:
+        """Return a copy with relative paths made absolute against ``base`` and the default
+        store path (the per-user state folder of ``claude.workdir``) filled in."""
+        workdir = _absolute(self.claude.workdir, base)
+        path = (
+            default_state_dir(workdir, environ) / DATABASE_NAME
+            if self.store.path is None
+            else _absolute(self.store.path, base)
+        )
+        store = self.store.model_copy(update={"path": path})
         claude = self.claude.model_copy(
             update={
-                "workdir": _absolute(self.claude.workdir, base),
-                "credentials_file": self.claude.credentials_file.expanduser(),
+                "workdir": workdir,
+                "credentials_file": _absolute(self.claude.credentials_file, base),
             }
         )
         return self.model_copy(update={"store": store, "claude": claude})
+
+    def state_problems(self) -> list[str]:
+        """State files the agent could read because they sit in its working tree."""
+        if self.store.allow_inside_workdir:
+            return []
+        workdir = self.claude.workdir
+        problems = []
+        if inside(self.store_path, workdir):
+            problems.append(
+                f"store.path {self.store_path} is inside claude.workdir {workdir}: Claude could "
+                "read the tokens and every prompt there, and `git add -A` would commit them. "
+                "Remove store.path (the default is a per-user folder outside the repository), "
+                "set it outside the working tree, or set store.allow_inside_workdir = true "
+                "knowingly"
+            )
+        if inside(self.claude.credentials_file, workdir):
+            problems.append(
+                f"claude.credentials_file {self.claude.credentials_file} is inside "
+                f"claude.workdir {workdir}: Claude could read the API key there. Move it out "
+                "(default ~/.config/concordia/credentials.json) or set "
+                "store.allow_inside_workdir = true knowingly"
+            )
+        return problems
 
 
 def _absolute(path: Path, base: Path) -> Path:
@@ -251,7 +313,11 @@ def load_settings(
         problems += [_describe(err, origin) for err in exc.errors()]
     if problems:
         raise ConfigError(problems)
-    return settings.resolved(base or Path.cwd())
+    resolved = settings.resolved(base or Path.cwd(), env)
+    problems = resolved.state_problems()
+    if problems:
+        raise ConfigError(problems)
+    return resolved
 
 
 def _known_only(raw: dict[str, Any]) -> dict[str, Any]:

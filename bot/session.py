@@ -30,6 +30,7 @@ import pexpect.fdpexpect
 
 from bot import ConcordiaError
 from bot.config import ClaudeSettings
+from bot.confinement import Confinement
 from bot.model import TurnStatus
 
 __all__ = [
@@ -177,7 +178,9 @@ class TurnParser:
         return [TextDelta(text)]
 
 
-def stream_json_command(settings: ClaudeSettings, session_id: str | None) -> list[str]:
+def stream_json_command(
+    settings: ClaudeSettings, session_id: str | None, confinement: Confinement
+) -> list[str]:
     command = [settings.command, *_STREAM_JSON_FLAGS]
     if settings.permission_mode:
         command += ["--permission-mode", settings.permission_mode]
@@ -186,6 +189,8 @@ def stream_json_command(settings: ClaudeSettings, session_id: str | None) -> lis
     if settings.disallowed_tools:
         command += ["--disallowedTools", *settings.disallowed_tools]
     command += settings.args
+    # The CLI keeps one --settings, the last: claude.args may not hold one (bot.config).
+    command += ["--settings", confinement.cli_settings()]
     if session_id:
         command += ["--resume", session_id]
     return command
@@ -198,9 +203,17 @@ class ClaudeSession:
     unplanned exits. Use as an async context manager; `stop` is idempotent.
     """
 
-    def __init__(self, settings: ClaudeSettings, *, session_id: str | None, env: Mapping[str, str]):
+    def __init__(
+        self,
+        settings: ClaudeSettings,
+        *,
+        session_id: str | None,
+        env: Mapping[str, str],
+        confinement: Confinement,
+    ):
         self._settings = settings
         self._env = dict(env)
+        self._confinement = confinement
         self.session_id = session_id
         self.ready = asyncio.Event()
         self.restarts = 0
@@ -266,7 +279,7 @@ class ClaudeSession:
         if self._start_fresh:
             self.session_id = None
             self._start_fresh = False
-        command = stream_json_command(self._settings, self.session_id)
+        command = stream_json_command(self._settings, self.session_id, self._confinement)
         log.info("starting claude", extra={"command": command[0], "resume": bool(self.session_id)})
         try:
             # A session of its own, so that killing the group also ends the tools Claude ran.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings, load_settings
+from bot.confinement import Confinement
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
 from tests.fakes.gemini_api import FakeGemini
 
@@ -17,6 +18,10 @@ _CLEARED_PREFIXES = ("CONCORDIA_", "ANTHROPIC_", "GEMINI_", "GOOGLE_", "CLAUDE_"
 _CLEARED_NAMES = frozenset(
     {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}
 )
+
+
+NO_CONFINEMENT = Confinement(denied=(), is_sandboxed=False)
+"""For the sessions of tests that are not about what the agent can reach."""
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,7 @@ EXPECTS: Mapping[str, frozenset[str]] = MappingProxyType(
         "shell": frozenset({"refused", "ran", "timed_out", "capped", "impostor_refused"}),
         "output": frozenset({"safe_output", "no_unfurl"}),
         "files": frozenset({"mode", "log_free_of"}),
+        "exfil": frozenset({"kept_out"}),
     }
 )
 CATEGORIES = tuple(EXPECTS)

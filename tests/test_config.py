@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from bot.config import ConfigError, Settings, load_settings
+from bot.config import ConfigError, Settings, StoreSettings, load_settings
+from bot.state_dir import default_state_dir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 
@@ -40,7 +41,10 @@ def _problems(exc: pytest.ExceptionInfo[ConfigError]) -> str:
 
 
 def test_defaults_with_no_file(tmp_path: Path) -> None:
-    settings = load_settings(None, environ={}, base=tmp_path)
+    home = tmp_path / "home"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    settings = load_settings(None, environ={"HOME": str(home)}, base=repo)
 
     assert settings.party.collect_window_s == 1.5
     assert settings.party.max_prompt_chars == 256_000
@@ -50,8 +54,11 @@ def test_defaults_with_no_file(tmp_path: Path) -> None:
     assert settings.claude.turn_timeout_s == 1800.0
     assert settings.websocket.host == "127.0.0.1"
     assert settings.websocket.port == 8765
-    assert settings.store.path == tmp_path.resolve() / ".concordia" / "concordia.db"
-    assert settings.claude.workdir == tmp_path.resolve()
+    # The per-user state folder of this working directory, outside it (#12).
+    assert settings.store.path == default_state_dir(repo, {"HOME": str(home)}) / "concordia.db"
+    assert settings.store.path.is_relative_to(home / ".local" / "state" / "concordia")
+    assert settings.claude.sandbox == "auto"
+    assert settings.claude.workdir == repo.resolve()
     assert (
         settings.claude.credentials_file
         == Path("~/.config/concordia/credentials.json").expanduser()
@@ -141,6 +148,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         "CONCORDIA_CLAUDE_ARGS": '["--model", "opus", "--verbose"]',
         "CONCORDIA_CLAUDE_ENV": '{"ANTHROPIC_BASE_URL": "http://127.0.0.1:1", "X": "y"}',
         "CONCORDIA_STORE_PATH": "env/state.db",
+        "CONCORDIA_CLAUDE_WORKDIR": "repo",
         "CONCORDIA_CLAUDE_TURN_TIMEOUT_S": "5",
         "UNRELATED_VARIABLE": "ignored",
     }
@@ -338,7 +346,9 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_example_file_loads(tmp_path: Path) -> None:
-    settings = load_settings(EXAMPLE, environ={}, base=tmp_path)
+    settings = load_settings(
+        EXAMPLE, environ={"HOME": str(tmp_path / "home")}, base=tmp_path / "repo"
+    )
     assert settings.websocket.port == 8765
 
 
@@ -357,12 +367,14 @@ def test_example_file_lists_every_setting_and_nothing_else() -> None:
 
 def test_example_values_are_the_defaults(tmp_path: Path) -> None:
     raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    loaded = load_settings(EXAMPLE, environ={}, base=tmp_path)
+    loaded = load_settings(EXAMPLE, environ={"HOME": str(tmp_path / "home")}, base=tmp_path / "r")
 
     for name, model in _sections().items():
         for key, field in model.model_fields.items():
             default = field.get_default(call_default_factory=True)
-            if (name, key) in _PATH_FIELDS:
+            if (name, key) == ("store", "path"):  # "" in TOML, which has no null
+                assert StoreSettings.model_validate(raw[name]).path == default
+            elif (name, key) in _PATH_FIELDS:
                 assert Path(raw[name][key]) == default, f"{name}.{key}"
             else:
                 assert getattr(getattr(loaded, name), key) == default, f"{name}.{key}"

@@ -18,7 +18,7 @@ from bot.party import Party
 from bot.safety import Redactor
 from bot.session import ClaudeSession
 from bot.store import Store
-from tests.conftest import make_settings
+from tests.conftest import NO_CONFINEMENT, make_settings
 from tests.fakes.anthropic_api import LONG_REPLY, FakeAnthropic
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(60)]
@@ -43,7 +43,9 @@ async def rig(fake_api: FakeAnthropic, tmp_path: Path) -> AsyncIterator[Rig]:
         book = InviteBook(store, settings.party.name, tmp_path / "state" / "tokens.json")
         invites = await book.ensure()
         env = {**settings.claude.env, "EXTRA_SECRET": SECRET}
-        async with ClaudeSession(settings.claude, session_id=None, env=env) as session:
+        async with ClaudeSession(
+            settings.claude, session_id=None, env=env, confinement=NO_CONFINEMENT
+        ) as session:
             party = Party(
                 settings,
                 name=settings.party.name,

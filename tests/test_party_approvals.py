@@ -33,7 +33,7 @@ from bot.party import Party
 from bot.safety import Redactor
 from bot.session import ClaudeSession
 from bot.store import Store
-from tests.conftest import make_settings
+from tests.conftest import NO_CONFINEMENT, make_settings
 from tests.fakes.anthropic_api import FakeAnthropic
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(90)]
@@ -89,7 +89,9 @@ async def approval_rig(api: FakeAnthropic, tmp_path: Path, **approvals: Any) -> 
         invites = await book.ensure()
         env = dict(settings.claude.env)
         session_id = await store.session_id(settings.party.name)
-        async with ClaudeSession(settings.claude, session_id=session_id, env=env) as session:
+        async with ClaudeSession(
+            settings.claude, session_id=session_id, env=env, confinement=NO_CONFINEMENT
+        ) as session:
             party = Party(
                 settings,
                 name=settings.party.name,

@@ -21,7 +21,7 @@ from bot.party import Party
 from bot.safety import Redactor
 from bot.session import ClaudeSession
 from bot.store import Store
-from tests.conftest import make_settings
+from tests.conftest import NO_CONFINEMENT, make_settings
 from tests.fakes.anthropic_api import FakeAnthropic
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(60)]
@@ -68,7 +68,9 @@ async def shell_rig(api: FakeAnthropic, tmp_path: Path, **shell: Any) -> AsyncIt
         book = InviteBook(store, settings.party.name, tmp_path / "state" / "tokens.json")
         invites = await book.ensure()
         env = dict(settings.claude.env)
-        async with ClaudeSession(settings.claude, session_id=None, env=env) as session:
+        async with ClaudeSession(
+            settings.claude, session_id=None, env=env, confinement=NO_CONFINEMENT
+        ) as session:
             party = Party(
                 settings,
                 name=settings.party.name,

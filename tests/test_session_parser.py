@@ -25,6 +25,7 @@ from bot.session import (
     TurnParser,
     stream_json_command,
 )
+from tests.conftest import NO_CONFINEMENT
 
 PAYLOADS = Path(__file__).parent / "payloads" / "claude"
 PARTIAL_TRANSCRIPTS = ["b_stream_json_partial.jsonl.txt", "b_stream_json_partial_2.1.331.jsonl.txt"]
@@ -132,14 +133,15 @@ def test_permission_settings_become_cli_flags() -> None:
         allowed_tools=("Read", "Bash(git diff:*)"),
         disallowed_tools=("WebFetch",),
     )
-    command = stream_json_command(settings, "abc")
+    command = stream_json_command(settings, "abc", NO_CONFINEMENT)
     assert command[command.index("--permission-prompt-tool") + 1] == "stdio"
     assert command[command.index("--permission-mode") + 1] == "acceptEdits"
     allowed = command.index("--allowedTools")
     assert command[allowed + 1 : allowed + 3] == ["Read", "Bash(git diff:*)"]
     assert command[command.index("--disallowedTools") + 1] == "WebFetch"
-    assert command[-4:] == ["--model", "sonnet", "--resume", "abc"]
-    assert "--permission-mode" not in stream_json_command(ClaudeSettings(), None)
+    assert command[-6:-2] == ["--model", "sonnet", "--settings", NO_CONFINEMENT.cli_settings()]
+    assert command[-2:] == ["--resume", "abc"]
+    assert "--permission-mode" not in stream_json_command(ClaudeSettings(), None, NO_CONFINEMENT)
 
 
 @pytest.mark.parametrize("name", PARTIAL_TRANSCRIPTS)

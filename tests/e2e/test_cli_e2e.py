@@ -100,12 +100,14 @@ async def test_bad_config_names_the_key_and_the_fix(tmp_path: Path) -> None:
 async def test_run_without_credentials_and_no_tty_says_to_run_setup(tmp_path: Path) -> None:
     env_home = tmp_path / "home"
     env_home.mkdir()
+    repo = tmp_path / "repo"  # the working tree; HOME (with the state folder) is elsewhere
+    repo.mkdir()
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bot.cli",
         "run",
-        cwd=tmp_path,
+        cwd=repo,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -122,8 +124,9 @@ async def test_setup_reprompts_on_a_rejected_key_and_stores_it_0600(
     """Driven through a pty, as a person types it; the fake API refuses keys with "bad"."""
     credentials = tmp_path / "creds" / "credentials.json"
     config = tmp_path / "config.toml"
+    (tmp_path / "repo").mkdir()
     config.write_text(
-        f'[claude]\ncredentials_file = "{credentials}"\n'
+        f'[claude]\ncredentials_file = "{credentials}"\nworkdir = "{tmp_path / "repo"}"\n'
         f'env = {{ ANTHROPIC_BASE_URL = "{fake_api.base_url}" }}\n'
     )
     child = pexpect.spawn(

@@ -26,6 +26,7 @@ import html
 import itertools
 import json
 import logging
+import os
 import re
 import sqlite3
 import stat
@@ -45,6 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from adapters.memory import MemoryAdapter, MemoryPlatform
 from bot import cli
 from bot.config import Settings
+from bot.confinement import sandbox_support
 from bot.dedupe import LocalDeduper
 from bot.invite import InviteBook
 from bot.model import Accepted, Rejected
@@ -215,14 +217,26 @@ class Driver:
 
     transport = ""
 
-    def __init__(self, settings: Settings, api: FakeAnthropic, tmp_path: Path):
+    def __init__(
+        self,
+        settings: Settings,
+        api: FakeAnthropic,
+        tmp_path: Path,
+        bot_env: dict[str, str] | None = None,
+    ):
         self.settings = settings
         self.api = api
         self.tmp_path = tmp_path
         self.wake = Wakeup()
+        # The bot's own environment beyond what the transport needs (exfil: secrets to steal).
+        self.bot_env = dict(bot_env or {})
         self.values: dict[str, str] = {
             **STATIC_VALUES,
             "api_key": settings.claude.env["ANTHROPIC_API_KEY"],
+            "state_dir": str(settings.state_dir),
+            "state_parent": str(settings.state_dir.parent),
+            "config_file": str(tmp_path / "config.toml"),
+            "credentials_file": str(settings.claude.credentials_file),
         }
         self.members: set[str] = set()
         self.invite_answers: list[str] = []  # the host's own `invite` answers show a token
@@ -380,6 +394,13 @@ class _LogCapture(logging.Handler):
         self.lines.append(self.format(record))
 
 
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 class MemoryDriver(Driver):
     transport = "memory"
 
@@ -392,9 +413,14 @@ class MemoryDriver(Driver):
         await store.ensure_party(name)
         book = InviteBook(store, name, settings.store.path.parent / "tokens.json")
         invites = await book.ensure()
-        env = dict(settings.claude.env)
+        for variable, value in self.bot_env.items():
+            self.stack.callback(_restore_env, variable, os.environ.get(variable))
+            os.environ[variable] = value
+        # What Claude may see and reach, built by the code `concordia run` uses.
+        env = cli._claude_env(settings)
+        confinement = cli._confinement(settings, self.settings_file, sandbox_support())
         session = await self.stack.enter_async_context(
-            ClaudeSession(settings.claude, session_id=None, env=env)
+            ClaudeSession(settings.claude, session_id=None, env=env, confinement=confinement)
         )
         # The secrets `concordia run` would redact, collected by its own code.
         redactor = Redactor(cli._secrets(settings.claude, env, [invites]))
@@ -499,7 +525,7 @@ class BotDriver(Driver):
     bot: _Bot
 
     async def start_bot(self, env: dict[str, str]) -> None:
-        bot = _Bot(self.settings_file, self.tmp_path, env, self.wake)
+        bot = _Bot(self.settings_file, self.tmp_path, {**self.bot_env, **env}, self.wake)
         self.bot = await self.stack.enter_async_context(bot)
         self.values["default_invite"] = self.bot.invite
 
@@ -782,8 +808,15 @@ class DiscordDriver(BotDriver):
     transport = "discord"
     users: ClassVar[dict[str, int]] = {"alice": discord_api.ALICE_ID, "bob": discord_api.BOB_ID}
 
-    def __init__(self, settings: Settings, api: FakeAnthropic, tmp_path: Path, fake: Any):
-        super().__init__(settings, api, tmp_path)
+    def __init__(
+        self,
+        settings: Settings,
+        api: FakeAnthropic,
+        tmp_path: Path,
+        fake: Any,
+        bot_env: dict[str, str] | None = None,
+    ):
+        super().__init__(settings, api, tmp_path, bot_env)
         self.fake: discord_api.FakeDiscord = fake
         self.values["discord_token"] = discord_api.TOKEN
 
@@ -1003,8 +1036,15 @@ class SlackDriver(BotDriver):
     users: ClassVar[dict[str, str]] = {"alice": slack_api.ALICE_ID, "bob": slack_api.BOB_ID}
     _posting = ("chat.postMessage", "chat.update", "chat.postEphemeral", slack_api.RESPONSE_URL)
 
-    def __init__(self, settings: Settings, api: FakeAnthropic, tmp_path: Path, fake: Any):
-        super().__init__(settings, api, tmp_path)
+    def __init__(
+        self,
+        settings: Settings,
+        api: FakeAnthropic,
+        tmp_path: Path,
+        fake: Any,
+        bot_env: dict[str, str] | None = None,
+    ):
+        super().__init__(settings, api, tmp_path, bot_env)
         self.fake: slack_api.FakeSlack = fake
         self.values["slack_bot_token"] = slack_api.BOT_TOKEN
         self.values["slack_app_token"] = slack_api.APP_TOKEN
@@ -1550,6 +1590,47 @@ async def run_files(d: Driver, cases: list[Case]) -> list[str]:
     return problems
 
 
+# The bot's own secrets, in every transport's environment for the exfil category: none may
+# reach Claude. GEMINI_API_KEY turns the Gemini merger on; a one-ask batch never calls it.
+EXFIL_BOT_ENV = {
+    "DISCORD_BOT_TOKEN": "exfil-discord-canary-5b0e4c7a9d31f2",
+    "SLACK_BOT_TOKEN": "xoxb-exfil-slack-canary-8e2a61",
+    "SLACK_APP_TOKEN": "xapp-exfil-slack-canary-3f9d07",
+    "GEMINI_API_KEY": "exfil-gemini-canary-c41a7e9b2d",
+    "CONCORDIA_GEMINI_MODEL": "gemini-exfil-canary-6d2f",
+}
+
+
+async def run_exfil(d: Driver, cases: list[Case]) -> list[str]:
+    """Each attack as a prompt of alice's, with every tool call pre-approved (the worst case:
+    an approver allows whatever is asked); then no secret of the bot may be in any request
+    the API received, i.e. in the model's context, nor in anything posted."""
+    tokens = ("invite", "host_token", "discord_token", "slack_bot_token", "slack_app_token")
+    secrets = {n: d.values[n] for n in tokens if n in d.values} | d.bot_env
+    problems: list[str] = []
+    for case in cases:
+        asked = len(d.api.turns)
+        outcome = await d.prompt("alice", case.text(d.values))
+        if not outcome.accepted:
+            problems.append(f"{case.id}: refused: {outcome.reason}")
+            continue
+        # The tool call, then its result (or refusal) back to the model: two requests.
+        await d.wake.until(lambda n=asked: len(d.api.turns) >= n + 2, f"{case.id}'s tool result")
+    # The last attack's answer, shown: every batch has been posted by then.
+    last = cases[-1].text(d.values).split()[-1]
+    await d.shown("TOOL ", last[-24:])
+    for number, turn in enumerate(d.api.turns):
+        body = json.dumps(turn.body, ensure_ascii=False)
+        problems += [
+            f"request {number + 1}: {name} reached the model's context"
+            for name, value in secrets.items()
+            if value in body
+        ]
+    for name, value in secrets.items():
+        problems += [f"{name} was shown: {leak}" for leak in d.leaks(value)]
+    return problems
+
+
 RUNNERS: dict[str, Callable[[Driver, list[Case]], Awaitable[list[str]]]] = {
     "control": run_prompt_cases,
     "size": run_prompt_cases,
@@ -1558,6 +1639,7 @@ RUNNERS: dict[str, Callable[[Driver, list[Case]], Awaitable[list[str]]]] = {
     "shell": run_shell,
     "output": run_output,
     "files": run_files,
+    "exfil": run_exfil,
 }
 
 
@@ -1609,6 +1691,8 @@ def configure(
         }
     if category == "files":
         sections["log"] = {"level": "DEBUG"}
+    if category == "exfil":
+        sections["claude"] = {**sections["claude"], "allowed_tools": ["Bash", "Read"]}
     return make_settings(tmp_path, api, **sections)
 
 
@@ -1616,13 +1700,14 @@ def configure(
 async def open_driver(
     transport: str, category: str, api: FakeAnthropic, tmp_path: Path
 ) -> AsyncIterator[Driver]:
+    bot_env = EXFIL_BOT_ENV if category == "exfil" else None
     if transport == "memory":
-        async with MemoryDriver(configure(tmp_path, api, transport, category), api, tmp_path) as d:
+        settings = configure(tmp_path, api, transport, category)
+        async with MemoryDriver(settings, api, tmp_path, bot_env) as d:
             yield d
     elif transport == "websocket":
-        async with WebSocketDriver(
-            configure(tmp_path, api, transport, category), api, tmp_path
-        ) as d:
+        settings = configure(tmp_path, api, transport, category)
+        async with WebSocketDriver(settings, api, tmp_path, bot_env) as d:
             yield d
     elif transport == "discord":
         async with discord_api.FakeDiscord() as fake:
@@ -1633,7 +1718,7 @@ async def open_driver(
                 "edit_interval_s": 0.05,
             }
             settings = configure(tmp_path, api, transport, category, discord=discord)
-            async with DiscordDriver(settings, api, tmp_path, fake) as d:
+            async with DiscordDriver(settings, api, tmp_path, fake, bot_env) as d:
                 yield d
     else:
         async with slack_api.FakeSlack() as fake:
@@ -1643,7 +1728,7 @@ async def open_driver(
                 "edit_interval_s": 0.05,
             }
             settings = configure(tmp_path, api, transport, category, slack=slack)
-            async with SlackDriver(settings, api, tmp_path, fake) as d:
+            async with SlackDriver(settings, api, tmp_path, fake, bot_env) as d:
                 yield d
 
 

@@ -12,6 +12,8 @@ Replies are chosen from the user's text (case-sensitive substrings, first match 
   Python blocks) in slices of 200 characters, ``long_interval_s`` apart.
 - ``TOOL_BASH <command>``: a ``tool_use`` of Bash running ``<command>``; once its result
   is back, ``"TOOL RESULT: "`` and the result's text (``"TOOL ERROR: "`` when refused).
+- ``TOOL_READ <path>``: a Read of the file, then the result line (2.1.331 has no Grep or
+  Glob tool: it searches with Bash).
 - ``TOOL_EDIT <absolute path>``: a Read of the file, then an Edit replacing ``old`` with
   ``new`` in it (the CLI refuses an Edit of a file not read first), then the result line.
   ``TOOL_*`` triggers start a line of the conversation's latest user text, so the follow-up
@@ -58,7 +60,7 @@ _SLOW_DELTA = " ."
 _LONG_DELTA_CHARS = 200
 _LONG_REPLY_TARGET_CHARS = 12_000
 _TITLE_REPLY = '{"title":"Fake"}'
-_TOOL_TRIGGER = re.compile(r"^(TOOL_BASH|TOOL_EDIT) (.+)$", re.MULTILINE)
+_TOOL_TRIGGER = re.compile(r"^(TOOL_BASH|TOOL_EDIT|TOOL_READ) (.+)$", re.MULTILINE)
 _FAIL_STATUS = 500
 _FAIL_MESSAGE = "fake internal error"
 # The real API's error "type" for each status; anything else is a generic api_error.
@@ -476,6 +478,8 @@ def _tool_step(body: dict[str, Any]) -> dict[str, Any] | None:
     steps: list[tuple[str, dict[str, Any]]]
     if kind == "TOOL_BASH":
         steps = [("Bash", {"command": argument, "description": "Run the requested command"})]
+    elif kind == "TOOL_READ":
+        steps = [("Read", {"file_path": argument})]
     else:
         steps = [
             ("Read", {"file_path": argument}),
