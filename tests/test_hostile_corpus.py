@@ -26,7 +26,8 @@ KNOWN_PLACEHOLDERS = frozenset(
         "invite_sha256", "default_invite", "old_invite", "rotated_invite", "api_key",
         "env_secret", "discord_token", "slack_bot_token", "slack_app_token", "bob_slack",
         "bob_discord", "role_discord", "channel_slack", "channel_discord", "n",
-        "state_dir", "state_parent", "config_file", "credentials_file",
+        "state_dir", "state_parent", "config_file", "credentials_file", "host_token_reversed",
+        "invite_spaced", "invite_base64",
     }
 )  # fmt: skip
 

@@ -21,6 +21,7 @@ nothing the platform received can ping or shows a secret.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import html
 import itertools
@@ -195,6 +196,10 @@ def token_values(invite: str, host: str) -> dict[str, str]:
         "invite_truncated": invite[:-1],
         "invite_flipped": flipped,
         "invite_sha256": hash_token(invite),
+        # How a model asked to slip a token past the redactor might write it (#12).
+        "host_token_reversed": host[::-1],
+        "invite_spaced": " ".join(invite),
+        "invite_base64": base64.b64encode(f"token={invite}\n".encode()).decode(),
     }
 
 
