@@ -24,8 +24,9 @@ import discord.http
 import yarl
 from discord import app_commands
 
-from adapters.base import AdapterError, too_long
+from adapters.attachments import Attachment, fold
 from bot.config import DiscordSettings
+from bot.delivery import redeliver
 from bot.model import (
     Accepted,
     ApprovalRequested,
@@ -38,10 +39,14 @@ from bot.model import (
     PartyEvent,
     Prompt,
     Rejected,
+    RejectKind,
 )
-from bot.output import Outbox, ThreadRelay, redeliver, split_message
 from bot.party import Party
+from bot.ports import AdapterError, Outbox
+from bot.relay import ThreadRelay
+from bot.render import FENCE, escape_fences
 from bot.safety import neutralize_mentions
+from bot.split import split_message
 
 __all__ = ["PLATFORM", "DiscordAdapter", "DiscordSink"]
 
@@ -80,7 +85,6 @@ _APPROVAL_BUTTONS: dict[Decision, tuple[str, discord.ButtonStyle]] = {
 # The outcome line of a closed approval is cut to this, so the request above it never has to
 # shrink between posting and closing.
 _OUTCOME_CHARS = 300
-_FENCE = "```"
 
 
 def _author(user: discord.abc.User) -> Author:
@@ -149,17 +153,14 @@ def _approval_request(approval: ApprovalRequested, ask: str) -> str:
     if len(summary) > _MAX_SUMMARY_CHARS:
         summary = summary[: _MAX_SUMMARY_CHARS - 1] + "…"
     head = neutralize_mentions(f"🔐 **Approval {approval.approval_id}**: Claude wants to {summary}")
-    # A run of backticks inside would close the fence early: break every run of three.
-    detail = re.sub(
-        r"`{3,}", lambda run: "\u200b".join(run.group()), neutralize_mentions(approval.detail)
-    ).strip("\n")
-    fence_chars = len(f"\n{_FENCE}\n\n{_FENCE}")
+    detail = escape_fences(neutralize_mentions(approval.detail)).strip("\n")
+    fence_chars = len(f"\n{FENCE}\n\n{FENCE}")
     detail_room = room - len(head) - fence_chars
     if not detail or detail_room < 2:
         return head
     if len(detail) > detail_room:
         detail = detail[: detail_room - 1] + "…"
-    return f"{head}\n{_FENCE}\n{detail}\n{_FENCE}"
+    return f"{head}\n{FENCE}\n{detail}\n{FENCE}"
 
 
 class _ApprovalButton(
@@ -553,10 +554,13 @@ class DiscordAdapter:
         if party is None or client.user not in message.mentions:
             return
         text = strip_mention(message.content, client.user.id)
-        body = await self._with_attachments(text, message.attachments, party)
+        author = _author(message.author)
+        # A stranger's files are not fetched: the party refuses the prompt anyway.
+        is_member = party.role_of(author) is not None
+        body = await self._with_attachments(text, message.attachments, party) if is_member else text
         prompt = Prompt(
             f"{PLATFORM}:{message.id}",
-            _author(message.author),
+            author,
             body if isinstance(body, str) else text,
             thread=f"{message.channel.id}/{message.id}",
         )
@@ -567,7 +571,7 @@ class DiscordAdapter:
                     await message.add_reaction(_QUEUED)
                 case Accepted():
                     pass  # a redelivered event: already queued and marked
-                case Rejected(reason=reason) if party.role_of(prompt.author) is None:
+                case Rejected(kind=RejectKind.NOT_MEMBER, reason=reason):
                     await self._hint_once(message)
                     log.info("ignored a mention from a non-member: %s", reason)
                 case Rejected(reason=reason):
@@ -593,41 +597,28 @@ class DiscordAdapter:
         self, text: str, attachments: list[discord.Attachment], party: Party
     ) -> str | Rejected:
         """Text files (Discord turns a long paste into message.txt) are read into the prompt
-        within the party's limit, and a text file over it refuses the prompt (it was part of
-        the ask); anything else is named, never dropped silently."""
-        budget = party.max_prompt_chars - len(text)
-        parts = [text] if text else []
-        for attachment in attachments:
-            suffix = PurePosixPath(attachment.filename).suffix.lower()
-            is_text = (attachment.content_type or "").startswith(
-                "text/"
-            ) or suffix in _TEXT_SUFFIXES
-            if is_text:
-                # UTF-8 takes 1-4 bytes a character: past 4x the budget it cannot fit.
-                body = await self._read_text(attachment) if attachment.size <= budget * 4 else None
-                if body is None or len(body) > budget:
-                    if body is None and attachment.size <= budget * 4:
-                        parts.append(f"[attachment {attachment.filename}: could not be read]")
-                        continue
-                    return Rejected(
-                        too_long(attachment.filename, attachment.size, party.max_prompt_chars)
-                    )
-                parts.append(f"--- {attachment.filename} ---\n{body}")
-                budget -= len(body)
-                continue
-            parts.append(
-                f"[attachment {attachment.filename} ({attachment.content_type or 'unknown type'}, "
-                f"{attachment.size:,} bytes) not included]"
+        within the party's limit (`adapters.attachments.fold`)."""
+        by_id = {str(a.id): a for a in attachments}
+        described = [
+            Attachment(
+                a.filename,
+                a.size,
+                a.content_type or "",
+                (a.content_type or "").startswith("text/")
+                or PurePosixPath(a.filename).suffix.lower() in _TEXT_SUFFIXES,
+                str(a.id),
             )
-        return "\n\n".join(parts)
+            for a in attachments
+        ]
 
-    @staticmethod
-    async def _read_text(attachment: discord.Attachment) -> str | None:
-        try:
-            return (await attachment.read()).decode("utf-8")
-        except (discord.HTTPException, UnicodeDecodeError):
-            log.warning("could not read the attachment %s", attachment.filename, exc_info=True)
-            return None
+        async def read(attachment: Attachment) -> str | None:
+            try:
+                return (await by_id[attachment.ref].read()).decode("utf-8")
+            except (discord.HTTPException, UnicodeDecodeError):
+                log.warning("could not read the attachment %s", attachment.name, exc_info=True)
+                return None
+
+        return await fold(text, described, limit=party.max_prompt_chars, read=read)
 
     async def command(
         self, interaction: discord.Interaction[Any], name: str, args: str = ""

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
-from adapters.base import AdapterError
 from bot.model import Author, Command, CommandResult, Prompt, Submission
-from bot.output import Outbox, ThreadRelay
 from bot.party import Party
+from bot.ports import AdapterError, Outbox
+from bot.relay import ThreadRelay
 
 __all__ = ["MemoryAdapter", "MemoryPlatform", "PostedMessage"]
 

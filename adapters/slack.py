@@ -28,8 +28,9 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterError, too_long
+from adapters.attachments import Attachment, fold
 from bot.config import SlackSettings
+from bot.delivery import redeliver
 from bot.model import (
     Accepted,
     ApprovalRequested,
@@ -39,9 +40,12 @@ from bot.model import (
     Decision,
     Prompt,
     Rejected,
+    RejectKind,
 )
-from bot.output import Outbox, ThreadRelay, redeliver
 from bot.party import Party
+from bot.ports import AdapterError, Outbox
+from bot.relay import ThreadRelay
+from bot.render import FENCE, Markup, escape_fences
 
 __all__ = ["PLATFORM", "SlackAdapter", "SlackSink", "escape"]
 
@@ -198,10 +202,8 @@ def _request_blocks(approval: ApprovalRequested) -> list[dict[str, Any]]:
     head = _cut(_approval_head(approval, mark_up=True), _TEXT_MAX_CHARS)
     blocks = [_section(head, "concordia_approval_request")]
     if approval.detail.strip():
-        # A ``` inside the detail would end the code block early.
-        detail = escape(approval.detail.replace("```", "`\u200b``"))
-        detail = _cut(detail, _TEXT_MAX_CHARS - len("```\n\n```"))
-        blocks.append(_section(f"```\n{detail}\n```", "concordia_approval_detail"))
+        detail = _cut(escape(escape_fences(approval.detail)), _TEXT_MAX_CHARS - len("```\n\n```"))
+        blocks.append(_section(f"{FENCE}\n{detail}\n{FENCE}", "concordia_approval_detail"))
     return blocks
 
 
@@ -347,7 +349,11 @@ class SlackAdapter:
             homes.setdefault(party.name, channel)
         for party in {p.name: p for p in self._channels.values()}.values():
             relay = ThreadRelay(
-                sink, self._outbox, platform=PLATFORM, home_thread=homes[party.name]
+                sink,
+                self._outbox,
+                platform=PLATFORM,
+                home_thread=homes[party.name],
+                markup=Markup.SLACK,
             )
             await relay.__aenter__()
             self._relays.append(relay)
@@ -391,11 +397,15 @@ class SlackAdapter:
         text = re.sub(
             rf"<@{re.escape(self._bot_user_id)}(\|[^>]*)?>", "", str(event.get("text", ""))
         ).strip()
-        body = await self._with_files(text, event.get("files") or [], party)
+        author = Author(PLATFORM, user, user)
+        # A stranger's files are not fetched: the party refuses the prompt anyway.
+        is_member = party.role_of(author) is not None
+        files = event.get("files") or []
+        body = await self._with_files(text, files, party) if is_member else text
         ts = str(event.get("ts", ""))
         prompt = Prompt(
             f"{PLATFORM}:{channel}:{ts}",
-            Author(PLATFORM, user, user),
+            author,
             body if isinstance(body, str) else text,
             thread=f"{channel}/{event.get('thread_ts') or ts}",
         )
@@ -411,7 +421,7 @@ class SlackAdapter:
                     await self._client.reactions_add(channel=channel, timestamp=ts, name=_QUEUED)
                 case Accepted():
                     pass  # a redelivered event: already queued and marked
-                case Rejected() if party.role_of(prompt.author) is None:
+                case Rejected(kind=RejectKind.NOT_MEMBER):
                     if prompt.author.user_id not in self._hinted:
                         self._hinted.add(prompt.author.user_id)
                         await self._client.chat_postEphemeral(
@@ -477,32 +487,24 @@ class SlackAdapter:
     async def _with_files(
         self, text: str, files: list[dict[str, Any]], party: Party
     ) -> str | Rejected:
-        """Text snippets and files are read into the prompt within the party's limit, and a
-        text file over it refuses the prompt; anything else is named."""
-        budget = party.max_prompt_chars - len(text)
-        parts = [text] if text else []
-        for shared in files:
-            name = str(shared.get("name") or shared.get("title") or "file")
-            size = int(shared.get("size") or 0)
-            url = shared.get("url_private_download") or shared.get("url_private")
-            is_text = (
+        """Text snippets and files are read into the prompt within the party's limit
+        (`adapters.attachments.fold`)."""
+        described = [
+            Attachment(
+                str(shared.get("name") or shared.get("title") or "file"),
+                int(shared.get("size") or 0),
+                str(shared.get("mimetype") or ""),
                 str(shared.get("mimetype", "")).startswith("text/")
-                or shared.get("filetype") in _TEXT_FILETYPES
+                or shared.get("filetype") in _TEXT_FILETYPES,
+                str(shared.get("url_private_download") or shared.get("url_private") or ""),
             )
-            if is_text and url:
-                # UTF-8 takes 1-4 bytes a character: past 4x the budget it cannot fit.
-                if size > budget * 4:
-                    return Rejected(too_long(name, size, party.max_prompt_chars))
-                body = await self._download(str(url))
-                if body is not None and len(body) > budget:
-                    return Rejected(too_long(name, size, party.max_prompt_chars))
-                if body is not None:
-                    parts.append(f"--- {name} ---\n{body}")
-                    budget -= len(body)
-                    continue
-            kind = shared.get("mimetype") or "unknown type"
-            parts.append(f"[file {name} ({kind}, {size:,} bytes) not included]")
-        return "\n\n".join(parts)
+            for shared in files
+        ]
+
+        async def read(attachment: Attachment) -> str | None:
+            return await self._download(attachment.ref) if attachment.ref else None
+
+        return await fold(text, described, limit=party.max_prompt_chars, read=read)
 
     async def _download(self, url: str) -> str | None:
         """A file shared in Slack, fetched with the bot token (files are private)."""

@@ -1,4 +1,4 @@
-"""Merge quality: how faithfully a deduper turns a labelled burst of prompts into one instruction.
+"""Merge quality: how faithfully a merger turns a labelled burst of prompts into one instruction.
 
 Each line of the data file is one burst that a careful human has labelled (format in
 `parse_burst`): which prompts ask the same thing (``same_intent``: they ask it in the
@@ -8,7 +8,7 @@ asks contradict each other (``conflicts``) and which prompts are pure reactions
 (``noise``). Every burst is merged once, in file order, and scored:
 
 - sources accounted: bursts whose every prompt id lands exactly once in a group or in
-  ``dropped``, with no invented id. Anything below 100 % breaks the Deduper contract,
+  ``dropped``, with no invented id. Anything below 100 % breaks the Merger contract,
   and the run exits 1.
 - same-intent pairs merged: pairs from one ``same_intent`` list that share a group.
 - false merges: pairs sharing a group that no ``same_intent`` list holds (lower is better).
@@ -19,10 +19,10 @@ asks contradict each other (``conflicts``) and which prompts are pure reactions
 - noise dropped: reaction ids in ``dropped`` (for information; crediting one to a group
   is not wrong).
 
-    python -m bench.merge --data tests/data/merge.jsonl [--deduper local|gemini]
+    python -m bench.merge --data tests/data/merge.jsonl [--merger local|gemini]
         [--dump OUT.jsonl] [--config PATH]
 
-``--deduper gemini`` builds the deduper the bot would from ``--config`` (or
+``--merger gemini`` builds the merger the bot would from ``--config`` (or
 $CONCORDIA_CONFIG, or the defaults) and exits 2 when no Gemini key is set.
 """
 
@@ -42,7 +42,8 @@ from pathlib import Path
 
 from bench._common import command_line, print_table
 from bot.config import ConfigError
-from bot.dedupe import Deduper, LocalDeduper
+from bot.merge import Merger, build_merger
+from bot.merge_local import LocalMerger
 from bot.model import SourcePrompt
 
 __all__ = [
@@ -105,7 +106,7 @@ class Burst:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What the deduper made of one burst; ``error`` is set (and the rest empty) if it raised."""
+    """What the merger made of one burst; ``error`` is set (and the rest empty) if it raised."""
 
     burst: Burst
     groups: tuple[tuple[int, ...], ...]
@@ -320,13 +321,13 @@ def load_bursts(path: Path) -> list[Burst]:
     return bursts
 
 
-async def merge_all(bursts: Sequence[Burst], deduper: Deduper) -> list[Outcome]:
+async def merge_all(bursts: Sequence[Burst], merger: Merger) -> list[Outcome]:
     """Merge each burst in turn; a burst whose merge raises `ValueError` is kept as failed."""
     outcomes = []
     for burst in bursts:
         started = time.monotonic()
         try:
-            merge = await deduper.merge(burst.prompts)
+            merge = await merger.merge(burst.prompts)
         except ValueError as exc:
             elapsed_s = time.monotonic() - started
             print(f"{burst.burst_id}: merge failed: {exc}", file=sys.stderr)
@@ -395,29 +396,29 @@ class _NoGeminiKey(Exception):
 
 
 async def _run(
-    bursts: Sequence[Burst], deduper_name: str, config: Path | None
+    bursts: Sequence[Burst], merger_name: str, config: Path | None
 ) -> tuple[list[Outcome], list[list[object]]]:
-    """Merge every burst with the chosen deduper; also return its extra table rows."""
-    if deduper_name == "local":
-        return await merge_all(bursts, LocalDeduper()), []
-    # Imported here, so that --deduper local runs whatever state the Gemini side is in.
+    """Merge every burst with the chosen merger; also return its extra table rows."""
+    if merger_name == "local":
+        return await merge_all(bursts, LocalMerger()), []
+    # Imported here, so that --merger local runs whatever state the Gemini side is in.
     from bot.config import load_settings
-    from bot.dedupe import GeminiDeduper, build_deduper
+    from bot.merge_gemini import GeminiMerger
 
     settings = load_settings(config)
-    deduper = build_deduper(settings)
-    if not isinstance(deduper, GeminiDeduper):
+    merger = build_merger(settings)
+    if not isinstance(merger, GeminiMerger):
         raise _NoGeminiKey(
             f"no Gemini key is set: export ${settings.gemini.api_key_env} (the variable"
-            " gemini.api_key_env names) to bench --deduper gemini"
+            " gemini.api_key_env names) to bench --merger gemini"
         )
     try:
-        outcomes = await merge_all(bursts, deduper)
+        outcomes = await merge_all(bursts, merger)
     finally:
-        await deduper.aclose()
-    print(deduper.describe())
+        await merger.aclose()
+    print(merger.describe())
     print()
-    return outcomes, [["merges that fell back to local", str(deduper.fallbacks), "merges"]]
+    return outcomes, [["merges that fell back to local", str(merger.fallbacks), "merges"]]
 
 
 def _print_report(outcomes: Sequence[Outcome], extra_rows: list[list[object]]) -> Scores:
@@ -465,20 +466,20 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", type=Path, required=True, help="labelled bursts (JSON lines)")
-    parser.add_argument("--deduper", choices=("local", "gemini"), default="local")
+    parser.add_argument("--merger", choices=("local", "gemini"), default="local")
     parser.add_argument("--dump", type=Path, help="write each burst's groups and prompt here")
-    parser.add_argument("--config", type=Path, help="config.toml for --deduper gemini")
+    parser.add_argument("--config", type=Path, help="config.toml for --merger gemini")
     args = parser.parse_args()
     try:
         bursts = load_bursts(args.data)
     except (OSError, ValueError) as exc:
         parser.exit(2, f"{exc}\n")
-    flags: dict[str, object] = {"data": args.data, "deduper": args.deduper}
+    flags: dict[str, object] = {"data": args.data, "merger": args.merger}
     flags.update({k: v for k in ("dump", "config") if (v := getattr(args, k)) is not None})
     print(command_line("bench.merge", flags))
     print()
     try:
-        outcomes, extra_rows = asyncio.run(_run(bursts, args.deduper, args.config))
+        outcomes, extra_rows = asyncio.run(_run(bursts, args.merger, args.config))
     except (ConfigError, _NoGeminiKey) as exc:
         parser.exit(2, f"{exc}\n")
     if args.dump is not None:

@@ -18,7 +18,6 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from adapters.base import Adapter
 from adapters.websocket import WebSocketAdapter
 from bot import ConcordiaError
 from bot.config import CONFIG_ENV, ClaudeSettings, Settings, load_settings
@@ -29,10 +28,12 @@ from bot.confinement import (
     agent_environment,
     sandbox_support,
 )
-from bot.dedupe import GeminiDeduper, build_deduper
 from bot.invite import InviteBook, Invites, invite_url
+from bot.merge import build_merger
+from bot.merge_gemini import GeminiMerger
 from bot.model import Role
 from bot.party import Party
+from bot.ports import Adapter
 from bot.safety import Redactor
 from bot.session import ClaudeSession
 from bot.state_dir import (
@@ -502,9 +503,9 @@ async def _run(settings: Settings, config: Path | None) -> int:
         redactor = Redactor(secrets)
         for handler in logging.getLogger().handlers:
             handler.addFilter(_RedactingFilter(redactor))
-        deduper = build_deduper(settings)
-        if isinstance(deduper, GeminiDeduper):
-            stack.push_async_callback(deduper.aclose)
+        merger = build_merger(settings)
+        if isinstance(merger, GeminiMerger):
+            stack.push_async_callback(merger.aclose)
         parties: dict[str, Party] = {}
         for name in settings.party_names():
             session_id = await store.session_id(name)
@@ -518,7 +519,7 @@ async def _run(settings: Settings, config: Path | None) -> int:
                 name=name,
                 store=store,
                 session=session,
-                deduper=deduper,
+                merger=merger,
                 invites=books[name],
                 redactor=redactor,
             )

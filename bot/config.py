@@ -2,7 +2,7 @@
 
 Every problem is reported at once, each naming its dotted key, where the value came
 from (file or variable) and how to fix it. Defaults run with no accounts at all:
-SQLite, the local deduper and the WebSocket transport on loopback.
+SQLite, the local merger and the WebSocket transport on loopback.
 """
 
 from __future__ import annotations

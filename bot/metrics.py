@@ -43,7 +43,7 @@ class Metrics:
     batches: int = 0
     batches_failed: int = 0
     batches_rerun: int = 0
-    dedupe: Timing = field(default_factory=Timing)
+    merge: Timing = field(default_factory=Timing)
     turn: Timing = field(default_factory=Timing)
 
     def lines(self) -> list[str]:
@@ -52,6 +52,6 @@ class Metrics:
             f"{self.prompts_duplicate} duplicate",
             f"batches: {self.batches} run, {self.batches_failed} failed, "
             f"{self.batches_rerun} re-run",
-            f"merge time: {self.dedupe.describe()}",
+            f"merge time: {self.merge.describe()}",
             f"turn time: {self.turn.describe()}",
         ]

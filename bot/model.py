@@ -28,6 +28,7 @@ __all__ = [
     "PartyEvent",
     "Prompt",
     "PromptState",
+    "RejectKind",
     "Rejected",
     "Role",
     "SourcePrompt",
@@ -134,11 +135,23 @@ class Accepted:
     is_duplicate: bool = False
 
 
+class RejectKind(enum.StrEnum):
+    """Why a prompt was refused, so a transport can answer each kind its own way (a
+    non-member gets one hint, not a reply to every mention)."""
+
+    NOT_MEMBER = "not_member"
+    PACED = "paced"  # faster than party.member_prompts_per_minute
+    UNSAFE = "unsafe"  # NUL bytes or invalid UTF-8
+    EMPTY = "empty"
+    TOO_LONG = "too_long"  # over party.max_prompt_chars, attachments included
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """The prompt was refused; ``reason`` is one line fit to show the sender."""
 
     reason: str
+    kind: RejectKind
 
 
 Submission = Accepted | Rejected

@@ -21,8 +21,8 @@ from typing import assert_never
 from bot import ConcordiaError
 from bot.approvals import Approvals
 from bot.config import Settings
-from bot.dedupe import Deduper
 from bot.invite import AttemptThrottle, InviteBook
+from bot.merge import Merger
 from bot.metrics import Metrics
 from bot.model import (
     Accepted,
@@ -40,11 +40,13 @@ from bot.model import (
     PartyEvent,
     Prompt,
     Rejected,
+    RejectKind,
     Role,
     SourcePrompt,
     Submission,
     TurnStatus,
 )
+from bot.render import shell_output
 from bot.safety import (
     ChatSafeStream,
     Redactor,
@@ -164,7 +166,7 @@ class Party:
         name: str,
         store: Store,
         session: ClaudeSession,
-        deduper: Deduper,
+        merger: Merger,
         invites: InviteBook,
         redactor: Redactor,
     ):
@@ -172,7 +174,7 @@ class Party:
         self._settings = settings
         self._store = store
         self.session = session
-        self._deduper = deduper
+        self._merger = merger
         self._invites = invites
         self._redactor = redactor
         self.metrics = Metrics()
@@ -297,24 +299,29 @@ class Party:
         if author is not prompt.author:
             prompt = dataclasses.replace(prompt, author=author)
         if self.role_of(prompt.author) is None:
-            return self._reject("you have not joined this party: join with an invite token first")
+            return self._reject(
+                RejectKind.NOT_MEMBER,
+                "you have not joined this party: join with an invite token first",
+            )
         wait_s = self._pace.take((prompt.author.platform, prompt.author.user_id))
         if wait_s:
             return self._reject(
+                RejectKind.PACED,
                 f"you are sending prompts faster than {self._pace.per_minute:g} a minute "
-                f"(party.member_prompts_per_minute); try again in {math.ceil(wait_s)} s"
+                f"(party.member_prompts_per_minute); try again in {math.ceil(wait_s)} s",
             )
         try:
             text = sanitize_prompt(prompt.text)
         except UnsafeInput as exc:
-            return self._reject(str(exc))
+            return self._reject(RejectKind.UNSAFE, str(exc))
         if not text.strip():
-            return self._reject("the prompt is empty")
+            return self._reject(RejectKind.EMPTY, "the prompt is empty")
         limit = self._settings.party.max_prompt_chars
         if len(text) > limit:
             return self._reject(
+                RejectKind.TOO_LONG,
                 f"the prompt has {len(text):,} characters; "
-                f"the limit is {limit:,} (party.max_prompt_chars)"
+                f"the limit is {limit:,} (party.max_prompt_chars)",
             )
         prompt_id, position, is_duplicate = await self._store.add_prompt(self.name, prompt, text)
         if is_duplicate:
@@ -329,9 +336,9 @@ class Party:
             )
         return Accepted(prompt_id, position, is_duplicate)
 
-    def _reject(self, reason: str) -> Rejected:
+    def _reject(self, kind: RejectKind, reason: str) -> Rejected:
         self.metrics.prompts_rejected += 1
-        return Rejected(reason)
+        return Rejected(reason, kind)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -479,9 +486,7 @@ class Party:
         outcome = "timed_out" if result.timed_out else "cancelled" if result.cancelled else "exited"
         await self._store.finish_shell_run(run_id, outcome, result.exit_code, result.duration_s)
         self._publish(Notice(f"{author.name} ran `{shown}` on the host: {result.summary}"))
-        # A fence inside the text would end ours early: break it with a zero-width space.
-        fenced = f"$ {command}\n{result.output.rstrip()}".replace("```", "`\u200b``")
-        text = f"```\n{fenced}\n```\n{result.summary}"
+        text = shell_output(command, result.output, result.summary)
         return CommandResult("shell", result.exit_code == 0, self.chat_safe(text), public=True)
 
     def chat_safe(self, text: str) -> str:
@@ -510,7 +515,7 @@ class Party:
             last = f"last turn ended {time.monotonic() - self._last_turn_at:.0f} s ago"
         lines = [
             f"party {self.name}: Claude is {state}; {len(pending)} prompt(s) queued; {last}",
-            f"restarts: {session.restarts}; merger: {self._deduper.describe()}; "
+            f"restarts: {session.restarts}; merger: {self._merger.describe()}; "
             f"participants: {len(self._members)}",
             *self.metrics.lines(),
             *await self._shell_status(),
@@ -615,8 +620,8 @@ class Party:
         """Merge the pending prompts into a stored batch; None if none is left pending."""
         while sources:
             started = time.monotonic()
-            merge = await self._deduper.merge(sources)
-            self.metrics.dedupe.add(time.monotonic() - started)
+            merge = await self._merger.merge(sources)
+            self.metrics.merge.add(time.monotonic() - started)
             try:
                 return await self._store.create_batch(
                     self.name, merge.prompt, merge.groups, sources

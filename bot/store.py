@@ -38,7 +38,7 @@ from bot.model import (
     SourcePrompt,
     TurnStatus,
 )
-from bot.output import OutboxEntry
+from bot.ports import OutboxEntry
 
 __all__ = [
     "OpenBatch",
@@ -766,7 +766,7 @@ class Store:
             if state == PromptState.PENDING and party in self._pending:
                 self._pending[party] -= 1
 
-    # -- outbox (bot.output.Outbox) -------------------------------------------------------
+    # -- outbox (bot.ports.Outbox) --------------------------------------------------------
 
     async def outbox_write(
         self, platform: str, thread: str, batch_id: int, seq: int, text: str

@@ -1,7 +1,9 @@
-"""The core's import rules: no chat SDK or transport in bot/, each library in its one module.
+"""The import rules: no chat SDK or transport in bot/, each library in its one module, and
+the arrows between packages pointing one way.
 
-`bot/cli.py` is the composition root: it alone may import concrete adapters (`adapters.*`).
-Every other module in bot/ may import `adapters.base` (the seam) and nothing else from there.
+The seams live in the core (`bot.ports`): nothing in bot/ imports adapters/ but the composition
+root, and no adapter imports another (they may share `adapters.attachments` and
+`adapters.wire`, which are no adapters).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from pathlib import Path
 import pytest
 
 BOT = Path(__file__).resolve().parent.parent / "bot"
-COMPOSITION_ROOT = "cli.py"
+ADAPTERS = BOT.parent / "adapters"
+COMPOSITION_ROOTS = frozenset({"cli.py", "app.py"})
+# Modules of adapters/ that are not adapters: what several adapters share.
+ADAPTER_SHARED = frozenset({"attachments", "wire"})
 
 # Chat SDKs and transports: adapters only.
 FORBIDDEN = ("discord", "slack_bolt", "slack_sdk", "websockets", "aiohttp")
 
 # Third-party libraries each owned by exactly one module of bot/.
-OWNERS = {"pexpect": "session.py", "aiosqlite": "store.py", "google.genai": "dedupe.py"}
+OWNERS = {"pexpect": "session.py", "aiosqlite": "store.py", "google.genai": "merge_gemini.py"}
 
 
 def _imports(source: str) -> set[str]:
@@ -50,12 +55,11 @@ def _violations(filename: str, source: str) -> list[str]:
             problems.append(
                 f"{filename} imports {name}: chat SDKs and transports live in adapters/"
             )
-        if (
-            _within(name, "adapters")
-            and not _within(name, "adapters.base")
-            and filename != COMPOSITION_ROOT
-        ):
-            problems.append(f"{filename} imports {name}: only bot/cli.py may import adapters")
+        if _within(name, "adapters") and filename not in COMPOSITION_ROOTS:
+            problems.append(
+                f"{filename} imports {name}: only the composition root (bot/app.py, bot/cli.py) "
+                "may import adapters; the seams are in bot/ports.py"
+            )
         for library, owner in OWNERS.items():
             if _within(name, library) and filename != owner:
                 problems.append(f"{filename} imports {name}: only bot/{owner} may")
@@ -74,6 +78,45 @@ def test_bot_modules_are_found() -> None:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: p.name)
 def test_import_rules(path: Path) -> None:
     assert _violations(path.name, path.read_text(encoding="utf-8")) == []
+
+
+def _adapter_violations(filename: str, source: str) -> list[str]:
+    """An adapter importing another adapter (a module of adapters/ that is not shared)."""
+    allowed = ADAPTER_SHARED | {filename.removesuffix(".py")}
+    return [
+        f"adapters/{filename} imports {name}: adapters translate; they do not use each other"
+        for name in sorted(_imports(source))
+        if _within(name, "adapters") and name.partition(".")[2].split(".")[0] not in allowed
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(ADAPTERS.glob("*.py")), ids=lambda p: f"adapters/{p.name}")
+def test_no_adapter_imports_another(path: Path) -> None:
+    assert _adapter_violations(path.name, path.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    ("filename", "source", "culprit"),
+    [
+        ("slack.py", "from adapters.discord import DiscordSink\n", "adapters.discord"),
+        ("terminal.py", "from adapters import websocket\n", "adapters.websocket"),
+        ("memory.py", "import adapters.slack\n", "adapters.slack"),
+    ],
+)
+def test_adapter_checker_catches(filename: str, source: str, culprit: str) -> None:
+    assert any(culprit in p for p in _adapter_violations(filename, source))
+
+
+@pytest.mark.parametrize(
+    ("filename", "source"),
+    [
+        ("terminal.py", "from adapters.wire import Welcome\n"),
+        ("discord.py", "from adapters.attachments import fold\n"),
+        ("websocket.py", "from adapters import wire\n"),
+    ],
+)
+def test_adapter_checker_allows(filename: str, source: str) -> None:
+    assert _adapter_violations(filename, source) == []
 
 
 def test_owned_libraries_are_imported_by_their_owner_only() -> None:
@@ -107,6 +150,7 @@ def test_owned_libraries_are_imported_by_their_owner_only() -> None:
         ("party.py", "def f():\n    import aiohttp\n", "aiohttp"),
         ("party.py", "from adapters.websocket import WebSocketAdapter\n", "adapters.websocket"),
         ("party.py", "from adapters import memory\n", "adapters.memory"),
+        ("relay.py", "from adapters.attachments import fold\n", "adapters.attachments"),
         ("party.py", "import pexpect\n", "pexpect"),
         ("store.py", "from pexpect import fdpexpect\n", "pexpect.fdpexpect"),
         ("party.py", "import aiosqlite\n", "aiosqlite"),
@@ -125,11 +169,9 @@ def test_checker_catches(filename: str, source: str, culprit: str) -> None:
     ("filename", "source"),
     [
         ("cli.py", "from adapters.websocket import WebSocketAdapter\nimport adapters.terminal\n"),
-        ("output.py", "from adapters.base import AdapterError, MessageSink\n"),
-        ("party.py", "from adapters import base\n"),
         ("session.py", "import pexpect\nimport pexpect.fdpexpect\n"),
         ("store.py", "import aiosqlite\n"),
-        ("dedupe.py", "from google import genai\nfrom google.genai import types\n"),
+        ("merge_gemini.py", "from google import genai\nfrom google.genai import types\n"),
         ("party.py", "from . import model\nfrom .store import Store\nimport google.protobuf\n"),
     ],
 )

@@ -20,7 +20,7 @@ from bench.merge import (
     parse_burst,
     score,
 )
-from bot.dedupe import LocalDeduper
+from bot.merge_local import LocalMerger
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "merge.jsonl"
@@ -130,9 +130,9 @@ def test_score_counts_hits_and_misses() -> None:
     assert wrong.noise_dropped.hits == 0
 
 
-async def test_local_deduper_accounts_for_every_source() -> None:
+async def test_local_merger_accounts_for_every_source() -> None:
     bursts = load_bursts(DATA)
-    outcomes = await merge_all(bursts, LocalDeduper())
+    outcomes = await merge_all(bursts, LocalMerger())
     scores = score(outcomes)
     assert (scores.accounted.hits, scores.accounted.total) == (len(bursts), len(bursts))
     assert not [o.burst.burst_id for o in outcomes if o.error]
@@ -177,7 +177,7 @@ def test_dump_writes_failed_merges_with_no_groups(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--data", "missing.jsonl"], "missing.jsonl"),
-        (["--data", str(DATA), "--deduper", "gemini"], "no Gemini key is set"),
+        (["--data", str(DATA), "--merger", "gemini"], "no Gemini key is set"),
     ],
 )
 def test_cli_exits_2_when_it_cannot_run(args: list[str], message: str) -> None:

@@ -1,4 +1,4 @@
-"""bot.output: splitting, the streaming owner task, crash recovery and the per-sink relay.
+"""Output (split, delivery, stream, relay): splitting, the owner task, recovery and the relay.
 
 The sink is an in-process fake of the `MessageSink` seam that records every call in a queue the
 tests await, and fails or stalls chosen calls on demand; the outbox is an in-memory `Outbox`.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from adapters.base import AdapterError
+from bot.delivery import DeliveryPolicy, redeliver
 from bot.model import (
     ApprovalRequested,
     ApprovalResolved,
@@ -28,15 +28,10 @@ from bot.model import (
     SourcePrompt,
     TurnStatus,
 )
-from bot.output import (
-    MIN_MESSAGE_CHARS,
-    DeliveryPolicy,
-    OutboxEntry,
-    OutputStream,
-    ThreadRelay,
-    redeliver,
-    split_message,
-)
+from bot.ports import AdapterError, OutboxEntry
+from bot.relay import ThreadRelay
+from bot.split import MIN_MESSAGE_CHARS, split_message
+from bot.stream import OutputStream
 
 PLATFORM = "fake"
 THREAD = "thread-1"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot.dedupe import LocalDeduper
 from bot.invite import InviteBook, Invites
+from bot.merge_local import LocalMerger
 from bot.model import Accepted, Rejected
 from bot.party import Party
 from bot.safety import Redactor
@@ -51,7 +51,7 @@ async def rig(fake_api: FakeAnthropic, tmp_path: Path) -> AsyncIterator[Rig]:
                 name=settings.party.name,
                 store=store,
                 session=session,
-                deduper=LocalDeduper(),
+                merger=LocalMerger(),
                 invites=book,
                 redactor=Redactor([SECRET, invites.prompter, invites.host]),
             )

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot.dedupe import LocalDeduper
 from bot.invite import InviteBook
+from bot.merge_local import LocalMerger
 from bot.model import (
     ApprovalRequested,
     ApprovalResolved,
@@ -97,7 +97,7 @@ async def approval_rig(api: FakeAnthropic, tmp_path: Path, **approvals: Any) -> 
                 name=settings.party.name,
                 store=store,
                 session=session,
-                deduper=LocalDeduper(),
+                merger=LocalMerger(),
                 invites=book,
                 redactor=Redactor([]),
             )

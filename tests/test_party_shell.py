@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot.dedupe import LocalDeduper
 from bot.invite import InviteBook
+from bot.merge_local import LocalMerger
 from bot.model import BatchDone, Notice, PartyEvent
 from bot.party import Party
 from bot.safety import Redactor
@@ -76,7 +76,7 @@ async def shell_rig(api: FakeAnthropic, tmp_path: Path, **shell: Any) -> AsyncIt
                 name=settings.party.name,
                 store=store,
                 session=session,
-                deduper=LocalDeduper(),
+                merger=LocalMerger(),
                 invites=book,
                 redactor=Redactor([SECRET]),
             )

@@ -23,7 +23,6 @@ import discord.gateway
 import discord.http
 import pytest
 
-from adapters.base import AdapterError
 from adapters.discord import DiscordAdapter, DiscordSink
 from bot.config import DiscordSettings
 from bot.model import (
@@ -43,6 +42,7 @@ from bot.model import (
     Role,
     SourcePrompt,
 )
+from bot.ports import AdapterError
 from bot.store import Store
 from tests.e2e.harness import BotProcess, Client
 from tests.e2e.test_discord_e2e import (

@@ -48,8 +48,8 @@ from adapters.memory import MemoryAdapter, MemoryPlatform
 from bot import cli
 from bot.config import Settings
 from bot.confinement import sandbox_support
-from bot.dedupe import LocalDeduper
 from bot.invite import InviteBook
+from bot.merge_local import LocalMerger
 from bot.model import Accepted, Rejected
 from bot.party import Party
 from bot.safety import Redactor
@@ -434,7 +434,7 @@ class MemoryDriver(Driver):
             name=name,
             store=store,
             session=session,
-            deduper=LocalDeduper(),
+            merger=LocalMerger(),
             invites=book,
             redactor=redactor,
         )

@@ -19,7 +19,6 @@ from typing import Any, cast
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import AdapterError, ApprovalSink
 from adapters.slack import SlackAdapter, SlackSink
 from bot.config import SlackSettings
 from bot.model import (
@@ -37,8 +36,9 @@ from bot.model import (
     Role,
     SourcePrompt,
 )
-from bot.output import OutboxEntry, ThreadRelay
 from bot.party import Party
+from bot.ports import AdapterError, ApprovalSink, OutboxEntry
+from bot.relay import ThreadRelay
 from tests.e2e.harness import BotProcess
 from tests.e2e.test_slack_e2e import join, start_bot, until
 from tests.fakes.anthropic_api import FakeAnthropic

@@ -90,7 +90,7 @@ def thread_texts(slack: FakeSlack, ts: str) -> list[str]:
 def output_texts(slack: FakeSlack, ts: str) -> list[str]:
     """The thread's replies as a reader sees them (unescaped), batch headers left out."""
     texts = (html.unescape(t) for t in thread_texts(slack, ts))
-    return [t for t in texts if not t.startswith("**Batch ")]
+    return [t for t in texts if not t.startswith("*Batch ")]  # Slack bold: *Batch N*
 
 
 def squash(text: str) -> str:

@@ -1,4 +1,4 @@
-"""LocalDeduper: every prompt accounted for once, duplicates merged, distinct asks kept."""
+"""LocalMerger: every prompt accounted for once, duplicates merged, distinct asks kept."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from bot.dedupe import Deduper, LocalDeduper, Merge
+from bot.merge import Merge, Merger
+from bot.merge_local import LocalMerger
 from bot.model import MergeGroup, SourcePrompt
 
 HEADER = (
@@ -29,7 +30,7 @@ def batch(*pairs: tuple[str, str], first_id: int = 1) -> list[SourcePrompt]:
 
 
 def assert_invariants(merge: Merge, prompts: Sequence[SourcePrompt]) -> None:
-    """The Deduper contract, checked without trusting `Merge.validate`."""
+    """The Merger contract, checked without trusting `Merge.validate`."""
     source_ids = [p.prompt_id for p in prompts]
     position = {pid: n for n, pid in enumerate(source_ids)}
     by_id = {p.prompt_id: p for p in prompts}
@@ -44,7 +45,7 @@ def assert_invariants(merge: Merge, prompts: Sequence[SourcePrompt]) -> None:
         assert [position[i] for i in group.prompt_ids] == sorted(
             position[i] for i in group.prompt_ids
         ), "ids inside a group in arrival order"
-        # The local deduper picks a phrasing; it never writes one.
+        # The local merger picks a phrasing; it never writes one.
         assert group.instruction in {by_id[i].text for i in group.prompt_ids}
         assert {by_id[i].author for i in group.prompt_ids} <= set(group.authors)
         assert set(group.authors) <= all_authors
@@ -56,9 +57,9 @@ def assert_invariants(merge: Merge, prompts: Sequence[SourcePrompt]) -> None:
         assert group.instruction.strip().splitlines()[0] in merge.prompt
 
 
-async def run(*pairs: tuple[str, str], deduper: LocalDeduper | None = None) -> Merge:
+async def run(*pairs: tuple[str, str], merger: LocalMerger | None = None) -> Merge:
     prompts = batch(*pairs)
-    merge = await (deduper or LocalDeduper()).merge(prompts)
+    merge = await (merger or LocalMerger()).merge(prompts)
     assert_invariants(merge, prompts)
     return merge
 
@@ -70,15 +71,15 @@ def top_level_items(prompt: str) -> list[str]:
 # --- the protocol and its value type -----------------------------------------------
 
 
-def test_local_deduper_is_a_deduper_named_local() -> None:
-    deduper: Deduper = LocalDeduper()
-    assert deduper.name == "local"
+def test_local_merger_is_a_merger_named_local() -> None:
+    merger: Merger = LocalMerger()
+    assert merger.name == "local"
 
 
 @pytest.mark.parametrize("threshold", [0.0, -0.5, 1.01, 80.0, math.nan])
 def test_threshold_outside_zero_to_one_is_refused(threshold: float) -> None:
     with pytest.raises(ValueError, match="similarity_threshold"):
-        LocalDeduper(similarity_threshold=threshold)
+        LocalMerger(similarity_threshold=threshold)
 
 
 def test_merge_refuses_an_id_twice() -> None:
@@ -120,7 +121,7 @@ def test_validate_names_missing_and_invented_ids() -> None:
 
 async def test_local_merge_passes_its_own_validation() -> None:
     prompts = batch(("alice", "fix the login test"), ("bob", "+1"), ("carol", "add a flag"))
-    merge = await LocalDeduper().merge(prompts)
+    merge = await LocalMerger().merge(prompts)
     merge.validate(prompts)
     with pytest.raises(ValueError, match="missing ids"):
         merge.validate(batch(("x", "y"), first_id=100))
@@ -131,19 +132,19 @@ async def test_local_merge_passes_its_own_validation() -> None:
 
 async def test_empty_batch_raises() -> None:
     with pytest.raises(ValueError, match="empty batch"):
-        await LocalDeduper().merge([])
+        await LocalMerger().merge([])
 
 
 async def test_repeated_prompt_id_raises() -> None:
     prompts = [SourcePrompt(7, "alice", "fix it"), SourcePrompt(7, "bob", "add a flag")]
     with pytest.raises(ValueError, match=r"\[7\]"):
-        await LocalDeduper().merge(prompts)
+        await LocalMerger().merge(prompts)
 
 
 @pytest.mark.parametrize("texts", [[""], ["   "], ["", " \n\t", "\u2028"]])
 async def test_all_blank_batch_raises(texts: list[str]) -> None:
     with pytest.raises(ValueError, match="blank"):
-        await LocalDeduper().merge(batch(*(("alice", t) for t in texts)))
+        await LocalMerger().merge(batch(*(("alice", t) for t in texts)))
 
 
 # --- one prompt ------------------------------------------------------------------
@@ -293,13 +294,13 @@ async def test_threshold_sets_how_much_extra_wording_still_merges() -> None:
     extra = (("alice", "please fix the login test"), ("bob", "fix the login test asap"))
     reordered = (("alice", "turn logging on"), ("bob", "Turn on logging!"))
     short = (("alice", "fix it"), ("bob", "fix the login test"))
-    exact_only = LocalDeduper(similarity_threshold=1.0)
-    loose = LocalDeduper(similarity_threshold=0.5)
+    exact_only = LocalMerger(similarity_threshold=1.0)
+    loose = LocalMerger(similarity_threshold=0.5)
     assert len((await run(*extra)).groups) == 1
-    assert len((await run(*extra, deduper=exact_only)).groups) == 2
-    assert len((await run(*reordered, deduper=exact_only)).groups) == 1
+    assert len((await run(*extra, merger=exact_only)).groups) == 2
+    assert len((await run(*reordered, merger=exact_only)).groups) == 1
     assert len((await run(*short)).groups) == 2
-    assert len((await run(*short, deduper=loose)).groups) == 1
+    assert len((await run(*short, merger=loose)).groups) == 1
 
 
 async def test_groups_follow_first_appearance_and_collect_later_duplicates() -> None:
@@ -590,9 +591,9 @@ async def test_random_batches_keep_every_invariant(seed: int) -> None:
     prompts, family_of = random_batch(rng, rng.randint(1, 40))
     if all(not p.text.strip() for p in prompts):
         with pytest.raises(ValueError, match="blank"):
-            await LocalDeduper().merge(prompts)
+            await LocalMerger().merge(prompts)
         return
-    merge = await LocalDeduper().merge(prompts)
+    merge = await LocalMerger().merge(prompts)
     assert_invariants(merge, prompts)
     merge.validate(prompts)
     has_ask = any(family_of[p.prompt_id] != "noise" for p in prompts)
@@ -614,7 +615,7 @@ async def test_exact_variants_always_share_a_group(seed: int) -> None:
     rng = random.Random(seed)
     base = rng.choice([t for texts in FAMILIES.values() for t in texts])
     prompts = [SourcePrompt(n, rng.choice(AUTHORS), mutate(base, rng)) for n in range(8)]
-    merge = await LocalDeduper().merge(prompts)
+    merge = await LocalMerger().merge(prompts)
     assert_invariants(merge, prompts)
     assert [g.prompt_ids for g in merge.groups] == [tuple(range(8))]
 
@@ -622,9 +623,9 @@ async def test_exact_variants_always_share_a_group(seed: int) -> None:
 async def test_a_hundred_prompts_merge_deterministically() -> None:
     rng = random.Random(100)
     prompts, _ = random_batch(rng, 100)
-    first = await LocalDeduper().merge(prompts)
+    first = await LocalMerger().merge(prompts)
     assert_invariants(first, prompts)
-    assert await LocalDeduper().merge(prompts) == first
+    assert await LocalMerger().merge(prompts) == first
     assert len(first.groups) < 30, "a hundred prompts from 14 families collapse"
 
 

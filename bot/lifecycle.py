@@ -1,0 +1,53 @@
+"""The lifecycle of a resource owned by one task (an output stream, a thread relay).
+
+Invariant: every transition goes through `transition`, which refuses an illegal one, and an
+owner task that dies early has its error reported, never swallowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+
+__all__ = ["Lifecycle", "cancel_owner", "owner_error", "transition"]
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle(enum.StrEnum):
+    UNOPENED = "unopened"  # built; no owner task yet
+    OPEN = "open"  # owner task running; accepting input
+    CLOSING = "closing"  # asked to finish; the owner flushes what it has
+    CLOSED = "closed"  # owner finished or cancelled; nothing more happens
+
+
+_TRANSITIONS: dict[Lifecycle, frozenset[Lifecycle]] = {
+    Lifecycle.UNOPENED: frozenset({Lifecycle.OPEN}),
+    Lifecycle.OPEN: frozenset({Lifecycle.CLOSING, Lifecycle.CLOSED}),
+    Lifecycle.CLOSING: frozenset({Lifecycle.CLOSED}),
+    Lifecycle.CLOSED: frozenset(),
+}
+
+
+def transition(what: str, current: Lifecycle, target: Lifecycle) -> Lifecycle:
+    if target not in _TRANSITIONS[current]:
+        raise RuntimeError(f"{what} cannot become {target} once {current}; use a new one")
+    return target
+
+
+async def cancel_owner(task: asyncio.Task[None], exc: BaseException | None, what: str) -> None:
+    """Cancel an owner task on the way out of a failed block; log an error it hid, if any."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        error = task.exception()
+        if error is not None and error is not exc:
+            log.error("%s failed", what, exc_info=error)
+
+
+def owner_error(task: asyncio.Task[None] | None) -> BaseException | None:
+    """Why an owner task ended early, for chaining into a misuse error."""
+    if task is None or not task.done() or task.cancelled():
+        return None
+    return task.exception()
