@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import re
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, TypedDict, assert_never
+from typing import assert_never
 from urllib.parse import urlsplit
 
 from rich.console import Console
@@ -30,6 +29,7 @@ from rich.text import Text
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+from adapters import wire
 from bot.model import TurnStatus
 
 __all__ = [
@@ -57,9 +57,6 @@ BAD_TOKEN_CLOSE_WAIT_S = 2.0
 """After an `error` with code bad_token, how long we wait for the host's close 4001."""
 
 _SCHEME = "concordia"
-_PROTOCOL_VERSION = 1
-_CLOSE_BAD_TOKEN = 4001  # v1: the host closes with this code after a bad_token error
-_ERROR_BAD_TOKEN = "bad_token"
 _QUIT_COMMANDS = frozenset({"quit", "exit"})
 # "/status", "/cancel 3"; "/etc/hosts is broken" is a prompt, not a command.
 _COMMAND_LINE = re.compile(r"/(?P<name>[A-Za-z][A-Za-z0-9_-]*)(?:\s+(?P<args>.*))?", re.DOTALL)
@@ -127,290 +124,19 @@ def parse_invite_url(url: str) -> InviteUrl:
     return InviteUrl(host=host, port=port, token=token)
 
 
-# --- wire frames: client -> server -------------------------------------------------------
+# --- the host's frames (adapters.wire parses them) --------------------------------------------
 
 
-class _JoinFrame(TypedDict):
-    type: Literal["join"]
-    token: str
-    name: str
-
-
-class _PromptFrame(TypedDict):
-    type: Literal["prompt"]
-    id: str
-    text: str
-
-
-class _CommandFrame(TypedDict):
-    type: Literal["command"]
-    name: str
-    args: str
-
-
-# --- wire frames: server -> client -------------------------------------------------------
-
-
-class _MalformedFrame(ValueError):
-    """A known server frame is missing a field or has the wrong type for one."""
-
-    def __init__(self, kind: str, field: str, problem: str) -> None:
-        super().__init__(f"{kind} frame: field {field!r} {problem}")
-        self.kind = kind
-        self.field = field
-
-
-@dataclass(frozen=True, slots=True)
-class _Welcome:
-    party: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Error:
-    code: str
-    message: str
-    client_id: str | None  # set when the host says which prompt of ours it refers to
-
-
-@dataclass(frozen=True, slots=True)
-class _Queued:
-    client_id: str
-    prompt_id: str
-    position: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Rejected:
-    client_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    prompt_id: str
-    author: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    batch_id: str
-    prompt: str
-    sources: tuple[_Source, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class _Output:
-    batch_id: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    batch_id: str
-    status: TurnStatus | None  # None: a status this client does not know yet
-    status_text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _System:
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Approval:
-    approval_id: str
-    summary: str
-    input: str
-    needed: int
-
-
-@dataclass(frozen=True, slots=True)
-class _ApprovalDone:
-    approval_id: str
-    allowed: bool
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class _CommandResult:
-    name: str
-    is_ok: bool
-    text: str
-
-
-_ServerFrame = (
-    _Welcome
-    | _Error
-    | _Queued
-    | _Rejected
-    | _Batch
-    | _Output
-    | _Done
-    | _System
-    | _Approval
-    | _ApprovalDone
-    | _CommandResult
-)
-
-
-def _field(raw: Mapping[str, object], kind: str, field: str) -> object:
-    if field not in raw:
-        raise _MalformedFrame(kind, field, "is missing")
-    return raw[field]
-
-
-def _str(raw: Mapping[str, object], kind: str, field: str) -> str:
-    value = _field(raw, kind, field)
-    if not isinstance(value, str):
-        raise _MalformedFrame(kind, field, "must be a string")
-    return value
-
-
-def _ident(raw: Mapping[str, object], kind: str, field: str) -> str:
-    """An id the host may send as a string or an integer; we compare them as text."""
-    value = _field(raw, kind, field)
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _MalformedFrame(kind, field, "must be a string or an integer")
-    return str(value)
-
-
-def _int(raw: Mapping[str, object], kind: str, field: str) -> int:
-    value = _field(raw, kind, field)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _MalformedFrame(kind, field, "must be an integer")
-    return value
-
-
-def _bool(raw: Mapping[str, object], kind: str, field: str) -> bool:
-    value = _field(raw, kind, field)
-    if not isinstance(value, bool):
-        raise _MalformedFrame(kind, field, "must be true or false")
-    return value
-
-
-def _welcome(raw: Mapping[str, object]) -> _Welcome:
-    return _Welcome(party=_ident(raw, "welcome", "party"), name=_str(raw, "welcome", "name"))
-
-
-def _error(raw: Mapping[str, object]) -> _Error:
-    # Only the code is named by v1; the human text and a prompt id are optional extras.
-    code = _str(raw, "error", "code") if "code" in raw else ""
-    message = _str(raw, "error", "message") if "message" in raw else ""
-    client_id = _ident(raw, "error", "id") if "id" in raw else None
-    return _Error(code=code, message=message or code or "unspecified error", client_id=client_id)
-
-
-def _queued(raw: Mapping[str, object]) -> _Queued:
-    return _Queued(
-        client_id=_ident(raw, "queued", "id"),
-        prompt_id=_ident(raw, "queued", "prompt_id"),
-        position=_int(raw, "queued", "position"),
-    )
-
-
-def _rejected(raw: Mapping[str, object]) -> _Rejected:
-    return _Rejected(
-        client_id=_ident(raw, "rejected", "id"), reason=_str(raw, "rejected", "reason")
-    )
-
-
-def _batch(raw: Mapping[str, object]) -> _Batch:
-    sources_raw = _field(raw, "batch", "sources")
-    if not isinstance(sources_raw, list):
-        raise _MalformedFrame("batch", "sources", "must be a list")
-    sources: list[_Source] = []
-    for item in sources_raw:
-        if not isinstance(item, dict):
-            raise _MalformedFrame("batch", "sources", "must hold objects")
-        sources.append(
-            _Source(
-                prompt_id=_ident(item, "batch sources[]", "prompt_id"),
-                author=_str(item, "batch sources[]", "author"),
-            )
-        )
-    return _Batch(
-        batch_id=_ident(raw, "batch", "batch_id"),
-        prompt=_str(raw, "batch", "prompt"),
-        sources=tuple(sources),
-    )
-
-
-def _output(raw: Mapping[str, object]) -> _Output:
-    return _Output(batch_id=_ident(raw, "output", "batch_id"), text=_str(raw, "output", "text"))
-
-
-def _done(raw: Mapping[str, object]) -> _Done:
-    status_text = _str(raw, "done", "status")
+def _turn_status(text: str) -> TurnStatus | None:
+    """A `done` frame's status; None for one this client does not know yet."""
     try:
-        status: TurnStatus | None = TurnStatus(status_text)
+        return TurnStatus(text)
     except ValueError:
-        status = None
-    return _Done(batch_id=_ident(raw, "done", "batch_id"), status=status, status_text=status_text)
+        return None
 
 
-def _approval(raw: Mapping[str, object]) -> _Approval:
-    needed = raw.get("needed", 1)
-    return _Approval(
-        approval_id=_ident(raw, "approval", "approval_id"),
-        summary=_str(raw, "approval", "summary"),
-        input=_str(raw, "approval", "input"),
-        needed=needed if isinstance(needed, int) else 1,
-    )
-
-
-def _approval_done(raw: Mapping[str, object]) -> _ApprovalDone:
-    allowed = raw.get("allowed")
-    return _ApprovalDone(
-        approval_id=_ident(raw, "approval_done", "approval_id"),
-        allowed=allowed is True,
-        text=_str(raw, "approval_done", "text"),
-    )
-
-
-def _system(raw: Mapping[str, object]) -> _System:
-    return _System(message=_str(raw, "system", "message"))
-
-
-def _command_result(raw: Mapping[str, object]) -> _CommandResult:
-    return _CommandResult(
-        name=_str(raw, "command_result", "name"),
-        is_ok=_bool(raw, "command_result", "ok"),
-        text=_str(raw, "command_result", "text"),
-    )
-
-
-_TRANSLATORS: dict[str, Callable[[Mapping[str, object]], _ServerFrame]] = {
-    "welcome": _welcome,
-    "error": _error,
-    "queued": _queued,
-    "rejected": _rejected,
-    "batch": _batch,
-    "output": _output,
-    "done": _done,
-    "system": _system,
-    "approval": _approval,
-    "approval_done": _approval_done,
-    "command_result": _command_result,
-}
-
-
-def _parse_server_frame(raw: str) -> _ServerFrame | None:
-    """Translate one text frame; None for a type this client does not know (v1 may grow).
-
-    Raises `_MalformedFrame` for invalid JSON or a known type with a bad field.
-    """
-    try:
-        decoded: object = json.loads(raw)
-    except ValueError:
-        raise _MalformedFrame("server", "(frame)", "is not valid JSON") from None
-    if not isinstance(decoded, dict):
-        raise _MalformedFrame("server", "(frame)", "is not a JSON object")
-    kind = decoded.get("type")
-    if not isinstance(kind, str):
-        raise _MalformedFrame("server", "type", "is missing or not a string")
-    translate = _TRANSLATORS.get(kind)
-    return None if translate is None else translate(decoded)
+def _error_text(frame: wire.Error) -> str:
+    return frame.message or frame.code or "unspecified error"
 
 
 # --- input lines ---------------------------------------------------------------------------
@@ -506,7 +232,7 @@ class _Screen:
         self._end_partial_line()
         self._console.print(Text(text, style=style), markup=False, highlight=False, emoji=False)
 
-    def batch(self, frame: _Batch) -> None:
+    def batch(self, frame: wire.Batch) -> None:
         self.stop_spinner()
         self._end_partial_line()
         authors = list(dict.fromkeys(source.author for source in frame.sources))
@@ -526,8 +252,9 @@ class _Screen:
         self._console.out(text, end="", highlight=False)
         self._is_at_line_start = text.endswith("\n")
 
-    def done(self, frame: _Done) -> None:
-        match frame.status:
+    def done(self, frame: wire.Done) -> None:
+        status = _turn_status(frame.status)
+        match status:
             case TurnStatus.SUCCESS:
                 self.line("✓ done", "green")
             case TurnStatus.ERROR:
@@ -535,9 +262,9 @@ class _Screen:
             case TurnStatus.INTERRUPTED:
                 self.line("⏹ interrupted", "yellow")
             case None:
-                self.line(f"⏹ ended ({frame.status_text})", "yellow")
+                self.line(f"⏹ ended ({frame.status})", "yellow")
             case _:
-                assert_never(frame.status)
+                assert_never(status)
 
     def stop_spinner(self) -> None:
         """Idempotent; the spinner must be gone before any other text is written."""
@@ -571,8 +298,8 @@ class _Reader:
         self._id_prefix = id_prefix
         self._invite = invite
         self._is_interactive = is_interactive
-        self._ours_by_prompt_id: dict[str, str] = {}
-        self._ours_by_batch: dict[str, list[str]] = {}
+        self._ours_by_prompt_id: dict[int, str] = {}
+        self._ours_by_batch: dict[int, list[str]] = {}
 
     async def run(
         self, ws: ClientConnection, closing: asyncio.Event, line_task: asyncio.Task[int | None]
@@ -591,8 +318,11 @@ class _Reader:
         finally:
             self._screen.stop_spinner()
 
-    def _is_ours(self, client_id: str) -> bool:
-        return client_id.startswith(self._id_prefix)
+    def _ours(self, client_id: str | int | None) -> str | None:
+        """``client_id`` if it is one of our prompts' ids, else None."""
+        if isinstance(client_id, str) and client_id.startswith(self._id_prefix):
+            return client_id
+        return None
 
     def _notify(self, notice: _Notice) -> None:
         # Only piped mode waits for answers; interactive sessions would just pile them up.
@@ -601,29 +331,26 @@ class _Reader:
 
     def _handle(self, raw: str) -> None:
         log.debug("frame from host: %s", raw, extra={"platform": "websocket"})
-        try:
-            frame = _parse_server_frame(raw)
-        except _MalformedFrame as exc:
-            log.warning("ignoring a malformed frame from the host: %s", exc)
-            return
+        frame = wire.parse_server_frame(raw)
         match frame:
-            case None:
+            case wire.Invalid(code=wire.ErrorCode.UNKNOWN_TYPE):
                 pass  # a type from a newer protocol: ignore it (forward compatibility)
-            case _Welcome():
+            case wire.Invalid():
+                log.warning("ignoring a malformed frame from the host: %s", frame.message)
+            case wire.Welcome():
                 pass  # a repeated welcome changes nothing
-            case _Error():
-                self._screen.line(f"error: {frame.message}", "red")
-                is_ours = frame.client_id is not None and self._is_ours(frame.client_id)
-                self._notify(_HostError(frame.client_id if is_ours else None))
-            case _Queued():
-                if self._is_ours(frame.client_id):
-                    self._ours_by_prompt_id[frame.prompt_id] = frame.client_id
+            case wire.Error():
+                self._screen.line(f"error: {_error_text(frame)}", "red")
+                self._notify(_HostError(self._ours(frame.id)))
+            case wire.Queued():
+                if (client_id := self._ours(frame.id)) is not None:
+                    self._ours_by_prompt_id[frame.prompt_id] = client_id
                 self._screen.line(f"queued #{frame.prompt_id} (position {frame.position})", "dim")
-            case _Rejected():
+            case wire.Rejected():
                 self._screen.line(f"rejected: {frame.reason}", "red")
-                if self._is_ours(frame.client_id):
-                    self._notify(_Answered(frame.client_id, is_success=False))
-            case _Batch():
+                if (client_id := self._ours(frame.id)) is not None:
+                    self._notify(_Answered(client_id, is_success=False))
+            case wire.Batch():
                 ours = [
                     client_id
                     for source in frame.sources
@@ -632,16 +359,16 @@ class _Reader:
                 if ours:
                     self._ours_by_batch.setdefault(frame.batch_id, []).extend(ours)
                 self._screen.batch(frame)
-            case _Output():
+            case wire.Output():
                 self._screen.output(frame.text)
-            case _Done():
+            case wire.Done():
                 self._screen.done(frame)
-                is_success = frame.status is TurnStatus.SUCCESS
+                is_success = _turn_status(frame.status) is TurnStatus.SUCCESS
                 for client_id in self._ours_by_batch.pop(frame.batch_id, []):
                     self._notify(_Answered(client_id, is_success=is_success))
-            case _System():
+            case wire.System():
                 self._screen.line(frame.message, "yellow")
-            case _Approval():
+            case wire.Approval():
                 quorum = f" (needs {frame.needed} approvers)" if frame.needed > 1 else ""
                 self._screen.line(
                     f"🔐 approval {frame.approval_id}: Claude wants to {frame.summary}{quorum}",
@@ -652,12 +379,12 @@ class _Reader:
                 self._screen.line(
                     f"   answer with /approve {frame.approval_id} allow | always | deny", "dim"
                 )
-            case _ApprovalDone():
+            case wire.ApprovalDone():
                 mark = "✅" if frame.allowed else "⛔"
                 self._screen.line(f"{mark} approval {frame.approval_id}: {frame.text}", "magenta")
-            case _CommandResult():
-                self._screen.line(frame.text, "" if frame.is_ok else "red")
-                self._notify(_CommandAnswered(is_ok=frame.is_ok))
+            case wire.CommandResult():
+                self._screen.line(frame.text, "" if frame.ok else "red")
+                self._notify(_CommandAnswered(is_ok=frame.ok))
             case _:
                 assert_never(frame)
 
@@ -689,15 +416,13 @@ async def _send_lines(
                 case _Quit.QUIT:
                     break
                 case _CommandLine(name=name, args=args):
-                    command: _CommandFrame = {"type": "command", "name": name, "args": args}
                     commands_waiting += 1
-                    await ws.send(json.dumps(command))
+                    await ws.send(wire.format_frame(wire.Command(name=name, args=args)))
                 case _PromptLine(text=text):
                     count += 1
                     client_id = f"{id_prefix}{count}"
-                    prompt: _PromptFrame = {"type": "prompt", "id": client_id, "text": text}
                     outstanding.add(client_id)
-                    await ws.send(json.dumps(prompt))
+                    await ws.send(wire.format_frame(wire.Prompt(id=client_id, text=text)))
                 case _:
                     assert_never(parsed)
         # No deadline here: a turn lasts as long as Claude works; a host close ends the wait.
@@ -734,7 +459,7 @@ async def _send_lines(
 def _describe_close(exc: ConnectionClosed, invite: InviteUrl) -> str:
     if exc.rcvd is None:
         return f"the connection to {invite} was lost"
-    if exc.rcvd.code == _CLOSE_BAD_TOKEN:
+    if exc.rcvd.code == wire.CloseCode.BAD_TOKEN:
         return "the invite token was refused"
     reason = f": {exc.rcvd.reason}" if exc.rcvd.reason else ""
     return f"the host closed the connection (code {exc.rcvd.code}{reason})"
@@ -742,36 +467,47 @@ def _describe_close(exc: ConnectionClosed, invite: InviteUrl) -> str:
 
 async def _join(
     ws: ClientConnection, invite: InviteUrl, name: str, console: Console
-) -> _Welcome | None:
+) -> wire.Welcome | None:
     """Send the join frame and wait for the host's answer; None (after saying why) if refused."""
 
     def say(text: str, style: str) -> None:
         console.print(Text(text, style=style), markup=False, highlight=False, emoji=False)
 
-    join: _JoinFrame = {"type": "join", "token": invite.token, "name": name}
     try:
-        await ws.send(json.dumps(join))
+        await ws.send(wire.format_frame(wire.Join(token=invite.token, name=name)))
         async with asyncio.timeout(JOIN_TIMEOUT_S):
             while True:
-                try:
-                    frame = _parse_server_frame(await ws.recv(decode=True))
-                except _MalformedFrame as exc:
-                    say(f"{invite} does not speak the Concordia protocol: {exc}", "red")
-                    return None
+                frame = wire.parse_server_frame(await ws.recv(decode=True))
                 match frame:
-                    case _Welcome():
+                    case wire.Welcome(protocol=wire.PROTOCOL_VERSION):
                         return frame
-                    case _Error():
-                        say(f"error: {frame.message}", "red")
+                    case wire.Welcome():
+                        say(
+                            f"{invite} speaks Concordia protocol {frame.protocol} and this client "
+                            f"speaks {wire.PROTOCOL_VERSION}: use the host's version of concordia",
+                            "red",
+                        )
+                        return None
+                    case wire.Error():
+                        say(f"error: {_error_text(frame)}", "red")
                         await _wait_for_refusal(ws, frame)
                         await ws.close()  # then close_code holds the host's code if it closed first
-                        if frame.code == _ERROR_BAD_TOKEN or ws.close_code == _CLOSE_BAD_TOKEN:
+                        if (
+                            frame.code == wire.ErrorCode.BAD_TOKEN
+                            or ws.close_code == wire.CloseCode.BAD_TOKEN
+                        ):
                             say("the invite token was refused", "red")
                         return None
-                    case None:
+                    case wire.Invalid(code=wire.ErrorCode.UNKNOWN_TYPE):
                         continue  # a newer host's extra frame; the welcome still comes
+                    case wire.Invalid():
+                        say(
+                            f"{invite} does not speak the Concordia protocol: {frame.message}",
+                            "red",
+                        )
+                        return None
                     case _:
-                        say(f"{invite} sent {type(frame).__name__} before welcome", "red")
+                        say(f"{invite} sent a {frame.type} frame before welcome", "red")
                         return None
     except TimeoutError:
         say(f"{invite} did not welcome us within {JOIN_TIMEOUT_S:g}s", "red")
@@ -780,9 +516,9 @@ async def _join(
     return None
 
 
-async def _wait_for_refusal(ws: ClientConnection, frame: _Error) -> None:
+async def _wait_for_refusal(ws: ClientConnection, frame: wire.Error) -> None:
     """After a bad_token error the host closes with 4001; let that close arrive."""
-    if frame.code != _ERROR_BAD_TOKEN:
+    if frame.code != wire.ErrorCode.BAD_TOKEN:
         return
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(BAD_TOKEN_CLOSE_WAIT_S):

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass
-from typing import Any, assert_never
+from typing import assert_never
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from adapters import wire
 from bot.config import WebSocketSettings
 from bot.invite import AttemptThrottle
 from bot.model import (
@@ -27,7 +27,7 @@ from bot.model import (
     BatchDone,
     BatchStarted,
     Command,
-    Decision,
+    CommandResult,
     Notice,
     OutputText,
     PartyEvent,
@@ -37,14 +37,11 @@ from bot.model import (
 from bot.party import IdentityTaken, Party
 from bot.safety import clean_name
 
-__all__ = ["PLATFORM", "PROTOCOL_VERSION", "WebSocketAdapter"]
+__all__ = ["PLATFORM", "WebSocketAdapter"]
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "websocket"
-PROTOCOL_VERSION = 1
-CLOSE_BAD_TOKEN = 4001
-CLOSE_TOO_SLOW = 4008
 _MAX_NAME_CHARS = 64
 # A client this many frames behind is dropped rather than let the queue grow forever.
 _MAX_QUEUED_FRAMES = 100_000
@@ -71,11 +68,11 @@ class _Client:
         self.author = author
         self.outgoing: asyncio.Queue[_Frame | _Close] = asyncio.Queue()
 
-    def send(self, frame: dict[str, Any]) -> None:
+    def send(self, frame: wire.ServerFrame) -> None:
         if self.outgoing.qsize() >= _MAX_QUEUED_FRAMES:
-            self.outgoing.put_nowait(_Close(CLOSE_TOO_SLOW, "client too slow"))
+            self.outgoing.put_nowait(_Close(wire.CloseCode.TOO_SLOW, "client too slow"))
             return
-        self.outgoing.put_nowait(_Frame(json.dumps(frame, ensure_ascii=False)))
+        self.outgoing.put_nowait(_Frame(wire.format_frame(frame)))
 
     def deliver(self, event: PartyEvent) -> None:
         self.send(event_frame(event))
@@ -89,48 +86,53 @@ class _Client:
             await self.connection.send(item.payload)
 
 
-def event_frame(event: PartyEvent) -> dict[str, Any]:
+def event_frame(event: PartyEvent) -> wire.ServerFrame:
     """A party event as its v1 frame."""
     match event:
         case BatchStarted(batch=batch):
-            return {
-                "type": "batch",
-                "batch_id": batch.batch_id,
-                "prompt": batch.prompt,
-                "attempt": batch.attempt,
-                "sources": [{"prompt_id": s.prompt_id, "author": s.author} for s in batch.sources],
-                "groups": [
-                    {"prompt_ids": list(g.prompt_ids), "instruction": g.instruction}
+            return wire.Batch(
+                batch_id=batch.batch_id,
+                prompt=batch.prompt,
+                attempt=batch.attempt,
+                sources=tuple(
+                    wire.Source(prompt_id=s.prompt_id, author=s.author) for s in batch.sources
+                ),
+                groups=tuple(
+                    wire.Group(prompt_ids=g.prompt_ids, instruction=g.instruction)
                     for g in batch.groups
-                ],
-            }
+                ),
+            )
         case OutputText(batch_id=batch_id, text=text):
-            return {"type": "output", "batch_id": batch_id, "text": text}
+            return wire.Output(batch_id=batch_id, text=text)
         case BatchDone(batch_id=batch_id, status=status, detail=detail):
-            return {"type": "done", "batch_id": batch_id, "status": status.value, "detail": detail}
+            return wire.Done(batch_id=batch_id, status=status.value, detail=detail)
         case Notice(message=message):
-            return {"type": "system", "message": message}
+            return wire.System(message=message)
         case ApprovalRequested():
-            return {
-                "type": "approval",
-                "approval_id": event.approval_id,
-                "batch_id": event.batch_id,
-                "tool": event.tool,
-                "summary": event.summary,
-                "input": event.detail,
-                "needed": event.needed,
-                "timeout_s": event.timeout_s,
-            }
+            return wire.Approval(
+                approval_id=event.approval_id,
+                batch_id=event.batch_id,
+                tool=event.tool,
+                summary=event.summary,
+                input=event.detail,
+                needed=event.needed,
+                timeout_s=event.timeout_s,
+            )
         case ApprovalResolved():
-            return {
-                "type": "approval_done",
-                "approval_id": event.approval_id,
-                "batch_id": event.batch_id,
-                "allowed": event.allowed,
-                "text": event.text,
-            }
+            return wire.ApprovalDone(
+                approval_id=event.approval_id,
+                batch_id=event.batch_id,
+                allowed=event.allowed,
+                text=event.text,
+            )
         case _:
             assert_never(event)
+
+
+def _result_frame(result: CommandResult) -> wire.CommandResult:
+    return wire.CommandResult(
+        name=result.name, ok=result.ok, text=result.text, public=result.public
+    )
 
 
 class WebSocketAdapter:
@@ -187,7 +189,7 @@ class WebSocketAdapter:
                 group.create_task(client.pump(), name="ws-sender")
                 await self._read(client, group)
                 # The sender closes after the frames already queued (a last command_result).
-                client.outgoing.put_nowait(_Close(1000, "bye"))
+                client.outgoing.put_nowait(_Close(wire.CloseCode.NORMAL_CLOSURE, "bye"))
         except* ConnectionClosed:
             pass
         finally:
@@ -198,32 +200,21 @@ class WebSocketAdapter:
             async with asyncio.timeout(self._settings.join_timeout_s):
                 raw = await connection.recv()
         except (TimeoutError, ConnectionClosed):
-            await connection.close(1008, "join frame expected")
+            await connection.close(wire.CloseCode.POLICY_VIOLATION, "join frame expected")
             return None
-        frame = _parse(raw)
-        if frame is None or frame.get("type") != "join":
-            await _send(
-                connection,
-                {
-                    "type": "error",
-                    "code": "join_expected",
-                    "message": "the first frame must be join",
-                },
-            )
-            await connection.close(1008, "join frame expected")
-            return None
-        token, name = frame.get("token"), frame.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME_CHARS:
-            await _send(
-                connection,
-                {
-                    "type": "error",
-                    "code": "bad_name",
-                    "message": f"name must be 1-{_MAX_NAME_CHARS} characters",
-                },
-            )
-            await connection.close(1008, "bad name")
-            return None
+        match wire.parse_client_frame(raw):
+            case wire.Join(token=token, name=name) if name.strip() and len(name) <= _MAX_NAME_CHARS:
+                pass  # a good join: go on below
+            case wire.Join() | wire.Invalid(kind=wire.ClientKind.JOIN):  # the name is wrong
+                bad_name = f"name must be 1-{_MAX_NAME_CHARS} characters"
+                await _refuse(connection, wire.ErrorCode.BAD_NAME, bad_name, "bad name")
+                return None
+            case _:
+                no_join = "the first frame must be join"
+                await _refuse(
+                    connection, wire.ErrorCode.JOIN_EXPECTED, no_join, "join frame expected"
+                )
+                return None
         name = clean_name(name)
         # The name is the identity here, chosen by the client: not verified.
         author = Author(PLATFORM, name, name, is_verified=False)
@@ -231,35 +222,23 @@ class WebSocketAdapter:
         if delay:
             await asyncio.sleep(delay)  # pacing: slows down repeated bad tokens from one address
         try:
-            role = (
-                await self._party.join(token, author) if isinstance(token, str) and token else None
-            )
+            role = await self._party.join(token, author) if token else None
         except IdentityTaken as exc:
-            await _send(connection, {"type": "error", "code": "name_taken", "message": str(exc)})
-            await connection.close(1008, "name taken")
+            await _refuse(connection, wire.ErrorCode.NAME_TAKEN, str(exc), "name taken")
             return None
         if role is None:
             self._throttle.failed(source)
             log.warning(
                 "refused a join with a bad token", extra={"platform": PLATFORM, "source": source}
             )
-            await _send(
-                connection,
-                {"type": "error", "code": "bad_token", "message": "the invite token was refused"},
-            )
-            await connection.close(CLOSE_BAD_TOKEN, "bad token")
+            refused = "the invite token was refused"
+            await _refuse(connection, wire.ErrorCode.BAD_TOKEN, refused, "bad token")
             return None
         self._throttle.succeeded(source)
-        await _send(
-            connection,
-            {
-                "type": "welcome",
-                "protocol": PROTOCOL_VERSION,
-                "party": self._party.name,
-                "name": name,
-                "role": role.value,
-            },
+        welcome = wire.Welcome(
+            protocol=wire.PROTOCOL_VERSION, party=self._party.name, name=name, role=role.value
         )
+        await _send(connection, welcome)
         return _Client(connection, author)
 
     async def _read(self, client: _Client, group: asyncio.TaskGroup) -> None:
@@ -268,138 +247,83 @@ class WebSocketAdapter:
         slots = asyncio.Semaphore(_MAX_PROMPTS_IN_FLIGHT)
         in_flight: set[asyncio.Task[None]] = set()
 
-        async def submit(frame: dict[str, Any]) -> None:
+        async def submit(frame: wire.Prompt) -> None:
             try:
                 await self._prompt(client, frame)
             finally:
                 slots.release()
 
         async for raw in client.connection:
-            frame = _parse(raw)
-            if frame is None:
-                client.send(
-                    {
-                        "type": "error",
-                        "code": "malformed",
-                        "message": "a frame must be one JSON object",
-                    }
-                )
-                continue
-            kind = frame.get("type")
-            if kind == "prompt":
-                await slots.acquire()
-                task = group.create_task(submit(frame))
-                in_flight.add(task)
-                task.add_done_callback(in_flight.discard)
-            elif kind == "approve":
-                approval_id, decision = frame.get("approval_id"), frame.get("decision")
-                if not isinstance(approval_id, int) or decision not in set(Decision):
+            frame = wire.parse_client_frame(raw)
+            match frame:
+                case wire.Prompt():
+                    await slots.acquire()
+                    task = group.create_task(submit(frame))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                case wire.Approve(approval_id=approval_id, decision=decision):
+                    result = await self._party.decide(approval_id, client.author, decision)
+                    client.send(_result_frame(result))
+                case wire.Command(name=name, args=args):
+                    if in_flight:
+                        await asyncio.wait(in_flight)
+                    if name == "shell":
+                        # It waits for Claude's turn and runs a while: keep reading meanwhile,
+                        # so this client can still prompt, or cancel it.
+                        group.create_task(self._command(client, name, args))
+                    elif not await self._command(client, name, args):
+                        return
+                case wire.Join() | wire.Invalid(kind=wire.ClientKind.JOIN):
+                    # join is the type of the first frame only; after it, it is unknown.
                     client.send(
-                        {
-                            "type": "error",
-                            "code": "malformed",
-                            "message": "approve needs an integer approval_id and a decision: "
-                            "allow, always or deny",
-                        }
+                        wire.Error(
+                            code=wire.ErrorCode.UNKNOWN_TYPE,
+                            message=f"unknown frame type {wire.ClientKind.JOIN.value!r}",
+                        )
                     )
-                    continue
-                result = await self._party.decide(approval_id, client.author, Decision(decision))
-                client.send(
-                    {
-                        "type": "command_result",
-                        "name": result.name,
-                        "ok": result.ok,
-                        "text": result.text,
-                        "public": result.public,
-                    }
-                )
-            elif kind == "command":
-                if in_flight:
-                    await asyncio.wait(in_flight)
-                name = frame.get("name")
-                args = frame.get("args", "")
-                if not isinstance(name, str) or not isinstance(args, str):
-                    client.send(
-                        {
-                            "type": "error",
-                            "code": "malformed",
-                            "message": "command needs a name and string args",
-                        }
-                    )
-                    continue
-                if name == "shell":
-                    # It waits for Claude's turn and runs a while: keep reading meanwhile,
-                    # so this client can still prompt, or cancel it.
-                    group.create_task(self._command(client, name, args))
-                elif not await self._command(client, name, args):
-                    return
-            else:
-                client.send(
-                    {
-                        "type": "error",
-                        "code": "unknown_type",
-                        "message": f"unknown frame type {kind!r}",
-                    }
-                )
+                case wire.Invalid():
+                    if frame.kind is wire.ClientKind.COMMAND and in_flight:
+                        await asyncio.wait(in_flight)  # answered in turn, as a good command is
+                    client.send(frame.as_error())
+                case _:
+                    assert_never(frame)
 
     async def _command(self, client: _Client, name: str, args: str) -> bool:
         """Run one command and send its result; False once the client has left."""
         result = await self._party.command(Command(name, args, client.author))
-        client.send(
-            {
-                "type": "command_result",
-                "name": result.name,
-                "ok": result.ok,
-                "text": result.text,
-                "public": result.public,
-            }
-        )
+        client.send(_result_frame(result))
         return not (name == "leave" and result.ok)
 
-    async def _prompt(self, client: _Client, frame: dict[str, Any]) -> None:
-        client_id, text = frame.get("id"), frame.get("text")
-        if (
-            not isinstance(client_id, str | int)
-            or isinstance(client_id, bool)
-            or not isinstance(text, str)
-        ):
-            client.send(
-                {"type": "error", "code": "malformed", "message": "prompt needs an id and a text"}
-            )
-            return
+    async def _prompt(self, client: _Client, frame: wire.Prompt) -> None:
         # The client id is scoped by the participant, so two clients cannot collide.
-        source_id = f"{PLATFORM}:{client.author.user_id}:{client_id}"
-        submission = await self._party.submit(Prompt(source_id, client.author, text))
+        source_id = f"{PLATFORM}:{client.author.user_id}:{frame.id}"
+        submission = await self._party.submit(Prompt(source_id, client.author, frame.text))
         match submission:
             case Accepted(prompt_id=prompt_id, position=position, is_duplicate=is_duplicate):
                 client.send(
-                    {
-                        "type": "queued",
-                        "id": client_id,
-                        "prompt_id": prompt_id,
-                        "position": position,
-                        "duplicate": is_duplicate,
-                    }
+                    wire.Queued(
+                        id=frame.id, prompt_id=prompt_id, position=position, duplicate=is_duplicate
+                    )
                 )
             case Rejected(reason=reason):
-                client.send({"type": "rejected", "id": client_id, "reason": reason})
+                client.send(wire.Rejected(id=frame.id, reason=reason))
             case _:
                 assert_never(submission)
 
 
-def _parse(raw: str | bytes) -> dict[str, Any] | None:
-    if isinstance(raw, bytes):
-        try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-    try:
-        frame = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    return frame if isinstance(frame, dict) else None
-
-
-async def _send(connection: ServerConnection, frame: dict[str, Any]) -> None:
+async def _send(connection: ServerConnection, frame: wire.ServerFrame) -> None:
     with contextlib.suppress(ConnectionClosed):
-        await connection.send(json.dumps(frame))
+        await connection.send(wire.format_frame(frame))
+
+
+async def _refuse(
+    connection: ServerConnection, code: wire.ErrorCode, message: str, reason: str
+) -> None:
+    """Answer a join with an error frame, then close: 4001 after bad_token, else 1008."""
+    await _send(connection, wire.Error(code=code, message=message))
+    close_code = (
+        wire.CloseCode.BAD_TOKEN
+        if code is wire.ErrorCode.BAD_TOKEN
+        else wire.CloseCode.POLICY_VIOLATION
+    )
+    await connection.close(close_code, reason)

@@ -76,7 +76,7 @@ class FakeHost:
             await _send(ws, type="error", code="bad_token", message="that invite is not valid")
             await ws.close(4001, "bad token")
             return
-        await _send(ws, type="welcome", protocol=1, party="p-7", name=join["name"])
+        await _send(ws, type="welcome", protocol=1, party="p-7", name=join["name"], role="prompter")
         await _send(ws, type="from_the_future", detail="clients must ignore this")
         async for raw in ws:
             frame = json.loads(raw)
@@ -88,6 +88,7 @@ class FakeHost:
                     name=frame["name"],
                     ok=frame["name"] != "fail",
                     text=f"{frame['name']} ok: {frame['args']}",
+                    public=False,
                 )
             elif frame["type"] == "prompt":
                 await self._answer(ws, frame, author=join["name"])
@@ -99,7 +100,14 @@ class FakeHost:
             return
         self._next_prompt_id += 1
         queued = {"prompt_id": self._next_prompt_id, "text": text}
-        await _send(ws, type="queued", id=frame["id"], prompt_id=queued["prompt_id"], position=1)
+        await _send(
+            ws,
+            type="queued",
+            id=frame["id"],
+            prompt_id=queued["prompt_id"],
+            position=1,
+            duplicate=False,
+        )
         if text.startswith("hold"):
             self._held.append(queued)
             return
@@ -116,7 +124,9 @@ class FakeHost:
             type="batch",
             batch_id=batch_id,
             prompt=" + ".join(p["text"] for p in merged),
+            attempt=1,
             sources=sources,
+            groups=[],
         )
         if text.startswith("ask"):
             await _send(
@@ -145,7 +155,7 @@ class FakeHost:
             status = "error"
         elif text.startswith("stop"):
             status = "interrupted"
-        await _send(ws, type="done", batch_id=batch_id, status=status)
+        await _send(ws, type="done", batch_id=batch_id, status=status, detail="")
         if text == "last words":
             await ws.close(1001, "host shutting down")
 
@@ -362,6 +372,36 @@ async def test_close_4001_without_an_error_frame_means_the_token_was_refused(
 
     assert code == EXIT_NOT_JOINED
     assert "the invite token was refused" in _printed(console)
+
+
+@pytest.mark.timeout(10)
+async def test_a_host_speaking_another_protocol_version_is_refused_with_one_line() -> None:
+    received: list[dict[str, Any]] = []
+    ended = asyncio.Event()
+
+    async def v2_host(ws: ServerConnection) -> None:
+        try:
+            received.append(json.loads(await ws.recv()))
+            await _send(ws, type="welcome", protocol=2, party="p-7", name="ada", role="prompter")
+            async for raw in ws:
+                received.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+        finally:
+            ended.set()
+
+    async with serve(v2_host, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        console = _console()
+
+        code = await _join(f"concordia://127.0.0.1:{port}/{TOKEN}", "not sent", console=console)
+        await asyncio.wait_for(ended.wait(), 5)
+
+    assert code == EXIT_NOT_JOINED
+    out = _printed(console)
+    assert out.count("\n") == 1
+    assert f"127.0.0.1:{port} speaks Concordia protocol 2 and this client speaks 1" in out
+    assert received == [{"type": "join", "token": TOKEN, "name": "ada"}]
 
 
 @pytest.mark.timeout(10)

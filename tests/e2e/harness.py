@@ -17,6 +17,8 @@ from typing import Any, Self
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from adapters import wire
+
 _URL = re.compile(r"^(invite|host):\s+concordia://([\d.]+):(\d+)/(\S+)$")
 _START_TIMEOUT_S = 30.0
 
@@ -134,7 +136,11 @@ class BotProcess:
 
 
 class Client:
-    """A protocol-v1 client that records every frame it receives in a queue."""
+    """A protocol-v1 client that records every frame it receives in a queue.
+
+    Frames stay plain dicts both ways, so that tests can send what no `adapters.wire` frame
+    could be and see exactly what the server wrote.
+    """
 
     def __init__(self, port: int, token: str, name: str):
         self._url = f"ws://127.0.0.1:{port}/"
@@ -148,7 +154,7 @@ class Client:
 
     async def __aenter__(self) -> Self:
         self.ws = await connect(self._url, max_size=None)
-        await self.send({"type": "join", "token": self._token, "name": self.name})
+        await self.send({"type": wire.ClientKind.JOIN, "token": self._token, "name": self.name})
         self._reader = asyncio.create_task(self._read())
         return self
 
@@ -177,7 +183,7 @@ class Client:
         await self.ws.send(json.dumps(frame))
 
     async def prompt(self, client_id: str, text: str) -> None:
-        await self.send({"type": "prompt", "id": client_id, "text": text})
+        await self.send({"type": wire.ClientKind.PROMPT, "id": client_id, "text": text})
 
     async def expect(self, kind: str, within_s: float = 30.0, **fields: Any) -> dict[str, Any]:
         """The next frame of ``kind`` matching ``fields``; frames skipped stay in ``all``."""

@@ -196,6 +196,14 @@ async def test_bad_input_is_rejected_and_the_connection_stays(
         assert alice.ws is not None
         await alice.ws.send("{not json")
         assert (await alice.expect("error"))["code"] == "malformed"
+        # json.loads raises RecursionError on this nesting, and ValueError on this number.
+        await alice.ws.send("[" * 100_000 + "]" * 100_000)
+        assert (await alice.expect("error"))["code"] == "malformed"
+        await alice.ws.send('{"type": "prompt", "id": ' + "9" * 5_000 + ', "text": "x"}')
+        assert (await alice.expect("error"))["code"] == "malformed"
+        # JSON may carry a lone surrogate; UTF-8 cannot, so the answer escapes it.
+        await alice.prompt("\ud800", "")
+        assert (await alice.expect("rejected", id="\ud800"))["reason"]
 
         big = "B" * 200_000
         escape = "fix it\x1b[31m red\x1b]0;title\x07\x9b2J now"
