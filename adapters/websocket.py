@@ -18,7 +18,6 @@ from websockets.exceptions import ConnectionClosed
 
 from adapters import wire
 from bot.config import WebSocketSettings
-from bot.invite import AttemptThrottle
 from bot.model import (
     Accepted,
     ApprovalRequested,
@@ -34,6 +33,7 @@ from bot.model import (
     Prompt,
     Rejected,
 )
+from bot.pace import AttemptThrottle
 from bot.party import IdentityTaken, Party
 from bot.safety import clean_name
 

@@ -22,10 +22,12 @@ from fnmatch import fnmatchcase
 
 from bot.config import ApprovalSettings
 from bot.model import (
+    ApprovalOutcome,
     ApprovalRequested,
     ApprovalResolved,
     Author,
     CommandResult,
+    Decider,
     Decision,
     PartyEvent,
     Role,
@@ -43,6 +45,15 @@ _DETAIL_CHARS = 1500
 _DIFF_CONTEXT = 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """How a waiting request was settled before its timeout, and by whom."""
+
+    outcome: ApprovalOutcome
+    text: str  # one line for the thread: "allowed by alice"
+    deciders: tuple[Decider, ...]
+
+
 @dataclass(slots=True, eq=False)
 class _Waiting:
     """One request waiting for decisions."""
@@ -52,7 +63,7 @@ class _Waiting:
     needs_quorum: bool
     allowers: dict[tuple[str, str], str] = field(default_factory=dict)
     always: bool = False
-    outcome: asyncio.Future[tuple[str, str, list[dict[str, str]]]] = field(
+    outcome: asyncio.Future[_Settled] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -180,7 +191,7 @@ class Approvals:
             self._party, batch_id, call.tool, input_json, rule, needed
         )
         if rule in self._rules and not quorum:
-            await self._store.close_approval(approval_id, "always_rule", [])
+            await self._store.close_approval(approval_id, ApprovalOutcome.ALWAYS_RULE, [])
             log.info("tool call allowed by the rule %s", rule, extra={"party": self._party})
             return True, ""
         summary, detail = describe_call(call)
@@ -199,19 +210,22 @@ class Approvals:
         self._publish(request)
         try:
             async with asyncio.timeout(self._settings.timeout_s):
-                outcome, text, deciders = await asyncio.shield(waiting.outcome)
+                settled = await asyncio.shield(waiting.outcome)
         except TimeoutError:
-            outcome = "timed_out"
-            text = f"no decision in {self._settings.timeout_s:g} s: denied"
-            deciders = self._deciders(waiting, [])
+            settled = _Settled(
+                ApprovalOutcome.TIMED_OUT,
+                f"no decision in {self._settings.timeout_s:g} s: denied",
+                self._deciders(waiting),
+            )
         finally:
             self._waiting.pop(approval_id, None)
-        allowed = outcome == "allowed"
+        text = settled.text
+        allowed = settled.outcome is ApprovalOutcome.ALLOWED
         if allowed and waiting.always and not quorum:
             self._rules.add(rule)
-            await self._store.add_approval_rule(self._party, rule, deciders[-1]["name"])
+            await self._store.add_approval_rule(self._party, rule, settled.deciders[-1].name)
             text += f"; {rule} is allowed from now on"
-        await self._store.close_approval(approval_id, outcome, deciders)
+        await self._store.close_approval(approval_id, settled.outcome, settled.deciders)
         self._publish(ApprovalResolved(approval_id, batch_id, allowed, text))
         log.info("approval %d: %s", approval_id, text, extra={"party": self._party})
         return allowed, "" if allowed else f"The team did not allow this from chat ({text})."
@@ -231,8 +245,11 @@ class Approvals:
             )
         key = (author.platform, author.user_id)
         if decision is Decision.DENY:
-            deciders = self._deciders(waiting, [(key, author.name, "deny")])
-            waiting.outcome.set_result(("denied", f"denied by {author.name}", deciders))
+            denier = Decider(author.platform, author.user_id, author.name, Decision.DENY)
+            deciders = self._deciders(waiting, denier)
+            waiting.outcome.set_result(
+                _Settled(ApprovalOutcome.DENIED, f"denied by {author.name}", deciders)
+            )
             return CommandResult("approve", True, f"denied approval {approval_id}")
         if key in waiting.allowers:
             return CommandResult(
@@ -249,29 +266,28 @@ class Approvals:
                 "approve", True, f"counted: {have} of {needed} approvals for approval {approval_id}"
             )
         names = ", ".join(waiting.allowers.values())
-        waiting.outcome.set_result(("allowed", f"allowed by {names}", self._deciders(waiting, [])))
+        waiting.outcome.set_result(
+            _Settled(ApprovalOutcome.ALLOWED, f"allowed by {names}", self._deciders(waiting))
+        )
         return CommandResult("approve", True, f"allowed approval {approval_id}")
 
     def cancel_all(self, reason: str) -> None:
         """Deny every waiting request (the turn is being interrupted)."""
         for waiting in list(self._waiting.values()):
             if not waiting.outcome.done():
-                waiting.outcome.set_result(("cancelled", reason, self._deciders(waiting, [])))
+                waiting.outcome.set_result(
+                    _Settled(ApprovalOutcome.CANCELLED, reason, self._deciders(waiting))
+                )
 
     @staticmethod
-    def _deciders(
-        waiting: _Waiting, denial: list[tuple[tuple[str, str], str, str]]
-    ) -> list[dict[str, str]]:
-        decision = "always" if waiting.always else "allow"
-        rows = [
-            {"platform": p, "user_id": u, "name": name, "decision": decision}
-            for (p, u), name in waiting.allowers.items()
-        ]
-        rows += [
-            {"platform": p, "user_id": u, "name": name, "decision": what}
-            for (p, u), name, what in denial
-        ]
-        return rows
+    def _deciders(waiting: _Waiting, denier: Decider | None = None) -> tuple[Decider, ...]:
+        """Who allowed so far (each with "always" once anyone chose it), then who denied."""
+        decision = Decision.ALWAYS if waiting.always else Decision.ALLOW
+        allowers = tuple(
+            Decider(platform, user_id, name, decision)
+            for (platform, user_id), name in waiting.allowers.items()
+        )
+        return allowers if denier is None else (*allowers, denier)
 
     def _safe(self, text: str) -> str:
         return self._redactor.redact(strip_controls(text))

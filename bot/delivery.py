@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bot.pace import Backoff, Jitter
 from bot.ports import AdapterError, MessageSink, Outbox, OutboxEntry
 
 __all__ = ["DeliveryPolicy", "call_with_retry", "redeliver", "timed_out"]
@@ -29,14 +29,15 @@ class DeliveryPolicy:
 
     A failure that names ``retry_after`` waits exactly that long; any other retryable failure
     (or a missed deadline) backs off exponentially from ``backoff_base_s`` up to
-    ``backoff_cap_s``, with jitter. After ``max_attempts`` consecutive failures the last error
-    is raised.
+    ``backoff_cap_s``, with equal jitter (at least half of each step). After ``max_attempts``
+    consecutive failures the last error is raised.
     """
 
     max_attempts: int = 6
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     call_timeout_s: float = 30.0
+    _backoff: Backoff = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -45,13 +46,16 @@ class DeliveryPolicy:
             raise ValueError("backoff_base_s must be > 0 and <= backoff_cap_s")
         if self.call_timeout_s <= 0:
             raise ValueError(f"call_timeout_s must be > 0, got {self.call_timeout_s}")
+        # Only its stateless `delay_for` is used: one policy serves many streams and relays,
+        # each counting its own failures.
+        backoff = Backoff(self.backoff_base_s, self.backoff_cap_s, jitter=Jitter.EQUAL)
+        object.__setattr__(self, "_backoff", backoff)
 
     def retry_delay_s(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after the ``attempt``-th consecutive failure (1-based)."""
         if retry_after is not None:
             return max(0.0, retry_after)
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** (attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+        return self._backoff.delay_for(attempt)
 
 
 def timed_out(what: str, policy: DeliveryPolicy, exc: TimeoutError) -> AdapterError:

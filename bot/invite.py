@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from bot.model import Role
 from bot.store import Store
 
-__all__ = ["AttemptThrottle", "InviteBook", "Invites", "invite_url"]
+__all__ = ["InviteBook", "Invites", "invite_url"]
 
 log = logging.getLogger(__name__)
 
@@ -114,39 +113,3 @@ class InviteBook:
             json.dump(data, file)
         os.chmod(tmp, 0o600)
         os.replace(tmp, self._path)
-
-
-class AttemptThrottle:
-    """Slows down repeated bad tokens from one source: 0 s, then doubling up to a cap.
-
-    Guessing a 256-bit token is hopeless anyway; this keeps a misbehaving client from
-    hammering the store and the log.
-    """
-
-    def __init__(
-        self,
-        *,
-        first_delay_s: float = 0.25,
-        max_delay_s: float = 10.0,
-        forget_after_s: float = 600.0,
-    ):
-        self._first = first_delay_s
-        self._max = max_delay_s
-        self._forget = forget_after_s
-        self._failures: dict[str, tuple[int, float]] = {}
-
-    def delay_s(self, source: str) -> float:
-        count, last = self._failures.get(source, (0, 0.0))
-        if not count or time.monotonic() - last > self._forget:
-            return 0.0
-        return float(min(self._max, self._first * 2 ** (count - 1)))
-
-    def failed(self, source: str) -> None:
-        count, _ = self._failures.get(source, (0, 0.0))
-        self._failures[source] = (count + 1, time.monotonic())
-        if len(self._failures) > 10_000:  # bound memory under a spray of sources
-            oldest = min(self._failures, key=lambda s: self._failures[s][1])
-            del self._failures[oldest]
-
-    def succeeded(self, source: str) -> None:
-        self._failures.pop(source, None)

@@ -12,14 +12,17 @@ from typing import Protocol
 
 __all__ = [
     "Accepted",
+    "ApprovalOutcome",
     "ApprovalRequested",
     "ApprovalResolved",
     "Author",
     "Batch",
     "BatchDone",
     "BatchStarted",
+    "BatchState",
     "Command",
     "CommandResult",
+    "Decider",
     "Decision",
     "Listener",
     "MergeGroup",
@@ -31,6 +34,7 @@ __all__ = [
     "RejectKind",
     "Rejected",
     "Role",
+    "ShellOutcome",
     "SourcePrompt",
     "Submission",
     "TurnStatus",
@@ -45,6 +49,17 @@ class PromptState(enum.StrEnum):
     SENT = "sent"
     DONE = "done"
     FAILED = "failed"
+
+
+class BatchState(enum.StrEnum):
+    """A batch's life in the store: merged, sent to Claude, then finished one way or the other.
+
+    Stored as this text; a batch still `BATCHED` or `SENT` after a crash is run again."""
+
+    BATCHED = "batched"
+    SENT = "sent"
+    DONE = "done"  # its turn succeeded or was interrupted
+    FAILED = "failed"  # its turn ended in an error
 
 
 class TurnStatus(enum.StrEnum):
@@ -76,6 +91,26 @@ class Decision(enum.StrEnum):
     DENY = "deny"
 
 
+class ApprovalOutcome(enum.StrEnum):
+    """How a tool-use request ended, as the audit trail stores it."""
+
+    ALLOWED = "allowed"  # enough approvers allowed it
+    DENIED = "denied"  # one approver denied it
+    TIMED_OUT = "timed_out"  # nobody decided within approvals.timeout_s: denied
+    CANCELLED = "cancelled"  # the turn was cancelled or Claude restarted: denied
+    ALWAYS_RULE = "always_rule"  # a standing "always" rule allowed it without asking
+    ABANDONED = "abandoned"  # the bot stopped while it waited
+
+
+class ShellOutcome(enum.StrEnum):
+    """How a `/concordia shell` run ended, as the store records it."""
+
+    EXITED = "exited"  # the command ended by itself (any exit status)
+    TIMED_OUT = "timed_out"  # killed at shell.timeout_s
+    CANCELLED = "cancelled"  # stopped by `cancel`, or its caller went away
+    FAILED = "failed"  # it could not be started
+
+
 @dataclass(frozen=True, slots=True)
 class Author:
     """Who sent something: a platform name plus that platform's opaque user id.
@@ -87,6 +122,16 @@ class Author:
     user_id: str
     name: str
     is_verified: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Decider:
+    """One participant's decision on a tool-use request, kept in the audit trail."""
+
+    platform: str
+    user_id: str
+    name: str
+    decision: Decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +173,11 @@ class CommandResult:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """The prompt is durably queued (or was already, when ``is_duplicate``)."""
+    """The prompt is durably queued (or was already, when ``is_duplicate``).
+
+    What `Store.add_prompt` returns and `Party.submit` answers. ``position`` is the prompt's
+    place among the party's pending prompts when it was stored (1: next); 0 for a duplicate.
+    """
 
     prompt_id: int
     position: int

@@ -3,29 +3,30 @@
 Only the runner task writes to Claude. Everyone else (adapters submitting prompts,
 commands such as cancel or restart) asks it through the store, its wake-up event and
 its control queue. Every accepted prompt is in SQLite before `submit` returns, and
-the runner resumes whatever a previous process left pending or in flight.
+the runner resumes whatever a previous process left pending or in flight. The
+/concordia commands are `bot.commands`; they reach the party only through the methods
+of `bot.commands.CommandTarget`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import assert_never
 
-from bot import ConcordiaError
+from bot import ConcordiaError, commands
 from bot.approvals import Approvals
+from bot.commands import Overview, ShellQueue
 from bot.config import Settings
-from bot.invite import AttemptThrottle, InviteBook
+from bot.invite import InviteBook
 from bot.merge import Merger
 from bot.metrics import Metrics
 from bot.model import (
-    Accepted,
     ApprovalRequested,
     Author,
     Batch,
@@ -46,7 +47,7 @@ from bot.model import (
     Submission,
     TurnStatus,
 )
-from bot.render import shell_output
+from bot.pace import AttemptThrottle, MemberPace
 from bot.safety import (
     ChatSafeStream,
     Redactor,
@@ -65,7 +66,7 @@ from bot.session import (
     ToolUse,
     TurnEnd,
 )
-from bot.shell import ShellDenied, ShellRunner
+from bot.shell import ShellRunner
 from bot.store import Participant, StaleSources, Store
 
 __all__ = ["Party"]
@@ -89,29 +90,6 @@ def _cleaned(author: Author) -> Author:
     return author if name == author.name else dataclasses.replace(author, name=name)
 
 
-class MemberPace:
-    """A token bucket per member: ``burst`` prompts at once, refilled at ``per_minute``.
-
-    Hand-written rather than a library's: the ones at hand keep timer threads per hit.
-    """
-
-    def __init__(self, *, burst: int, per_minute: float) -> None:
-        self.burst = burst
-        self.per_minute = per_minute
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # tokens, at
-
-    def take(self, member: tuple[str, str]) -> float:
-        """Spend one token; 0.0 if there was one, else the seconds until there is."""
-        now = time.monotonic()
-        tokens, at = self._buckets.get(member, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.per_minute / 60.0)
-        if tokens < 1.0:
-            self._buckets[member] = (tokens, now)
-            return (1.0 - tokens) * 60.0 / self.per_minute
-        self._buckets[member] = (tokens - 1.0, now)
-        return 0.0
-
-
 @dataclass(frozen=True, slots=True)
 class _Cancel:
     pass
@@ -123,33 +101,6 @@ class _Restart:
 
 
 _Control = _Cancel | _Restart
-
-
-@dataclass(slots=True, eq=False)
-class _ShellRequest:
-    """A checked shell command waiting for the runner, and where its answer goes."""
-
-    command: str
-    author: Author
-    answer: asyncio.Future[CommandResult]
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-_HOST_ONLY = frozenset({"invite", "restart", "new"})
-COMMANDS = (
-    "status",
-    "queue",
-    "cancel",
-    "shell",
-    "approve",
-    "approvals",
-    "leave",
-    "invite",
-    "restart",
-    "new",
-)
-_STATUS_SHELL_RUNS = 3
-_SHELL_OUTCOMES = {"exited": "exit", "timed_out": "timed out", "cancelled": "cancelled"}
 
 
 class Party:
@@ -189,12 +140,21 @@ class Party:
         self._controls: asyncio.Queue[_Control] = asyncio.Queue()
         self._running: Batch | None = None  # written by the runner only
         shell = settings.shell
-        self._shell = (
-            ShellRunner(
-                workdir=settings.claude.workdir,
-                timeout_s=shell.timeout_s,
-                max_output_chars=shell.max_output_chars,
-                allow=shell.allow,
+        self._shells = (
+            ShellQueue(
+                ShellRunner(
+                    workdir=settings.claude.workdir,
+                    timeout_s=shell.timeout_s,
+                    max_output_chars=shell.max_output_chars,
+                    allow=shell.allow,
+                ),
+                allowed_users=shell.allowed_users,
+                party=name,
+                store=store,
+                publish=self._publish,
+                chat_safe=self.chat_safe,
+                wake=self._wake,
+                busy_with=lambda: None if self._running is None else self._running.batch_id,
             )
             if shell.enabled
             else None
@@ -202,8 +162,6 @@ class Party:
         self._approvals = Approvals(
             settings.approvals, party=name, store=store, redactor=redactor, publish=self._publish
         )
-        self._shell_queue: collections.deque[_ShellRequest] = collections.deque()
-        self._shell_running: _ShellRequest | None = None  # written by the runner only
         self._last_turn_at: float | None = None
 
     async def load(self) -> None:
@@ -323,76 +281,29 @@ class Party:
                 f"the prompt has {len(text):,} characters; "
                 f"the limit is {limit:,} (party.max_prompt_chars)",
             )
-        prompt_id, position, is_duplicate = await self._store.add_prompt(self.name, prompt, text)
-        if is_duplicate:
+        accepted = await self._store.add_prompt(self.name, prompt, text)
+        if accepted.is_duplicate:
             self.metrics.prompts_duplicate += 1
         else:
             self.metrics.prompts_accepted += 1
             self._wake.set()
             log.debug(
                 "accepted prompt %d",
-                prompt_id,
-                extra={"party": self.name, "prompt_ids": [prompt_id]},
+                accepted.prompt_id,
+                extra={"party": self.name, "prompt_ids": [accepted.prompt_id]},
             )
-        return Accepted(prompt_id, position, is_duplicate)
+        return accepted
 
     def _reject(self, kind: RejectKind, reason: str) -> Rejected:
         self.metrics.prompts_rejected += 1
         return Rejected(reason, kind)
 
-    # -- commands ---------------------------------------------------------------------------
+    # -- commands (the table is bot.commands; what it may ask is below) -----------------
 
     async def command(self, command: Command) -> CommandResult:
         """Run a participant's command; the answer is one short text fit for chat."""
         command = dataclasses.replace(command, author=_cleaned(command.author))
-        role = self.role_of(command.author)
-        name = command.name
-        if role is None:
-            return CommandResult(name, False, "you have not joined this party")
-        if name in _HOST_ONLY and role is not Role.HOST:
-            return CommandResult(name, False, f"`{name}` is for the host only")
-        match name:
-            case "status":
-                return CommandResult(name, True, await self._status())
-            case "queue":
-                return CommandResult(name, True, await self._queue_text())
-            case "cancel":
-                return await self._cancel(command)
-            case "shell":
-                return await self._request_shell(command, role)
-            case "approve":
-                approval_id, _, decision = command.args.strip().partition(" ")
-                if not approval_id.isdigit() or decision.strip() not in set(Decision):
-                    return CommandResult(
-                        name, False, "usage: approve <approval id> allow|always|deny"
-                    )
-                return self._approvals.decide(
-                    int(approval_id), command.author, role, Decision(decision.strip())
-                )
-            case "approvals":
-                if command.args.strip() == "reset":
-                    if role is not Role.HOST:
-                        return CommandResult(name, False, "`approvals reset` is for the host only")
-                    cleared = await self._approvals.reset()
-                    return CommandResult(name, True, f"forgot {cleared} always-allow rule(s)")
-                rules = self._approvals.rules()
-                listed = "\n".join(f"  {r}" for r in rules) if rules else "  none"
-                return CommandResult(name, True, f"always allowed in this party:\n{listed}")
-            case "leave":
-                await self.leave(command.author)
-                return CommandResult(name, True, "you left the party")
-            case "invite":
-                return await self._invite(command.args)
-            case "restart" | "new":
-                fresh = name == "new"
-                self._controls.put_nowait(_Restart(fresh=fresh))
-                self._wake.set()
-                what = "a fresh Claude conversation" if fresh else "restarting Claude"
-                when = " after the running turn is interrupted" if self._running else ""
-                return CommandResult(name, True, f"{what}{when}")
-            case _:
-                known = ", ".join(COMMANDS)
-                return CommandResult(name, False, f"unknown command `{name}`; try one of: {known}")
+        return await commands.dispatch(self, command)
 
     def waiting_approvals(self) -> list[ApprovalRequested]:
         """The tool-use requests waiting for a decision, oldest first (for late joiners)."""
@@ -405,155 +316,65 @@ class Party:
             return CommandResult("approve", False, "you have not joined this party")
         return self._approvals.decide(approval_id, _cleaned(author), role, decision)
 
-    async def _cancel(self, command: Command) -> CommandResult:
-        """`cancel` interrupts the running turn (or, when idle, withdraws your newest
-        queued prompt); `cancel mine` always withdraws your newest queued prompt."""
-        running = self._running
-        if running is not None and command.args.strip() != "mine":
-            self._controls.put_nowait(_Cancel())
-            return CommandResult("cancel", True, f"interrupting batch {running.batch_id}")
-        shell = self._shell_running
-        if shell is not None and command.args.strip() != "mine":
-            shell.cancel.set()
-            return CommandResult("cancel", True, f"stopping {shell.author.name}'s shell command")
-        withdrawn = await self._store.withdraw_latest(
-            self.name, command.author.platform, command.author.user_id
-        )
-        if withdrawn is None:
-            return CommandResult("cancel", False, "nothing is running and you have nothing queued")
-        return CommandResult("cancel", True, f"withdrew your prompt #{withdrawn}")
+    # -- what a command may ask (bot.commands.CommandTarget) ------------------------------
 
-    async def _request_shell(self, command: Command, role: Role) -> CommandResult:
-        """Check a shell command and wait for the runner to run it between turns.
+    @property
+    def shells(self) -> ShellQueue | None:
+        """The shell command queue; None when the shell is off for this party."""
+        return self._shells
 
-        The answer (the fenced output) is public; everyone also gets a one-line notice.
-        """
-        if self._shell is None:
-            return CommandResult("shell", False, "the shell command is off for this party")
-        author = command.author
-        allowed = f"{author.platform}:{author.user_id}" in self._settings.shell.allowed_users
-        # A name the client chose (WebSocket) counts only with the host token.
-        if not allowed or (not author.is_verified and role is not Role.HOST):
-            return CommandResult("shell", False, "you may not run shell commands here")
-        try:
-            self._shell.check(command.args)
-        except ShellDenied as exc:
-            return CommandResult("shell", False, f"refused: {exc}")
-        request = _ShellRequest(
-            command.args.strip(), author, asyncio.get_running_loop().create_future()
+    async def overview(self) -> Overview:
+        """The party now, for `status` and `queue`."""
+        pending = tuple(await self._store.pending_prompts(self.name))
+        last = self._last_turn_at
+        return Overview(
+            running=self._running,
+            is_ready=self.session.ready.is_set(),
+            restarts=self.session.restarts,
+            pending=pending,
+            last_turn_age_s=None if last is None else time.monotonic() - last,
+            merger=self._merger.describe(),
+            participants=len(self._members),
+            metrics=tuple(self.metrics.lines()),
         )
-        self._shell_queue.append(request)
+
+    def approval_rules(self) -> list[str]:
+        """The party's standing "always" rules, sorted."""
+        return self._approvals.rules()
+
+    async def forget_approval_rules(self) -> int:
+        """Forget every "always" rule; returns how many there were."""
+        return await self._approvals.reset()
+
+    def interrupt_turn(self) -> int | None:
+        """Have the runner interrupt the running turn; its batch id, or None when idle."""
+        if self._running is None:
+            return None
+        self._controls.put_nowait(_Cancel())
+        return self._running.batch_id
+
+    async def withdraw_latest(self, author: Author) -> int | None:
+        """Withdraw ``author``'s newest queued prompt; its id, or None."""
+        return await self._store.withdraw_latest(self.name, author.platform, author.user_id)
+
+    def restart(self, *, fresh: bool) -> bool:
+        """Have the runner restart Claude (``fresh``: in a new conversation) between turns;
+        True when a running turn is interrupted first."""
+        self._controls.put_nowait(_Restart(fresh=fresh))
         self._wake.set()
-        if self._running is not None:
-            self._publish(
-                Notice(
-                    f"{author.name}'s shell command waits for batch {self._running.batch_id} to end"
-                )
-            )
-        try:
-            return await request.answer
-        except asyncio.CancelledError:
-            request.cancel.set()  # the caller is gone: do not start it, or stop it
-            raise
+        return self._running is not None
 
-    async def _run_shell_queue(self) -> None:
-        """Run the queued shell commands one by one; only ever between turns."""
-        while self._shell_queue:
-            request = self._shell_queue.popleft()
-            if request.answer.done() or request.cancel.is_set():
-                continue
-            self._shell_running = request
-            try:
-                request.answer.set_result(await self._run_shell(request))
-            finally:
-                self._shell_running = None
-                if not request.answer.done():  # the runner itself was cancelled
-                    request.answer.cancel()
-
-    async def _run_shell(self, request: _ShellRequest) -> CommandResult:
-        assert self._shell is not None
-        command, author = request.command, request.author
-        run_id = await self._store.start_shell_run(self.name, author, command)
-        shown = self.chat_safe(command)
-        log.info("%s runs a shell command", author.name, extra={"party": self.name})
-        try:
-            result = await self._shell.run(command, cancel=request.cancel)
-        except (ShellDenied, OSError) as exc:
-            await self._store.finish_shell_run(run_id, "failed", None, 0.0)
-            return CommandResult(
-                "shell", False, self.chat_safe(f"could not run `{command}`: {exc}")
-            )
-        outcome = "timed_out" if result.timed_out else "cancelled" if result.cancelled else "exited"
-        await self._store.finish_shell_run(run_id, outcome, result.exit_code, result.duration_s)
-        self._publish(Notice(f"{author.name} ran `{shown}` on the host: {result.summary}"))
-        text = shell_output(command, result.output, result.summary)
-        return CommandResult("shell", result.exit_code == 0, self.chat_safe(text), public=True)
+    async def invite_token(self, *, rotate: bool) -> str:
+        """The prompter invite token; ``rotate`` replaces it first (the old one stops working)."""
+        if not rotate:
+            return (await self._invites.ensure()).prompter
+        token = await self._invites.rotate(Role.PROMPTER)
+        self._redactor.add(token)
+        return token
 
     def chat_safe(self, text: str) -> str:
         """Text fit for chat: no controls, no configured secret, no mass ping."""
         return neutralize_mentions(self._redactor.redact(strip_controls(text)))
-
-    async def _invite(self, args: str) -> CommandResult:
-        if args.strip() == "rotate":
-            token = await self._invites.rotate(Role.PROMPTER)
-            self._redactor.add(token)
-            return CommandResult(
-                "invite", True, f"new invite token: {token} (the old one no longer works)"
-            )
-        tokens = await self._invites.ensure()
-        return CommandResult("invite", True, f"invite token: {tokens.prompter}")
-
-    async def _status(self) -> str:
-        session = self.session
-        pending = await self._store.pending_prompts(self.name)
-        state = f"running batch {self._running.batch_id}" if self._running else "idle"
-        if not session.ready.is_set():
-            state = "starting" if not session.restarts else "restarting"
-        if self._last_turn_at is None:
-            last = "no turn yet"
-        else:
-            last = f"last turn ended {time.monotonic() - self._last_turn_at:.0f} s ago"
-        lines = [
-            f"party {self.name}: Claude is {state}; {len(pending)} prompt(s) queued; {last}",
-            f"restarts: {session.restarts}; merger: {self._merger.describe()}; "
-            f"participants: {len(self._members)}",
-            *self.metrics.lines(),
-            *await self._shell_status(),
-            f"always allowed: {', '.join(self._approvals.rules()) or 'nothing'}",
-        ]
-        return "\n".join(lines)
-
-    async def _shell_status(self) -> list[str]:
-        if self._shell is None:
-            return ["shell: off"]
-        runs = await self._store.recent_shell_runs(self.name, _STATUS_SHELL_RUNS)
-        if not runs:
-            return ["shell: on; no command run yet"]
-        lines = ["last shell commands:"]
-        for run in runs:
-            if run.outcome is None:
-                ended = "never finished"
-            elif run.outcome == "failed":
-                ended = "could not start"
-            else:
-                ended = f"{_SHELL_OUTCOMES[run.outcome]} {run.exit_code} in {run.duration_s:.1f} s"
-            lines.append(
-                f"  {run.started_at[:19]} {run.name}: `{self.chat_safe(run.command)[:80]}` {ended}"
-            )
-        return lines
-
-    async def _queue_text(self) -> str:
-        pending = await self._store.pending_prompts(self.name)
-        lines = []
-        if self._running:
-            lines.append(
-                f"running: batch {self._running.batch_id} for {', '.join(self._running.authors)}"
-            )
-        if not pending:
-            lines.append("nobody is waiting")
-        for source in pending:
-            lines.append(f"#{source.prompt_id} {source.author}: {_preview(source.text)}")
-        return "\n".join(lines)
 
     # -- the runner -------------------------------------------------------------------------
 
@@ -596,7 +417,8 @@ class Party:
     async def _between_turns(self) -> None:
         """What waits for Claude to be idle: controls, then shell commands."""
         await self._apply_controls()
-        await self._run_shell_queue()
+        if self._shells is not None:
+            await self._shells.run_queued()
 
     async def _apply_controls(self) -> None:
         while not self._controls.empty():
@@ -770,8 +592,3 @@ class Party:
     async def _remember_session(self) -> None:
         if self.session.session_id:
             await self._store.set_session_id(self.name, self.session.session_id)
-
-
-def _preview(text: str, limit: int = 80) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bot import ConcordiaError
+from bot.model import ShellOutcome
 from bot.safety import strip_controls
 
 __all__ = [
@@ -127,6 +128,13 @@ class ShellResult:
     timeout_s: float
     timed_out: bool
     cancelled: bool
+
+    @property
+    def outcome(self) -> ShellOutcome:
+        """How it ended, as the store records it (never `ShellOutcome.FAILED`: it ran)."""
+        if self.timed_out:
+            return ShellOutcome.TIMED_OUT
+        return ShellOutcome.CANCELLED if self.cancelled else ShellOutcome.EXITED
 
     @property
     def summary(self) -> str:

@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -29,12 +29,17 @@ import aiosqlite
 
 from bot import ConcordiaError
 from bot.model import (
+    Accepted,
+    ApprovalOutcome,
     Author,
     Batch,
+    BatchState,
+    Decider,
     MergeGroup,
     Prompt,
     PromptState,
     Role,
+    ShellOutcome,
     SourcePrompt,
     TurnStatus,
 )
@@ -63,6 +68,8 @@ _TRANSITIONS: dict[PromptState, frozenset[PromptState]] = {
     PromptState.DONE: frozenset(),
     PromptState.FAILED: frozenset(),
 }
+# A batch in one of these was merged or sent but never finished: recovery runs it again.
+_OPEN_BATCH = (BatchState.BATCHED.value, BatchState.SENT.value)
 
 
 class StoreError(ConcordiaError):
@@ -89,7 +96,7 @@ class ShellRun:
     name: str
     command: str
     started_at: str
-    outcome: str | None
+    outcome: ShellOutcome | None
     exit_code: int | None
     duration_s: float | None
 
@@ -123,7 +130,7 @@ class _PendingInsert:
     party: str
     prompt: Prompt
     text: str
-    done: asyncio.Future[tuple[int, int, bool]]
+    done: asyncio.Future[Accepted]
 
 
 class Store:
@@ -395,14 +402,14 @@ class Store:
 
     # -- prompts ------------------------------------------------------------------------
 
-    async def add_prompt(self, party: str, prompt: Prompt, text: str) -> tuple[int, int, bool]:
-        """Durably record an accepted prompt; return (prompt_id, queue position, is_duplicate).
+    async def add_prompt(self, party: str, prompt: Prompt, text: str) -> Accepted:
+        """Durably record an accepted prompt: its id, its queue position, whether it was known.
 
         Returns once the row is committed. A prompt whose ``source_id`` is already known
         is not written again: the earlier id comes back with ``is_duplicate`` True and
         position 0.
         """
-        done: asyncio.Future[tuple[int, int, bool]] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._inserts.put_nowait(_PendingInsert(party, prompt, text, done))
         return await done
 
@@ -424,7 +431,7 @@ class Store:
                 if not item.done.done():
                     item.done.set_result(result)
 
-    async def _insert_group(self, group: list[_PendingInsert]) -> list[tuple[int, int, bool]]:
+    async def _insert_group(self, group: list[_PendingInsert]) -> list[Accepted]:
         """Write a group in a handful of calls whatever its size: a thread hop per prompt
         would cap intake at a few thousand prompts a second."""
         now = _now()
@@ -463,10 +470,10 @@ class Store:
         for item in group:
             key = (item.party, item.prompt.source_id)
             if key in existed or item not in fresh:
-                results.append((known[key], 0, True))
+                results.append(Accepted(known[key], 0, is_duplicate=True))
                 continue
             positions[item.party] += 1
-            results.append((known[key], positions[item.party], False))
+            results.append(Accepted(known[key], positions[item.party]))
         for party, count in positions.items():
             self._pending[party] = count
         return results
@@ -554,8 +561,8 @@ class Store:
             await self._advance(db, ids, PromptState.BATCHED)
             async with db.execute(
                 "INSERT INTO batches (party, prompt, groups_json, state, created_at)"
-                " VALUES (?, ?, ?, 'batched', ?) RETURNING id",
-                (party, prompt, _groups_json(groups), _now()),
+                " VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (party, prompt, _groups_json(groups), BatchState.BATCHED.value, _now()),
             ) as cur:
                 row = await cur.fetchone()
             assert row is not None
@@ -570,9 +577,9 @@ class Store:
         """Record that the batch is about to reach Claude; returns it with its attempt number."""
         async with self._transaction() as db:
             async with db.execute(
-                "UPDATE batches SET state = 'sent', attempts = attempts + 1 WHERE id = ?"
-                " AND state IN ('batched', 'sent') RETURNING attempts",
-                (batch.batch_id,),
+                "UPDATE batches SET state = ?, attempts = attempts + 1 WHERE id = ?"
+                " AND state IN (?, ?) RETURNING attempts",
+                (BatchState.SENT.value, batch.batch_id, *_OPEN_BATCH),
             ) as cur:
                 row = await cur.fetchone()
             if row is None:
@@ -599,26 +606,30 @@ class Store:
         return int(row[0])
 
     async def close_approval(
-        self, approval_id: int, outcome: str, deciders: Sequence[Mapping[str, str]]
+        self, approval_id: int, outcome: ApprovalOutcome, deciders: Sequence[Decider]
     ) -> None:
-        """Record how an approval ended and who decided (the audit trail)."""
+        """Record how an approval ended and who decided (the audit trail).
+
+        ``deciders`` are stored as JSON objects with the fields of `Decider`."""
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE approvals SET outcome = ?, deciders = ?, decided_at = ? WHERE id = ?",
-                (outcome, json.dumps(list(deciders)), _now(), approval_id),
+                (str(outcome), json.dumps(list(deciders), default=asdict), _now(), approval_id),
             )
 
     async def abandon_open_approvals(self, party: str) -> int:
         """Close approvals left open by a bot that died while they waited."""
         async with self._transaction() as db:
             cur = await db.execute(
-                "UPDATE approvals SET outcome = 'abandoned', decided_at = ?"
+                "UPDATE approvals SET outcome = ?, decided_at = ?"
                 " WHERE party = ? AND outcome IS NULL",
-                (_now(), party),
+                (ApprovalOutcome.ABANDONED.value, _now(), party),
             )
             return cur.rowcount
 
-    async def approval_outcomes(self, party: str) -> list[tuple[int, str, str | None, str]]:
+    async def approval_outcomes(
+        self, party: str
+    ) -> list[tuple[int, str, ApprovalOutcome | None, str]]:
         """(id, tool, outcome, deciders JSON) of every approval of the party, oldest first."""
         async with self.db.execute(
             "SELECT id, tool, outcome, COALESCE(deciders, '[]') FROM approvals"
@@ -626,7 +637,10 @@ class Store:
             (party,),
         ) as cur:
             rows = await cur.fetchall()
-        return [(int(i), str(t), None if o is None else str(o), str(d)) for i, t, o, d in rows]
+        return [
+            (int(i), str(t), None if o is None else ApprovalOutcome(o), str(d))
+            for i, t, o, d in rows
+        ]
 
     async def approval_rules(self, party: str) -> list[str]:
         async with self.db.execute(
@@ -664,13 +678,13 @@ class Store:
         return int(row[0])
 
     async def finish_shell_run(
-        self, run_id: int, outcome: str, exit_code: int | None, duration_s: float
+        self, run_id: int, outcome: ShellOutcome, exit_code: int | None, duration_s: float
     ) -> None:
-        """Record how run ``run_id`` ended: exited, timed_out, cancelled or failed."""
+        """Record how run ``run_id`` ended."""
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE shell_runs SET outcome = ?, exit_code = ?, duration_s = ? WHERE id = ?",
-                (outcome, exit_code, duration_s, run_id),
+                (str(outcome), exit_code, duration_s, run_id),
             )
 
     async def recent_shell_runs(self, party: str, limit: int) -> list[ShellRun]:
@@ -687,7 +701,7 @@ class Store:
                 name=str(r[1]),
                 command=str(r[2]),
                 started_at=str(r[3]),
-                outcome=None if r[4] is None else str(r[4]),
+                outcome=None if r[4] is None else ShellOutcome(r[4]),
                 exit_code=None if r[5] is None else int(r[5]),
                 duration_s=None if r[6] is None else float(r[6]),
             )
@@ -696,13 +710,14 @@ class Store:
 
     async def finish_batch(self, batch_id: int, status: TurnStatus, detail: str = "") -> None:
         """Close the batch: its prompts become done (success, interrupted) or failed (error)."""
-        final = PromptState.FAILED if status is TurnStatus.ERROR else PromptState.DONE
+        is_error = status is TurnStatus.ERROR
+        final = PromptState.FAILED if is_error else PromptState.DONE
         async with self._transaction() as db:
             await db.execute(
                 "UPDATE batches SET state = ?, status = ?, detail = ?, finished_at = ?"
                 " WHERE id = ?",
                 (
-                    "failed" if final is PromptState.FAILED else "done",
+                    (BatchState.FAILED if is_error else BatchState.DONE).value,
                     status.value,
                     detail,
                     _now(),
@@ -717,8 +732,8 @@ class Store:
         """Batches merged or sent but never finished, oldest first (for recovery)."""
         async with self.db.execute(
             "SELECT id, prompt, groups_json, state, attempts FROM batches"
-            " WHERE party = ? AND state IN ('batched', 'sent') ORDER BY id",
-            (party,),
+            " WHERE party = ? AND state IN (?, ?) ORDER BY id",
+            (party, *_OPEN_BATCH),
         ) as cur:
             rows = await cur.fetchall()
         found = []
@@ -739,7 +754,7 @@ class Store:
                 _groups_from_json(str(groups_json)),
                 int(attempts),
             )
-            found.append(OpenBatch(batch, was_sent=state == "sent"))
+            found.append(OpenBatch(batch, was_sent=BatchState(state) is BatchState.SENT))
         return found
 
     async def last_finished_at(self, party: str) -> str | None:

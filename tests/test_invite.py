@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.invite import AttemptThrottle, InviteBook, invite_url
+from bot.invite import InviteBook, invite_url
 from bot.model import Role
 from bot.store import Store
 
@@ -50,19 +50,6 @@ async def test_a_token_file_without_its_hash_is_minted_afresh(store: Store, tmp_
     tokens = await InviteBook(store, "p", path).ensure()
     assert tokens.prompter != "stale"
     assert await store.check_invite("p", "stale") is None
-
-
-def test_bad_attempts_slow_down_then_reset_on_success() -> None:
-    throttle = AttemptThrottle(first_delay_s=0.25, max_delay_s=1.0)
-    assert throttle.delay_s("1.2.3.4") == 0
-    delays = []
-    for _ in range(5):
-        throttle.failed("1.2.3.4")
-        delays.append(throttle.delay_s("1.2.3.4"))
-    assert delays == [0.25, 0.5, 1.0, 1.0, 1.0]
-    assert throttle.delay_s("5.6.7.8") == 0, "other sources are not slowed"
-    throttle.succeeded("1.2.3.4")
-    assert throttle.delay_s("1.2.3.4") == 0
 
 
 def test_invite_url_brackets_ipv6() -> None:

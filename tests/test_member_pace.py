@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from bot import party
-from bot.party import MemberPace
+from bot import pace
+from bot.pace import MemberPace
 
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     now = [1000.0]
-    monkeypatch.setattr(party.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(pace.time, "monotonic", lambda: now[0])
     return now
 
 

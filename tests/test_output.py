@@ -548,6 +548,28 @@ async def test_retries_stop_after_max_attempts():
     assert sink.texts(THREAD) == []
 
 
+def test_the_platforms_retry_after_is_waited_exactly():
+    policy = DeliveryPolicy(backoff_base_s=0.5, backoff_cap_s=30.0)
+    assert policy.retry_delay_s(1, 2.5) == 2.5
+    assert policy.retry_delay_s(6, 0.0) == 0.0
+    assert policy.retry_delay_s(2, -1.0) == 0.0
+
+
+def test_other_failures_back_off_with_equal_jitter_up_to_the_cap():
+    policy = DeliveryPolicy(backoff_base_s=0.5, backoff_cap_s=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 4.0), (40, 4.0)]:
+        delays = [policy.retry_delay_s(attempt, None) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays), (attempt, delays)
+        assert len(set(delays)) > 1, "no jitter"
+
+
+def test_a_policy_that_cannot_work_is_refused():
+    with pytest.raises(ValueError, match="backoff_base_s"):
+        DeliveryPolicy(backoff_base_s=2.0, backoff_cap_s=1.0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        DeliveryPolicy(max_attempts=0)
+
+
 async def test_a_call_past_its_deadline_is_retried():
     outbox = MemoryOutbox()
     sink = FakeSink(outbox=outbox)

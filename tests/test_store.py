@@ -14,7 +14,21 @@ from typing import Any
 
 import pytest
 
-from bot.model import Author, Batch, MergeGroup, Prompt, PromptState, Role, SourcePrompt, TurnStatus
+from bot.model import (
+    Accepted,
+    ApprovalOutcome,
+    Author,
+    Batch,
+    Decider,
+    Decision,
+    MergeGroup,
+    Prompt,
+    PromptState,
+    Role,
+    ShellOutcome,
+    SourcePrompt,
+    TurnStatus,
+)
 from bot.store import Participant, StaleSources, Store, StoreError, hash_token
 
 PARTY = "p1"
@@ -154,12 +168,12 @@ async def test_add_prompt_returns_id_position_and_duplicate_flag(
     second = await store.add_prompt(PARTY, _prompt("m2", BOB), "two")
     again = await store.add_prompt(PARTY, _prompt("m1"), "one, redelivered")
 
-    assert first[1:] == (1, False)
-    assert second[1:] == (2, False)
-    assert second[0] != first[0]
-    assert again == (first[0], 0, True)
+    assert (first.position, first.is_duplicate) == (1, False)
+    assert (second.position, second.is_duplicate) == (2, False)
+    assert second.prompt_id != first.prompt_id
+    assert again == Accepted(first.prompt_id, 0, True)
     rows = _query(db_path, "SELECT id, text FROM prompts WHERE source_id = 'm1'")
-    assert rows == [(first[0], "one")]
+    assert rows == [(first.prompt_id, "one")]
     assert _query(db_path, "SELECT COUNT(*) FROM prompts") == [(2,)]
 
 
@@ -168,8 +182,8 @@ async def test_same_source_id_in_one_group_is_written_once(store: Store, db_path
         store.add_prompt(PARTY, _prompt("same"), "a"),
         store.add_prompt(PARTY, _prompt("same"), "a"),
     )
-    assert results[0][0] == results[1][0]
-    assert sorted(r[2] for r in results) == [False, True]
+    assert results[0].prompt_id == results[1].prompt_id
+    assert sorted(r.is_duplicate for r in results) == [False, True]
     assert _query(db_path, "SELECT COUNT(*) FROM prompts") == [(1,)]
 
 
@@ -177,8 +191,8 @@ async def test_source_ids_are_per_party(store: Store) -> None:
     await store.ensure_party("p2")
     a = await store.add_prompt(PARTY, _prompt("m1"), "x")
     b = await store.add_prompt("p2", _prompt("m1"), "x")
-    assert a[0] != b[0]
-    assert (a[1:], b[1:]) == ((1, False), (1, False))
+    assert a.prompt_id != b.prompt_id
+    assert ((a.position, a.is_duplicate), (b.position, b.is_duplicate)) == ((1, False), (1, False))
 
 
 async def test_burst_of_prompts_is_group_committed(
@@ -187,7 +201,7 @@ async def test_burst_of_prompts_is_group_committed(
     group_sizes: list[int] = []
     insert_group = Store._insert_group
 
-    async def recording(self: Store, group: list[Any]) -> list[tuple[int, int, bool]]:
+    async def recording(self: Store, group: list[Any]) -> list[Accepted]:
         group_sizes.append(len(group))
         return await insert_group(self, group)
 
@@ -202,12 +216,12 @@ async def test_burst_of_prompts_is_group_committed(
         )
     )
 
-    ids = [r[0] for r in results]
+    ids = [r.prompt_id for r in results]
     assert len(set(ids)) == 500
-    assert sorted(r[1] for r in results) == list(range(3, 503))
-    assert not any(r[2] for r in results)
+    assert sorted(r.position for r in results) == list(range(3, 503))
+    assert not any(r.is_duplicate for r in results)
     # Within a commit the positions follow the order the prompts were accepted in.
-    assert [r[1] for r in results] == sorted(r[1] for r in results)
+    assert [r.position for r in results] == sorted(r.position for r in results)
     assert _query(db_path, "SELECT COUNT(*) FROM prompts") == [(502,)]
     assert group_sizes[:2] == [1, 1]
     assert len(group_sizes) < 502, "the burst was written one commit per prompt"
@@ -219,8 +233,8 @@ async def test_redelivered_burst_comes_back_as_duplicates(store: Store, db_path:
     first = await asyncio.gather(*(store.add_prompt(PARTY, p, "x") for p in prompts))
     again = await asyncio.gather(*(store.add_prompt(PARTY, p, "x") for p in prompts))
 
-    assert sorted(r[1] for r in first) == list(range(1, 1201))
-    assert again == [(r[0], 0, True) for r in first]
+    assert sorted(r.position for r in first) == list(range(1, 1201))
+    assert again == [Accepted(r.prompt_id, 0, True) for r in first]
     assert _query(db_path, "SELECT COUNT(*) FROM prompts") == [(1200,)]
 
 
@@ -229,7 +243,7 @@ async def test_position_counts_only_pending_prompts(store: Store) -> None:
     await store.add_prompt(PARTY, _prompt("m2"), "x")
     await _batch_all(store)
 
-    _, position, _ = await store.add_prompt(PARTY, _prompt("m3"), "x")
+    position = (await store.add_prompt(PARTY, _prompt("m3"), "x")).position
     assert position == 1
 
 
@@ -237,15 +251,16 @@ async def test_prompt_for_an_unknown_party_fails(store: Store) -> None:
     with pytest.raises(StoreError, match="could not store the prompt"):
         await store.add_prompt("no-such-party", _prompt("m1"), "x")
     # The writer survives and takes the next prompt.
-    assert (await store.add_prompt(PARTY, _prompt("m2"), "x"))[1:] == (1, False)
+    accepted = await store.add_prompt(PARTY, _prompt("m2"), "x")
+    assert (accepted.position, accepted.is_duplicate) == (1, False)
 
 
 # --------------------------------------------------------------------------- prompt states
 
 
 async def test_batch_lifecycle_success(store: Store, db_path: Path) -> None:
-    pid1, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "one")
-    pid2, _, _ = await store.add_prompt(PARTY, _prompt("m2", BOB), "two")
+    pid1 = (await store.add_prompt(PARTY, _prompt("m1"), "one")).prompt_id
+    pid2 = (await store.add_prompt(PARTY, _prompt("m2", BOB), "two")).prompt_id
 
     sources, batch = await _batch_all(store)
     assert batch.attempt == 1
@@ -294,7 +309,7 @@ async def test_finish_batch_outcomes(
     prompt_state: PromptState,
     batch_state: str,
 ) -> None:
-    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
+    pid = (await store.add_prompt(PARTY, _prompt("m1"), "x")).prompt_id
     _, batch = await _batch_all(store)
     await store.mark_sent(batch)
 
@@ -308,7 +323,7 @@ async def test_finish_batch_outcomes(
 
 
 async def test_mark_sent_after_finish_is_refused(store: Store) -> None:
-    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
+    pid = (await store.add_prompt(PARTY, _prompt("m1"), "x")).prompt_id
     _, batch = await _batch_all(store)
     batch = await store.mark_sent(batch)
     await store.finish_batch(batch.batch_id, TurnStatus.SUCCESS)
@@ -319,7 +334,7 @@ async def test_mark_sent_after_finish_is_refused(store: Store) -> None:
 
 
 async def test_finishing_twice_is_refused_and_changes_nothing(store: Store, db_path: Path) -> None:
-    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
+    pid = (await store.add_prompt(PARTY, _prompt("m1"), "x")).prompt_id
     _, batch = await _batch_all(store)
     await store.mark_sent(batch)
     await store.finish_batch(batch.batch_id, TurnStatus.SUCCESS, "first")
@@ -334,7 +349,7 @@ async def test_finishing_twice_is_refused_and_changes_nothing(store: Store, db_p
 
 
 async def test_batching_an_already_batched_prompt_is_refused(store: Store, db_path: Path) -> None:
-    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
+    pid = (await store.add_prompt(PARTY, _prompt("m1"), "x")).prompt_id
     sources, _ = await _batch_all(store)
 
     with pytest.raises(StaleSources, match="no longer pending"):
@@ -348,8 +363,8 @@ async def test_create_batch_refuses_sources_withdrawn_while_merging(
 ) -> None:
     # The merged text would still carry the withdrawn prompt: nothing is written and the
     # caller merges again from what is still pending.
-    kept, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "keep me")
-    gone, _, _ = await store.add_prompt(PARTY, _prompt("m2", BOB), "withdraw me")
+    kept = (await store.add_prompt(PARTY, _prompt("m1"), "keep me")).prompt_id
+    gone = (await store.add_prompt(PARTY, _prompt("m2", BOB), "withdraw me")).prompt_id
     sources = await store.pending_prompts(PARTY)
     assert await store.withdraw_latest(PARTY, BOB.platform, BOB.user_id) == gone
 
@@ -367,7 +382,7 @@ async def test_create_batch_refuses_sources_withdrawn_while_merging(
 async def test_create_batch_with_every_source_withdrawn_is_refused(
     store: Store, db_path: Path
 ) -> None:
-    gone, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "x")
+    gone = (await store.add_prompt(PARTY, _prompt("m1"), "x")).prompt_id
     sources = await store.pending_prompts(PARTY)
     assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) == gone
 
@@ -383,6 +398,37 @@ async def test_create_batch_with_no_sources_is_refused(store: Store, db_path: Pa
     assert _query(db_path, "SELECT COUNT(*) FROM batches") == [(0,)]
 
 
+async def test_batch_states_are_stored_as_their_text(store: Store, db_path: Path) -> None:
+    await store.add_prompt(PARTY, _prompt("m1"), "x")
+    _, batch = await _batch_all(store)
+    assert _query(db_path, "SELECT state FROM batches") == [("batched",)]
+    await store.mark_sent(batch)
+    assert _query(db_path, "SELECT state FROM batches") == [("sent",)]
+
+
+async def test_a_batch_left_sent_by_an_older_bot_is_recovered(db_path: Path) -> None:
+    async with Store(db_path) as store:
+        await store.ensure_party(PARTY)
+        pid = (await store.add_prompt(PARTY, _prompt("m1"), "x")).prompt_id
+    # What a bot that died mid-turn left behind, written as plain SQL text.
+    conn = sqlite3.connect(db_path)
+    with conn:
+        conn.execute(
+            "INSERT INTO batches (id, party, prompt, groups_json, state, attempts, created_at)"
+            " VALUES (7, ?, 'merged', '[]', 'sent', 1, '2026-01-01T00:00:00+00:00')",
+            (PARTY,),
+        )
+        conn.execute("UPDATE prompts SET state = 'sent', batch_id = 7 WHERE id = ?", (pid,))
+    conn.close()
+    async with Store(db_path) as store:
+        [open_batch] = await store.open_batches(PARTY)
+        assert (open_batch.batch.batch_id, open_batch.was_sent) == (7, True)
+        again = await store.mark_sent(open_batch.batch)
+        assert again.attempt == 2
+        await store.finish_batch(7, TurnStatus.ERROR, "gave up")
+    assert _query(db_path, "SELECT state FROM batches") == [("failed",)]
+
+
 async def test_unknown_prompt_state(store: Store) -> None:
     with pytest.raises(StoreError, match="no prompt 999"):
         await store.prompt_state(999)
@@ -392,9 +438,9 @@ async def test_unknown_prompt_state(store: Store) -> None:
 
 
 async def test_withdraw_latest_only_touches_the_authors_pending_prompts(store: Store) -> None:
-    a1, _, _ = await store.add_prompt(PARTY, _prompt("m1", ALICE), "a1")
-    a2, _, _ = await store.add_prompt(PARTY, _prompt("m2", ALICE), "a2")
-    b1, _, _ = await store.add_prompt(PARTY, _prompt("m3", BOB), "b1")
+    a1 = (await store.add_prompt(PARTY, _prompt("m1", ALICE), "a1")).prompt_id
+    a2 = (await store.add_prompt(PARTY, _prompt("m2", ALICE), "a2")).prompt_id
+    b1 = (await store.add_prompt(PARTY, _prompt("m3", BOB), "b1")).prompt_id
 
     assert await store.withdraw_latest(PARTY, "other-platform", ALICE.user_id) is None
     assert await store.withdraw_latest("p2", ALICE.platform, ALICE.user_id) is None
@@ -409,7 +455,7 @@ async def test_withdraw_latest_only_touches_the_authors_pending_prompts(store: S
 
 
 async def test_withdraw_latest_does_not_touch_a_batched_prompt(store: Store) -> None:
-    pid, _, _ = await store.add_prompt(PARTY, _prompt("m1"), "a")
+    pid = (await store.add_prompt(PARTY, _prompt("m1"), "a")).prompt_id
     await _batch_all(store)
     assert await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id) is None
     assert await store.prompt_state(pid) is PromptState.BATCHED
@@ -420,14 +466,14 @@ async def test_positions_stay_right_after_withdraws_batches_and_rollbacks(store:
     for i in range(3):
         await store.add_prompt(PARTY, _prompt(f"a{i}"), "x")
     await store.withdraw_latest(PARTY, ALICE.platform, ALICE.user_id)
-    assert (await store.add_prompt(PARTY, _prompt("b0", BOB), "x"))[1] == 3
+    assert (await store.add_prompt(PARTY, _prompt("b0", BOB), "x")).position == 3
 
     sources, _ = await _batch_all(store)
-    assert (await store.add_prompt(PARTY, _prompt("b1", BOB), "x"))[1] == 1
+    assert (await store.add_prompt(PARTY, _prompt("b1", BOB), "x")).position == 1
 
     with pytest.raises(StoreError):  # rolled back: nothing moved
         await store.create_batch(PARTY, "again", _groups(sources), sources)
-    assert (await store.add_prompt(PARTY, _prompt("b2", BOB), "x"))[1] == 2
+    assert (await store.add_prompt(PARTY, _prompt("b2", BOB), "x")).position == 2
     assert len(await store.pending_prompts(PARTY)) == 2
 
 
@@ -485,6 +531,55 @@ async def test_join_and_leave(store: Store) -> None:
 
     await store.leave(PARTY, BOB.platform, BOB.user_id)
     assert [p.name for p in await store.participants(PARTY)] == ["alice2"]
+
+
+# --------------------------------------------------------------------------- approvals and shell
+
+
+async def test_an_approval_keeps_its_outcome_and_deciders_as_text(
+    store: Store, db_path: Path
+) -> None:
+    approval = await store.open_approval(PARTY, None, "Bash", '{"command":"ls"}', "Bash(ls)", 2)
+    deciders = [
+        Decider("ws", "u-alice", "alice", Decision.ALLOW),
+        Decider("ws", "u-bob", "bob", Decision.DENY),
+    ]
+    await store.close_approval(approval, ApprovalOutcome.DENIED, deciders)
+
+    [(outcome, stored)] = _query(db_path, "SELECT outcome, deciders FROM approvals")
+    assert outcome == "denied"
+    assert stored == (
+        '[{"platform": "ws", "user_id": "u-alice", "name": "alice", "decision": "allow"}, '
+        '{"platform": "ws", "user_id": "u-bob", "name": "bob", "decision": "deny"}]'
+    )
+    [(_, tool, read, _)] = await store.approval_outcomes(PARTY)
+    assert (tool, read) == ("Bash", ApprovalOutcome.DENIED)
+    assert read is ApprovalOutcome.DENIED
+
+
+async def test_approvals_left_waiting_are_abandoned(store: Store) -> None:
+    waiting = await store.open_approval(PARTY, None, "Write", "{}", "Write", 1)
+    done = await store.open_approval(PARTY, None, "Bash", "{}", "Bash", 1)
+    await store.close_approval(done, ApprovalOutcome.ALWAYS_RULE, [])
+
+    assert await store.abandon_open_approvals(PARTY) == 1
+    outcomes = {i: o for i, _, o, _ in await store.approval_outcomes(PARTY)}
+    assert outcomes == {waiting: "abandoned", done: "always_rule"}
+
+
+async def test_shell_runs_are_recorded_with_their_outcome(store: Store, db_path: Path) -> None:
+    first = await store.start_shell_run(PARTY, ALICE, "sleep 100")
+    await store.finish_shell_run(first, ShellOutcome.TIMED_OUT, -15, 60.0)
+    second = await store.start_shell_run(PARTY, BOB, "make test")
+
+    newest, oldest = await store.recent_shell_runs(PARTY, 5)
+    assert (newest.run_id, newest.outcome, newest.exit_code) == (second, None, None)
+    assert (oldest.run_id, oldest.outcome, oldest.exit_code) == (first, "timed_out", -15)
+    assert oldest.outcome is ShellOutcome.TIMED_OUT
+    assert _query(db_path, "SELECT outcome FROM shell_runs ORDER BY id") == [
+        ("timed_out",),
+        (None,),
+    ]
 
 
 # --------------------------------------------------------------------------- outbox
@@ -563,5 +658,5 @@ async def test_a_write_cancelled_during_begin_leaves_the_store_usable(store: Sto
         db.execute = real_execute  # type: ignore[method-assign]
     await store.set_session_id(PARTY, "after")
     assert await store.session_id(PARTY) == "after"
-    prompt_id, _, _ = await store.add_prompt(PARTY, _prompt("after-cancel"), "still works")
+    prompt_id = (await store.add_prompt(PARTY, _prompt("after-cancel"), "still works")).prompt_id
     assert await store.prompt_state(prompt_id) is PromptState.PENDING
