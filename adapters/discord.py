@@ -26,7 +26,6 @@ from discord import app_commands
 
 from adapters.attachments import Attachment, fold
 from bot.config import DiscordSettings
-from bot.delivery import redeliver
 from bot.model import (
     Accepted,
     ApprovalRequested,
@@ -42,9 +41,8 @@ from bot.model import (
     RejectKind,
 )
 from bot.party import Party
-from bot.ports import AdapterError, Outbox
-from bot.relay import ThreadRelay
-from bot.render import FENCE, escape_fences
+from bot.ports import AdapterError, ChatOutput
+from bot.render import FENCE, Markup, escape_fences
 from bot.safety import neutralize_mentions
 from bot.split import split_message
 
@@ -396,19 +394,19 @@ class DiscordAdapter:
         self,
         settings: DiscordSettings,
         channels: Mapping[str, Party],
-        outbox: Outbox,
         *,
         token: str,
+        clean: Callable[[str], str],
     ):
+        """``clean`` makes a participant's text fit to post (the run's `chat_safe`)."""
         self._settings = settings
         self._channels = {int(c): p for c, p in channels.items()}
-        self._outbox = outbox
         self._token = token
+        self._clean = clean
         self.ready = asyncio.Event()
         self._client: _Client | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._relays: list[ThreadRelay] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._notes: list[_MergeNotes] = []
         self._unsubscribe: list[Callable[[], None]] = []
         self._guild_of: dict[int, int] = {}
         self._hinted: set[int] = set()
@@ -436,24 +434,45 @@ class DiscordAdapter:
             ready.cancel()
         if self._runner.done():
             self._runner.result()  # raises the AdapterError that ended it
-        await self._start_relays()
+        self._sink = DiscordSink(self._client, self._settings.edit_interval_s, self._clean)
+        for party in {p.name: p for p in self._channels.values()}.values():
+            notes = _MergeNotes(self._client, self._guild_of)
+            self._notes.append(notes)
+            self._unsubscribe.append(party.subscribe(notes))
+
+    def outputs(self) -> list[ChatOutput]:
+        """Each party's events go to the first of its channels that is served here."""
+        if self._sink is None:
+            raise RuntimeError("start() the Discord adapter before outputs()")
+        homes: dict[str, str] = {}
+        for channel_id, party in self._channels.items():
+            homes.setdefault(party.name, str(channel_id))
+        return [
+            ChatOutput(name, self._sink, PLATFORM, Markup.MARKDOWN, home)
+            for name, home in homes.items()
+        ]
 
     async def run(self) -> None:
-        """Serve until cancelled; raises `AdapterError` if the gateway refuses us for good."""
+        """Serve until cancelled; raises `AdapterError` if the gateway refuses us for good.
+
+        The merge notes' owner tasks run in here, so one that dies ends the adapter."""
         if self._runner is None:
             raise RuntimeError("start() the Discord adapter before run()")
-        await asyncio.shield(self._runner)
+        try:
+            async with asyncio.TaskGroup() as group:
+                notes = [group.create_task(n.run(), name="discord-notes") for n in self._notes]
+                try:
+                    await asyncio.shield(self._runner)
+                finally:
+                    for task in notes:
+                        task.cancel()
+        except* AdapterError as failed:  # one line for the host: the token was refused
+            raise failed.exceptions[0] from None
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        for relay in self._relays:
-            with contextlib.suppress(Exception):
-                await relay.stop()
-        self._relays.clear()
-        for task in self._tasks:
-            task.cancel()
         if self._client is not None:
             await self._client.close()
         if self._runner is not None:
@@ -513,29 +532,6 @@ class DiscordAdapter:
             target = discord.Object(id=guild_id)
             client.tree.copy_global_to(guild=target)
             await client.tree.sync(guild=target)
-
-    async def _start_relays(self) -> None:
-        assert self._client is not None
-        # Every party shares the run's redactor, so any one of them cleans for all.
-        clean = next(iter(self._channels.values())).chat_safe
-        self._sink = DiscordSink(self._client, self._settings.edit_interval_s, clean)
-        finished = await redeliver(self._sink, self._outbox, PLATFORM)
-        if finished:
-            log.info("finished %d Discord messages cut off by a restart", finished)
-        homes: dict[str, str] = {}
-        for channel_id, party in self._channels.items():
-            homes.setdefault(party.name, str(channel_id))
-        parties = {p.name: p for p in self._channels.values()}
-        for name, party in parties.items():
-            relay = ThreadRelay(
-                self._sink, self._outbox, platform=PLATFORM, home_thread=homes[name]
-            )
-            await relay.__aenter__()
-            self._relays.append(relay)
-            self._unsubscribe.append(party.subscribe(relay))
-            notes = _MergeNotes(self._client, self._guild_of)
-            self._tasks.append(asyncio.create_task(notes.run(), name=f"discord-notes-{name}"))
-            self._unsubscribe.append(party.subscribe(notes))
 
     # -- inbound -------------------------------------------------------------------------
 

@@ -14,11 +14,10 @@ Slack users whose prompts are in the batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, assert_never
 
@@ -30,7 +29,6 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.attachments import Attachment, fold
 from bot.config import SlackSettings
-from bot.delivery import redeliver
 from bot.model import (
     Accepted,
     ApprovalRequested,
@@ -43,8 +41,7 @@ from bot.model import (
     RejectKind,
 )
 from bot.party import Party
-from bot.ports import AdapterError, Outbox
-from bot.relay import ThreadRelay
+from bot.ports import AdapterError, ChatOutput
 from bot.render import FENCE, Markup, escape_fences
 
 __all__ = ["PLATFORM", "SlackAdapter", "SlackSink", "escape"]
@@ -299,14 +296,12 @@ class SlackAdapter:
         self,
         settings: SlackSettings,
         channels: Mapping[str, Party],
-        outbox: Outbox,
         *,
         bot_token: str,
         app_token: str,
     ):
         self._settings = settings
         self._channels = dict(channels)
-        self._outbox = outbox
         self._client = AsyncWebClient(token=bot_token, base_url=settings.api_url)
         # Bolt copies the root logger's level onto its own loggers unless given one: at
         # DEBUG it would log every payload, `/concordia join <token>` included.
@@ -317,8 +312,7 @@ class SlackAdapter:
         )
         self._handler = AsyncSocketModeHandler(self._app, app_token)
         self._bot_user_id = ""
-        self._relays: list[ThreadRelay] = []
-        self._unsubscribe: list[Callable[[], None]] = []
+        self._sink: SlackSink | None = None
         self._hinted: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
@@ -336,28 +330,11 @@ class SlackAdapter:
                 retryable=False,
             ) from exc
         self._bot_user_id = str(auth["user_id"])
-        sink = SlackSink(
+        self._sink = SlackSink(
             self._client,
             max_message_chars=self._settings.max_message_chars,
             edit_interval_s=self._settings.edit_interval_s,
         )
-        finished = await redeliver(sink, self._outbox, PLATFORM)
-        if finished:
-            log.info("finished %d Slack messages cut off by a restart", finished)
-        homes: dict[str, str] = {}
-        for channel, party in self._channels.items():
-            homes.setdefault(party.name, channel)
-        for party in {p.name: p for p in self._channels.values()}.values():
-            relay = ThreadRelay(
-                sink,
-                self._outbox,
-                platform=PLATFORM,
-                home_thread=homes[party.name],
-                markup=Markup.SLACK,
-            )
-            await relay.__aenter__()
-            self._relays.append(relay)
-            self._unsubscribe.append(party.subscribe(relay))
         try:
             await self._handler.connect_async()
         except SlackApiError as exc:
@@ -368,20 +345,28 @@ class SlackAdapter:
                 retryable=False,
             ) from exc
 
+    def outputs(self) -> list[ChatOutput]:
+        """Each party's events go to the first of its channels that is served here."""
+        if self._sink is None:
+            raise RuntimeError("start() the Slack adapter before outputs()")
+        homes: dict[str, str] = {}
+        for channel, party in self._channels.items():
+            homes.setdefault(party.name, channel)
+        return [
+            ChatOutput(name, self._sink, PLATFORM, Markup.SLACK, home)
+            for name, home in homes.items()
+        ]
+
     async def run(self) -> None:
         await self._stopped.wait()
 
     async def stop(self) -> None:
         self._stopped.set()
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self._unsubscribe.clear()
-        with contextlib.suppress(Exception):
+        try:
             await self._handler.close_async()
-        for relay in self._relays:
-            with contextlib.suppress(Exception):
-                await relay.stop()
-        self._relays.clear()
+        except Exception:
+            # Stopping anyway: the connection is dropped with the process.
+            log.warning("could not close the Socket Mode connection cleanly", exc_info=True)
         for task in list(self._background):
             task.cancel()
 

@@ -6,43 +6,31 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import json
 import logging
 import os
 import re
 import shutil
 import signal
 import sys
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from adapters.websocket import WebSocketAdapter
 from bot import ConcordiaError
+from bot.app import (
+    App,
+    BotTokens,
+    agent_env,
+    confinement_for,
+    hide_own_process,
+    prepare_state,
+)
 from bot.config import CONFIG_ENV, ClaudeSettings, Settings, load_settings
-from bot.confinement import (
-    Confinement,
-    SandboxMode,
-    SandboxSupport,
-    agent_environment,
-    sandbox_support,
-)
+from bot.confinement import SandboxMode, SandboxSupport, sandbox_support
+from bot.credentials import check_api_key, has_credentials, store_api_key
 from bot.invite import InviteBook, Invites, invite_url
-from bot.merge import build_merger
-from bot.merge_gemini import GeminiMerger
 from bot.model import Role
-from bot.party import Party
-from bot.ports import Adapter
 from bot.safety import Redactor
-from bot.session import ClaudeSession
-from bot.state_dir import (
-    DATABASE_NAME,
-    LEGACY_DIR_NAME,
-    default_state_dir,
-    make_private_dir,
-    move_legacy_state,
-)
+from bot.state_dir import TOKENS_NAME
 from bot.store import Store
 
 log = logging.getLogger("concordia")
@@ -161,110 +149,12 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
-def _state_file(settings: Settings, name: str) -> Path:
-    return settings.state_dir / name
-
-
-def _prepare_state(settings: Settings) -> None:
-    """Move an old in-tree ``.concordia/`` out (default store path only), then make the state
-    folder 0700. Run before anything opens the database."""
-    default = default_state_dir(settings.claude.workdir, os.environ) / DATABASE_NAME
-    legacy = [Path.cwd() / LEGACY_DIR_NAME, settings.claude.workdir / LEGACY_DIR_NAME]
-    if settings.store_path == default:
-        for line in move_legacy_state(legacy, settings.state_dir):
-            print(f"concordia: {line}", file=sys.stderr, flush=True)
-    else:
-        for folder in legacy:
-            if folder.is_dir() and folder.resolve() != settings.state_dir.resolve():
-                print(
-                    f"concordia: {folder} is an old state folder inside the working tree "
-                    "(with clear-text tokens Claude can read); store.path points elsewhere, so "
-                    "it is not used: delete it",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    make_private_dir(settings.state_dir)
-
-
-def _confinement(settings: Settings, config: Path | None, support: SandboxSupport) -> Confinement:
-    """What `concordia run` denies the agent: its own files and the bot's /proc entry."""
-    denied = [settings.state_dir, settings.claude.credentials_file, Path(f"/proc/{os.getpid()}")]
-    if config is not None:
-        denied.append(config.resolve())
-    mode = settings.claude.sandbox
-    return Confinement(
-        denied=tuple(denied),
-        is_sandboxed=mode is not SandboxMode.OFF and support.is_available,
-        is_sandbox_required=mode is SandboxMode.REQUIRED,
-    )
-
-
 def _config_path(args: argparse.Namespace) -> Path | None:
     named = args.config or os.environ.get(CONFIG_ENV)
     return Path(named) if named else None
 
 
 # -- credentials --------------------------------------------------------------------------
-
-
-def _stored_api_key(claude: ClaudeSettings) -> str | None:
-    try:
-        data = json.loads(claude.credentials_file.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    key = data.get("anthropic_api_key") if isinstance(data, dict) else None
-    return str(key) if key else None
-
-
-def _claude_env(settings: Settings) -> dict[str, str]:
-    """The CLI's environment: the allow-listed part of ours, claude.env, the stored key if no
-    credential is set; never the bot's own secrets (`bot.confinement`)."""
-    claude = settings.claude
-    env = agent_environment(os.environ, claude.env, bot_secret_names=_bot_secret_names(settings))
-    # Few retries: an API outage should fail the turn with the API's message, not hang it.
-    env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(claude.api_max_retries))
-    env.setdefault("DISABLE_AUTOUPDATER", "1")
-    if not any(env.get(var) for var in _CREDENTIAL_VARS):
-        key = _stored_api_key(claude)
-        if key:
-            env[_API_KEY_VAR] = key
-    return env
-
-
-def _bot_secret_names(settings: Settings) -> list[str]:
-    """The variables that hold the bot's own secrets, which the agent must never see."""
-    return [
-        settings.discord.token_env,
-        settings.slack.bot_token_env,
-        settings.slack.app_token_env,
-        settings.gemini.api_key_env,
-    ]
-
-
-def _has_credentials(env: Mapping[str, str]) -> bool:
-    if any(env.get(var) for var in _CREDENTIAL_VARS):
-        return True
-    home = Path(env.get("HOME", str(Path.home())))
-    return (home / ".claude" / ".credentials.json").exists()
-
-
-def _check_api_key(claude: ClaudeSettings, key: str) -> bool | None:
-    """True if the API accepts the key, False if it rejects it, None if it cannot be reached."""
-    base = (
-        claude.env.get("ANTHROPIC_BASE_URL")
-        or os.environ.get("ANTHROPIC_BASE_URL")
-        or _DEFAULT_API_BASE
-    ).rstrip("/")
-    request = urllib.request.Request(
-        f"{base}/v1/models", headers={"x-api-key": key, "anthropic-version": "2023-06-01"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=_KEY_CHECK_TIMEOUT_S):
-            return True
-    except urllib.error.HTTPError as exc:
-        return False if exc.code in (401, 403) else None
-    except (urllib.error.URLError, TimeoutError, OSError):
-        return None
 
 
 def _setup(claude: ClaudeSettings) -> int:
@@ -277,20 +167,15 @@ def _setup(claude: ClaudeSettings) -> int:
             return 1
         if not key:
             continue
-        verdict = _check_api_key(claude, key)
+        verdict = check_api_key(claude, key)
         if verdict is False:
             print("that key was rejected by the API; try again (Ctrl-C to stop)", file=sys.stderr)
             continue
         if verdict is None:
             print("could not reach the API to check the key; storing it unchecked", file=sys.stderr)
         break
-    path = claude.credentials_file
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        json.dump({"anthropic_api_key": key}, file)
-    os.chmod(path, 0o600)
-    print(f"stored the key in {path} (mode 0600)")
+    store_api_key(claude.credentials_file, key)
+    print(f"stored the key in {claude.credentials_file} (mode 0600)")
     return 0
 
 
@@ -310,7 +195,7 @@ async def _doctor(settings: Settings) -> int:
     else:
         version = await _claude_version(found)
         print(f"✓ claude: {found} ({version or 'version unknown'})")
-    if _has_credentials(_claude_env(settings)):
+    if has_credentials(agent_env(settings, os.environ)):
         print("✓ Claude has credentials")
     else:
         problems.append("Claude has no credentials: run `concordia setup` or set ANTHROPIC_API_KEY")
@@ -387,10 +272,11 @@ async def _invite(settings: Settings, args: argparse.Namespace) -> int:
         print("concordia: --ttl and --single-use go with --role", file=sys.stderr)
         return 2
     ws = settings.websocket
-    _prepare_state(settings)
+    for line in prepare_state(settings, os.environ):
+        print(f"concordia: {line}", file=sys.stderr, flush=True)
     async with Store(settings.store_path) as store:
         await store.ensure_party(party)
-        book = InviteBook(store, party, _state_file(settings, "tokens.json"))
+        book = InviteBook(store, party, settings.state_dir / TOKENS_NAME)
         if args.revoke:
             if not await book.revoke(args.revoke):
                 print("concordia: that token is not a live invite of this party", file=sys.stderr)
@@ -434,7 +320,7 @@ def _duration(text: str) -> float:
 
 
 async def _run(settings: Settings, config: Path | None) -> int:
-    _hide_own_process()
+    hide_own_process()
     support = await asyncio.to_thread(sandbox_support)
     if settings.claude.sandbox is SandboxMode.REQUIRED and not support.is_available:
         print(
@@ -442,8 +328,8 @@ async def _run(settings: Settings, config: Path | None) -> int:
             file=sys.stderr,
         )
         return 2
-    claude_env = _claude_env(settings)
-    if not _has_credentials(claude_env):
+    claude_env = agent_env(settings, os.environ)
+    if not has_credentials(claude_env):
         if not sys.stdin.isatty():
             print(
                 "concordia: Claude has no credentials: "
@@ -453,110 +339,58 @@ async def _run(settings: Settings, config: Path | None) -> int:
             return 2
         if _setup(settings.claude) != 0:
             return 1
-        claude_env = _claude_env(settings)
+        claude_env = agent_env(settings, os.environ)
+    tokens = _bot_tokens(settings)
+    if tokens is None:
+        return 2
+    for line in prepare_state(settings, os.environ):
+        print(f"concordia: {line}", file=sys.stderr, flush=True)
+    _say_sandbox(settings, support)
+    confinement = confinement_for(settings, config, support)
+    async with App(settings, agent_env=claude_env, confinement=confinement, tokens=tokens) as app:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_RedactingFilter(app.redactor))
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await app.serve(stop, lambda: _announce(settings, app.websocket_port, app.invites))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError):
+                    loop.remove_signal_handler(sig)
+    return 0
 
-    discord_token = ""
+
+def _bot_tokens(settings: Settings) -> BotTokens | None:
+    """The chat platforms' tokens the settings need, from the environment; None (said why)
+    when one is missing."""
+    discord = ""
     if settings.discord.is_enabled:
-        discord_token = os.environ.get(settings.discord.token_env, "")
-        if not discord_token:
+        discord = os.environ.get(settings.discord.token_env, "")
+        if not discord:
             print(
                 f"concordia: discord.channels is set but ${settings.discord.token_env} is empty: "
                 "export the bot token (Developer Portal → Bot → Reset Token) or clear "
                 "discord.channels",
                 file=sys.stderr,
             )
-            return 2
-
-    slack_tokens: tuple[str, str] | None = None
+            return None
+    slack_bot = slack_app = ""
     if settings.slack.is_enabled:
         slack = settings.slack
-        bot_token = os.environ.get(slack.bot_token_env, "")
-        app_token = os.environ.get(slack.app_token_env, "")
-        if not (bot_token and app_token):
+        slack_bot = os.environ.get(slack.bot_token_env, "")
+        slack_app = os.environ.get(slack.app_token_env, "")
+        if not (slack_bot and slack_app):
             print(
                 f"concordia: slack.channels is set but ${slack.bot_token_env} (xoxb-) or "
                 f"${slack.app_token_env} (xapp-, Socket Mode) is empty: export both or clear "
                 "slack.channels",
                 file=sys.stderr,
             )
-            return 2
-        slack_tokens = (bot_token, app_token)
-
-    _prepare_state(settings)
-    confinement = _confinement(settings, config, support)
-    _say_sandbox(settings, support)
-    async with Store(settings.store_path) as store, contextlib.AsyncExitStack() as stack:
-        tokens_file = _state_file(settings, "tokens.json")
-        books: dict[str, InviteBook] = {}
-        invites: dict[str, Invites] = {}
-        for name in settings.party_names():
-            await store.ensure_party(name)
-            books[name] = InviteBook(store, name, tokens_file)
-            invites[name] = await books[name].ensure()
-        secrets = _secrets(settings.claude, claude_env, list(invites.values()))
-        if discord_token:
-            secrets.append(discord_token)
-        if slack_tokens:
-            secrets.extend(slack_tokens)
-        if gemini_key := os.environ.get(settings.gemini.api_key_env, ""):
-            secrets.append(gemini_key)
-        redactor = Redactor(secrets)
-        for handler in logging.getLogger().handlers:
-            handler.addFilter(_RedactingFilter(redactor))
-        merger = build_merger(settings)
-        if isinstance(merger, GeminiMerger):
-            stack.push_async_callback(merger.aclose)
-        parties: dict[str, Party] = {}
-        for name in settings.party_names():
-            session_id = await store.session_id(name)
-            session = await stack.enter_async_context(
-                ClaudeSession(
-                    settings.claude, session_id=session_id, env=claude_env, confinement=confinement
-                )
-            )
-            parties[name] = Party(
-                settings,
-                name=name,
-                store=store,
-                session=session,
-                merger=merger,
-                invites=books[name],
-                redactor=redactor,
-            )
-            await parties[name].load()
-        websocket = WebSocketAdapter(settings.websocket, parties[settings.party.name])
-        adapters: list[Adapter] = [websocket]
-        if discord_token:
-            from adapters.discord import DiscordAdapter
-
-            channels = {c: parties[settings.discord.party_of(c)] for c in settings.discord.channels}
-            adapters.append(DiscordAdapter(settings.discord, channels, store, token=discord_token))
-        if slack_tokens:
-            from adapters.slack import SlackAdapter
-
-            bot_token, app_token = slack_tokens
-            channels = {c: parties[settings.slack.party_of(c)] for c in settings.slack.channels}
-            adapters.append(
-                SlackAdapter(
-                    settings.slack, channels, store, bot_token=bot_token, app_token=app_token
-                )
-            )
-        await _serve(parties, adapters, lambda: _announce(settings, websocket.port, invites))
-    return 0
-
-
-def _hide_own_process() -> None:
-    """Make this process non-dumpable (Linux): its /proc entries, environ included, become
-    unreadable to other processes of the same user, such as a command Claude runs. The bot's
-    tokens are in its environment; the agent's process gets an allow-list instead."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_dumpable = 4
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
-        log.warning("could not make the bot non-dumpable (errno %d)", ctypes.get_errno())
+            return None
+    return BotTokens(discord=discord, slack_bot=slack_bot, slack_app=slack_app)
 
 
 def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
@@ -577,52 +411,6 @@ def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
         )
     else:
         log.info("Claude's commands run in its sandbox (%s)", support.mechanism)
-
-
-async def _serve(
-    parties: Mapping[str, Party], adapters: list[Adapter], announce: Callable[[], None]
-) -> None:
-    """Run every party's runner and every adapter until SIGINT/SIGTERM or a fatal error.
-
-    An adapter that fails for good (a refused Discord token) ends the whole run: a bot that
-    looks alive but is deaf is worse than one that stops with a message.
-    """
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await _run_tasks(parties, adapters, announce, stop)
-    finally:
-        for adapter in adapters:
-            await adapter.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):
-                loop.remove_signal_handler(sig)
-
-
-async def _run_tasks(
-    parties: Mapping[str, Party],
-    adapters: list[Adapter],
-    announce: Callable[[], None],
-    stop: asyncio.Event,
-) -> None:
-    try:
-        async with asyncio.TaskGroup() as group:
-            # Adapters first: a runner resuming a batch at once must find them listening.
-            tasks = []
-            for adapter in adapters:
-                await adapter.start()
-                tasks.append(group.create_task(adapter.run(), name=f"adapter-{adapter.name}"))
-            tasks += [group.create_task(p.run(), name=f"runner-{p.name}") for p in parties.values()]
-            announce()
-            await stop.wait()
-            log.info("stopping")
-            for task in tasks:
-                task.cancel()
-    except* ConcordiaError as group:
-        # One line for the host (the Discord token was refused), not a task-group traceback.
-        raise group.exceptions[0] from None
 
 
 def _announce(settings: Settings, port: int, invites: Mapping[str, Invites]) -> None:
@@ -647,14 +435,6 @@ def _announce(settings: Settings, port: int, invites: Mapping[str, Invites]) -> 
                 f"party {name!r}: /concordia join {tokens.prompter}  (host: {tokens.host})",
                 flush=True,
             )
-
-
-def _secrets(claude: ClaudeSettings, env: Mapping[str, str], invites: list[Invites]) -> list[str]:
-    """What must never reach chat or the log: tokens, keys, and secret-named claude.env values."""
-    found = [token for tokens in invites for token in (tokens.prompter, tokens.host)]
-    found += [env[var] for var in _CREDENTIAL_VARS if env.get(var)]
-    found += [value for name, value in claude.env.items() if _SECRET_NAME.search(name)]
-    return found
 
 
 if __name__ == "__main__":

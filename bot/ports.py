@@ -23,11 +23,14 @@ from bot.model import (
     Role,
     Submission,
 )
+from bot.render import Markup
 
 __all__ = [
     "Adapter",
     "AdapterError",
     "ApprovalSink",
+    "ChatAdapter",
+    "ChatOutput",
     "MessageSink",
     "Outbox",
     "OutboxEntry",
@@ -174,4 +177,26 @@ class Adapter(Protocol):
 
     async def stop(self) -> None:
         """Stop serving; idempotent."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOutput:
+    """Where a chat transport shows one party's events: its sink, and the thread that takes
+    what has no thread of its own there (batches from another transport, early notices)."""
+
+    party: str
+    sink: MessageSink
+    platform: str
+    markup: Markup
+    home_thread: str = ""
+
+
+@runtime_checkable
+class ChatAdapter(Adapter, Protocol):
+    """A transport whose output is chat messages. The composition root puts a relay between
+    each party and its sink (`bot.relay.ThreadRelay`), so the adapter only translates."""
+
+    def outputs(self) -> list[ChatOutput]:
+        """Where each served party's events go; valid once `start` has returned."""
         ...

@@ -123,6 +123,15 @@ class ThreadRelay:
             ) from owner_error(self._task)
         self._queue.put_nowait(event)
 
+    async def serve(self) -> None:
+        """Wait while the relay serves: return once it is stopped, raise what ended its owner
+        task otherwise. For the composition root's task group, where a dead relay must end the
+        run with its reason instead of leaving a chat that shows ⏳ forever. Cancelling it
+        leaves the relay running (`stop` ends it)."""
+        if self._task is None:
+            raise RuntimeError("ThreadRelay.serve() before `async with` started it")
+        await asyncio.shield(self._task)
+
     async def stop(self) -> None:
         """Handle everything delivered so far, then stop; an open batch is flushed without a
         status. Safe to call again; cancelling it cancels the owner task.

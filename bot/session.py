@@ -32,6 +32,7 @@ from bot import ConcordiaError
 from bot.config import ClaudeSettings
 from bot.confinement import Confinement
 from bot.model import TurnStatus
+from bot.pace import Backoff, Jitter
 
 __all__ = [
     "ClaudeSession",
@@ -64,6 +65,9 @@ _READ_CHUNK_BYTES = 65536
 # Writes this small fit in an empty pipe buffer (64 kB on Linux) and cannot block.
 _INLINE_WRITE_BYTES = 16384
 _TAIL_LINES = 20
+# A process that lived this long before dying starts the restart backoff afresh: it is a new
+# failure, not the next of a crash loop.
+_CALM_LIFE_S = 60.0
 
 
 class SessionError(ConcordiaError):
@@ -228,7 +232,6 @@ class ClaudeSession:
         self._interrupts = 0
         self._parser = TurnParser()
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
-        self.last_exit: str = ""
 
     @property
     def pid(self) -> int | None:
@@ -253,6 +256,15 @@ class ClaudeSession:
         self._spawn()  # the first spawn raises here, so a wrong claude.command is reported at once
         self._supervisor = asyncio.create_task(self._supervise(), name="claude-supervisor")
 
+    async def serve(self) -> None:
+        """Wait while the supervisor keeps Claude running; raise what ended it (a respawn that
+        failed). For the composition root's task group: a party whose Claude is gone for good
+        must end the run with the reason, not leave its runner waiting. Cancelling it leaves
+        the supervisor running (`stop` ends it)."""
+        if self._supervisor is None:
+            raise RuntimeError("ClaudeSession.serve() before start()")
+        await asyncio.shield(self._supervisor)
+
     async def stop(self) -> None:
         """Close stdin, give the process a moment to exit, then kill its process group."""
         self._is_stopping = True
@@ -260,8 +272,10 @@ class ClaudeSession:
             await self._terminate(self._proc)
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            # Its error, if it died, went to whoever awaited `serve` (the run ends with it).
+            await asyncio.wait([self._supervisor])
+            if not self._supervisor.cancelled() and self._supervisor.exception() is not None:
+                log.warning("claude's supervisor had stopped: %s", self._supervisor.exception())
             self._supervisor = None
 
     async def restart(self, *, fresh: bool) -> None:
@@ -302,7 +316,11 @@ class ClaudeSession:
         self.ready.set()
 
     async def _supervise(self) -> None:
-        backoff = self._settings.restart_backoff_s
+        backoff = Backoff(
+            self._settings.restart_backoff_s,
+            self._settings.restart_backoff_max_s,
+            jitter=Jitter.EQUAL,
+        )
         while True:
             proc = self._proc
             assert proc is not None
@@ -316,7 +334,6 @@ class ClaudeSession:
             self.ready.clear()
             exit_status = await asyncio.to_thread(proc.wait)
             tail = "\n".join(self._tail)
-            self.last_exit = f"exit status {exit_status}"
             self._lines.put_nowait(_Exited(exit_status, tail))
             if self._is_stopping:
                 return
@@ -325,19 +342,16 @@ class ClaudeSession:
                 log.info("claude restarted on request")
             else:
                 self.restarts += 1
+                if time.monotonic() - started > _CALM_LIFE_S:
+                    backoff.reset()
+                delay_s = backoff.delay()
                 log.warning(
                     "claude exited unexpectedly (status %s); restarting in %.1f s",
                     exit_status,
-                    backoff,
+                    delay_s,
                     extra={"exit_status": exit_status, "tail": tail[-500:]},
                 )
-                await asyncio.sleep(backoff)  # pacing: restart backoff
-                lived_s = time.monotonic() - started
-                backoff = (
-                    self._settings.restart_backoff_s
-                    if lived_s > 60
-                    else min(backoff * 2, self._settings.restart_backoff_max_s)
-                )
+                await asyncio.sleep(delay_s)  # pacing: restart backoff
             self._spawn()
 
     async def _pump(self, fd: int) -> None:

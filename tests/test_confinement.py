@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from bot import cli
+from bot import app
 from bot.config import ConfigError, load_settings
 from bot.confinement import Confinement, SandboxSupport, agent_environment
 from tests.conftest import _to_toml
@@ -88,7 +89,7 @@ def test_the_bots_claude_env_reads_the_configured_variable_names(
     monkeypatch.setenv("MY_GEMINI", "gemini-under-another-name")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-key")
 
-    env = cli._claude_env(settings)
+    env = app.agent_env(settings, os.environ)
 
     assert "MY_DISCORD" not in env
     assert "MY_GEMINI" not in env
@@ -143,7 +144,7 @@ def test_run_denies_its_state_config_credentials_and_own_proc_entry(tmp_path: Pa
     config.write_text(_to_toml({"claude": {"workdir": str(tmp_path / "repo")}}))
     settings = load_settings(config, environ={"HOME": str(tmp_path / "home")})
 
-    confinement = cli._confinement(settings, config, SandboxSupport(True, "bubblewrap"))
+    confinement = app.confinement_for(settings, config, SandboxSupport(True, "bubblewrap"))
 
     denied = set(confinement.denied)
     assert settings.state_dir in denied
@@ -166,7 +167,7 @@ def test_the_sandbox_is_on_where_the_machine_has_it_unless_turned_off(
     settings = load_settings(config, environ={"HOME": str(tmp_path / "home")})
     support = SandboxSupport(available, "bubblewrap", "" if available else "install bubblewrap")
 
-    assert cli._confinement(settings, None, support).is_sandboxed is sandboxed
+    assert app.confinement_for(settings, None, support).is_sandboxed is sandboxed
 
 
 def test_claude_args_may_not_replace_the_settings(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import cli
+from bot import app
 from bot.config import Settings
 from bot.confinement import Confinement, sandbox_support
 from bot.session import ClaudeSession, ToolRequest, TurnEnd
@@ -90,7 +90,7 @@ async def _turn(session: ClaudeSession, prompt: str) -> tuple[str, str]:
 
 
 def _confinement(settings: Settings, layout: Layout, *, is_sandboxed: bool) -> Confinement:
-    built = cli._confinement(settings, layout.config, sandbox_support())
+    built = app.confinement_for(settings, layout.config, sandbox_support())
     return Confinement(denied=built.denied, is_sandboxed=is_sandboxed)
 
 

@@ -24,6 +24,7 @@ import discord.http
 import pytest
 
 from adapters.discord import DiscordAdapter, DiscordSink
+from bot.app import chat_outputs
 from bot.config import DiscordSettings
 from bot.model import (
     Accepted,
@@ -231,12 +232,14 @@ async def serving(
             adapter = DiscordAdapter(
                 settings,
                 {str(CHANNEL_ID): party},  # type: ignore[dict-item]  # the seam, stood in for
-                store,
                 token=TOKEN,
+                clean=party.chat_safe,
             )
             await adapter.start()
             try:
-                yield adapter
+                # The relay between the party and Discord, as `concordia run` wires it.
+                async with chat_outputs(adapter, {party.name: party}, store):  # type: ignore[dict-item]
+                    yield adapter
             finally:
                 await adapter.stop()
 

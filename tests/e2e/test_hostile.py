@@ -45,7 +45,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot import cli
+from bot import app
 from bot.config import Settings
 from bot.confinement import sandbox_support
 from bot.invite import InviteBook
@@ -422,13 +422,13 @@ class MemoryDriver(Driver):
             self.stack.callback(_restore_env, variable, os.environ.get(variable))
             os.environ[variable] = value
         # What Claude may see and reach, built by the code `concordia run` uses.
-        env = cli._claude_env(settings)
-        confinement = cli._confinement(settings, self.settings_file, sandbox_support())
+        env = app.agent_env(settings, os.environ)
+        confinement = app.confinement_for(settings, self.settings_file, sandbox_support())
         session = await self.stack.enter_async_context(
             ClaudeSession(settings.claude, session_id=None, env=env, confinement=confinement)
         )
         # The secrets `concordia run` would redact, collected by its own code.
-        redactor = Redactor(cli._secrets(settings.claude, env, [invites]))
+        redactor = Redactor(app.secrets_of(settings.claude, env, [invites], app.BotTokens()))
         self.party = Party(
             settings,
             name=name,

@@ -20,6 +20,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from adapters.slack import SlackAdapter, SlackSink
+from bot.app import chat_outputs
 from bot.config import SlackSettings
 from bot.model import (
     Accepted,
@@ -317,17 +318,15 @@ class _Party:
 async def _serving(fake: FakeSlack, party: _Party) -> AsyncIterator[SlackAdapter]:
     settings = SlackSettings(channels=(CHANNEL_ID,), api_url=fake.api_url, edit_interval_s=0.05)
     adapter = SlackAdapter(
-        settings,
-        {CHANNEL_ID: cast(Party, party)},
-        _Outbox(),
-        bot_token=BOT_TOKEN,
-        app_token=APP_TOKEN,
+        settings, {CHANNEL_ID: cast(Party, party)}, bot_token=BOT_TOKEN, app_token=APP_TOKEN
     )
     try:
         async with asyncio.timeout(_DEADLINE_S):
             await adapter.start()
             await fake.next_connection()
-        yield adapter
+        # The relay between the party and Slack, as `concordia run` wires it.
+        async with chat_outputs(adapter, {party.name: cast(Party, party)}, _Outbox()):
+            yield adapter
     finally:
         await adapter.stop()
 

@@ -1,0 +1,394 @@
+"""The composition root: every part of a run built from the settings, and served together.
+
+Invariant: `App.serve` runs every owner task (each party's Claude supervisor and runner,
+each transport, a relay per chat sink and party) in ONE task group, so a part that dies ends
+the run with a `PartFailed` naming it, instead of leaving a bot that looks alive but is
+deaf. Only this module and `bot.cli` import adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from adapters.websocket import WebSocketAdapter
+from bot import ConcordiaError
+from bot.config import ClaudeSettings, Settings
+from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_environment
+from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
+from bot.delivery import redeliver
+from bot.invite import InviteBook, Invites
+from bot.merge import build_merger
+from bot.merge_gemini import GeminiMerger
+from bot.party import Party
+from bot.ports import Adapter, ChatAdapter, ChatOutput, Outbox, PartyPort
+from bot.relay import ThreadRelay
+from bot.safety import Redactor
+from bot.session import ClaudeSession
+from bot.state_dir import (
+    DATABASE_NAME,
+    LEGACY_DIR_NAME,
+    TOKENS_NAME,
+    default_state_dir,
+    make_private_dir,
+    move_legacy_state,
+)
+from bot.store import Store
+
+__all__ = [
+    "App",
+    "BotTokens",
+    "PartFailed",
+    "agent_env",
+    "bot_secret_names",
+    "chat_outputs",
+    "confinement_for",
+    "hide_own_process",
+    "prepare_state",
+    "secrets_of",
+]
+
+log = logging.getLogger(__name__)
+
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+class PartFailed(ConcordiaError):
+    """A part of the run (``part`` names it) stopped; the run ends with this reason."""
+
+    def __init__(self, part: str, reason: BaseException | str):
+        super().__init__(f"{part} stopped: {reason}")
+        self.part = part
+
+
+@dataclass(frozen=True, slots=True)
+class BotTokens:
+    """The bot's own secrets for the chat platforms, read from the environment by the CLI."""
+
+    discord: str = ""
+    slack_bot: str = ""
+    slack_app: str = ""
+
+
+# -- what the agent sees --------------------------------------------------------------------
+
+
+def bot_secret_names(settings: Settings) -> list[str]:
+    """The variables that hold the bot's own secrets, which the agent must never see."""
+    return [
+        settings.discord.token_env,
+        settings.slack.bot_token_env,
+        settings.slack.app_token_env,
+        settings.gemini.api_key_env,
+    ]
+
+
+def agent_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """Claude's environment: the allow-listed part of ``environ``, ``claude.env``, the stored
+    key if no credential is set; never the bot's own secrets (`bot.confinement`)."""
+    claude = settings.claude
+    env = agent_environment(environ, claude.env, bot_secret_names=bot_secret_names(settings))
+    # Few retries: an API outage should fail the turn with the API's message, not hang it.
+    env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(claude.api_max_retries))
+    env.setdefault("DISABLE_AUTOUPDATER", "1")
+    if not any(env.get(var) for var in CREDENTIAL_VARS):
+        key = stored_api_key(claude)
+        if key:
+            env[API_KEY_VAR] = key
+    return env
+
+
+def confinement_for(
+    settings: Settings, config: Path | None, support: SandboxSupport
+) -> Confinement:
+    """What a run denies the agent: its own files and the bot's /proc entry."""
+    denied = [settings.state_dir, settings.claude.credentials_file, Path(f"/proc/{os.getpid()}")]
+    if config is not None:
+        denied.append(config.resolve())
+    mode = settings.claude.sandbox
+    return Confinement(
+        denied=tuple(denied),
+        is_sandboxed=mode is not SandboxMode.OFF and support.is_available,
+        is_sandbox_required=mode is SandboxMode.REQUIRED,
+    )
+
+
+def hide_own_process() -> None:
+    """Make this process non-dumpable (Linux): its /proc entries, environ included, become
+    unreadable to other processes of the same user, such as a command Claude runs. The bot's
+    tokens are in its environment; the agent's process gets an allow-list instead."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_dumpable = 4
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0:
+        log.warning("could not make the bot non-dumpable (errno %d)", ctypes.get_errno())
+
+
+def secrets_of(
+    claude: ClaudeSettings, env: Mapping[str, str], invites: list[Invites], tokens: BotTokens
+) -> list[str]:
+    """What must never reach chat or the log: tokens, keys, secret-named claude.env values."""
+    found = [token for each in invites for token in (each.prompter, each.host)]
+    found += [env[var] for var in CREDENTIAL_VARS if env.get(var)]
+    found += [value for name, value in claude.env.items() if _SECRET_NAME.search(name)]
+    found += [t for t in (tokens.discord, tokens.slack_bot, tokens.slack_app) if t]
+    return found
+
+
+def prepare_state(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """Move an old in-tree ``.concordia/`` out (default store path only), then make the state
+    folder 0700; return what the host should read. Run before anything opens the database."""
+    default = default_state_dir(settings.claude.workdir, environ) / DATABASE_NAME
+    legacy = [Path.cwd() / LEGACY_DIR_NAME, settings.claude.workdir / LEGACY_DIR_NAME]
+    said: list[str] = []
+    if settings.store_path == default:
+        said += move_legacy_state(legacy, settings.state_dir)
+    else:
+        said += [
+            f"{folder} is an old state folder inside the working tree (with clear-text tokens "
+            "Claude can read); store.path points elsewhere, so it is not used: delete it"
+            for folder in legacy
+            if folder.is_dir() and folder.resolve() != settings.state_dir.resolve()
+        ]
+    make_private_dir(settings.state_dir)
+    return said
+
+
+# -- relays ---------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def chat_outputs(
+    adapter: ChatAdapter, parties: Mapping[str, PartyPort], outbox: Outbox
+) -> AsyncIterator[list[tuple[ChatOutput, ThreadRelay]]]:
+    """Relays from each party to ``adapter``'s sinks, for as long as the block runs.
+
+    Messages a crash cut off are finished first (`redeliver`), then each relay is started
+    and subscribed. On the way out each is unsubscribed and stopped (its queue flushed)."""
+    outputs = adapter.outputs()
+    async with contextlib.AsyncExitStack() as stack:
+        for sink, platform in {(o.sink, o.platform): None for o in outputs}:
+            finished = await redeliver(sink, outbox, platform)
+            if finished:
+                log.info("finished %d %s messages cut off by a restart", finished, platform)
+        relays = []
+        for output in outputs:
+            relay = await stack.enter_async_context(
+                ThreadRelay(
+                    output.sink,
+                    outbox,
+                    platform=output.platform,
+                    home_thread=output.home_thread,
+                    markup=output.markup,
+                )
+            )
+            stack.callback(parties[output.party].subscribe(relay))
+            relays.append((output, relay))
+        yield relays
+
+
+# -- the app --------------------------------------------------------------------------------
+
+
+class App:
+    """Concordia assembled: the store, a Claude session and a party per party name, the
+    transports the settings turn on, and the redactor every output goes through.
+
+    Use as ``async with App(...) as app`` (everything opened), then `serve` until stopped.
+    `add` binds one more adapter before `serve` (tests bind the in-memory one).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        agent_env: Mapping[str, str],
+        confinement: Confinement,
+        tokens: BotTokens = BotTokens(),
+        environ: Mapping[str, str] | None = None,
+    ):
+        self.settings = settings
+        self._agent_env = dict(agent_env)
+        self._confinement = confinement
+        self._tokens = tokens
+        self._environ = os.environ if environ is None else environ
+        self._stack = contextlib.AsyncExitStack()
+        self.parties: dict[str, Party] = {}
+        self.sessions: dict[str, ClaudeSession] = {}
+        self.invites: dict[str, Invites] = {}
+        self.adapters: list[Adapter] = []
+        self._store: Store | None = None
+        self._redactor: Redactor | None = None
+        self._websocket: WebSocketAdapter | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("App.store before `async with App(...)`")
+        return self._store
+
+    @property
+    def redactor(self) -> Redactor:
+        if self._redactor is None:
+            raise RuntimeError("App.redactor before `async with App(...)`")
+        return self._redactor
+
+    @property
+    def websocket_port(self) -> int:
+        """The port the WebSocket transport listens on, once `serve` has started it."""
+        if self._websocket is None:
+            raise RuntimeError("App.websocket_port before `async with App(...)`")
+        return self._websocket.port
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._open()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _open(self) -> None:
+        settings = self.settings
+        stack = self._stack
+        store = self._store = await stack.enter_async_context(Store(settings.store_path))
+        books: dict[str, InviteBook] = {}
+        for name in settings.party_names():
+            await store.ensure_party(name)
+            books[name] = InviteBook(store, name, settings.state_dir / TOKENS_NAME)
+            self.invites[name] = await books[name].ensure()
+        secrets = secrets_of(
+            settings.claude, self._agent_env, list(self.invites.values()), self._tokens
+        )
+        if gemini_key := self._environ.get(settings.gemini.api_key_env, ""):
+            secrets.append(gemini_key)
+        self._redactor = Redactor(secrets)
+        merger = build_merger(settings)
+        if isinstance(merger, GeminiMerger):
+            stack.push_async_callback(merger.aclose)
+        for name in settings.party_names():
+            session = await stack.enter_async_context(
+                ClaudeSession(
+                    settings.claude,
+                    session_id=await store.session_id(name),
+                    env=self._agent_env,
+                    confinement=self._confinement,
+                )
+            )
+            self.sessions[name] = session
+            self.parties[name] = Party(
+                settings,
+                name=name,
+                store=store,
+                session=session,
+                merger=merger,
+                invites=books[name],
+                redactor=self._redactor,
+            )
+            await self.parties[name].load()
+        self._websocket = WebSocketAdapter(settings.websocket, self.parties[settings.party.name])
+        self.adapters.append(self._websocket)
+        if self._tokens.discord:
+            from adapters.discord import DiscordAdapter
+
+            discord = settings.discord
+            channels = {c: self.parties[discord.party_of(c)] for c in discord.channels}
+            self.adapters.append(
+                DiscordAdapter(discord, channels, token=self._tokens.discord, clean=self.chat_safe)
+            )
+        if self._tokens.slack_bot and self._tokens.slack_app:
+            from adapters.slack import SlackAdapter
+
+            slack = settings.slack
+            channels = {c: self.parties[slack.party_of(c)] for c in slack.channels}
+            self.adapters.append(
+                SlackAdapter(
+                    slack,
+                    channels,
+                    bot_token=self._tokens.slack_bot,
+                    app_token=self._tokens.slack_app,
+                )
+            )
+
+    def chat_safe(self, text: str) -> str:
+        """Text fit for chat under this run's redactor (every party shares it)."""
+        return next(iter(self.parties.values())).chat_safe(text)
+
+    def add(self, adapter: Adapter) -> None:
+        """Bind one more adapter; `serve` starts it with the others."""
+        self.adapters.append(adapter)
+
+    async def serve(self, stop: asyncio.Event, on_ready: Callable[[], None] = lambda: None) -> None:
+        """Run every part until ``stop`` is set, then stop them all.
+
+        Adapters start first (a runner resuming a batch at once must find them listening),
+        each chat adapter's relays next, the runners last; ``on_ready`` is called once all
+        are up. Raises `PartFailed` naming the first part that stopped on its own.
+        """
+        stopping = False
+
+        async def owned(part: str, work: Awaitable[None]) -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except ConcordiaError as exc:
+                raise PartFailed(part, exc) from exc
+            except Exception as exc:
+                log.error("%s failed", part, exc_info=exc)
+                raise PartFailed(part, f"{type(exc).__name__}: {exc}") from exc
+            if not stopping:
+                raise PartFailed(part, "it ended while the bot was running")
+
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks: list[asyncio.Task[None]] = []
+
+                    def spawn(part: str, work: Awaitable[None]) -> None:
+                        tasks.append(group.create_task(owned(part, work), name=part))
+
+                    for name, session in self.sessions.items():
+                        spawn(f"Claude of party {name!r}", session.serve())
+                    for adapter in self.adapters:
+                        stack.push_async_callback(adapter.stop)
+                        await adapter.start()
+                        spawn(f"the {adapter.name} transport", adapter.run())
+                        if isinstance(adapter, ChatAdapter):
+                            relays = await stack.enter_async_context(
+                                chat_outputs(adapter, self.parties, self.store)
+                            )
+                            for output, relay in relays:
+                                where = f"{output.platform} relay of party {output.party!r}"
+                                spawn(f"the {where}", relay.serve())
+                    for name, party in self.parties.items():
+                        spawn(f"the runner of party {name!r}", party.run())
+                    on_ready()
+                    await stop.wait()
+                    log.info("stopping")
+                    stopping = True
+                    for task in tasks:
+                        task.cancel()
+            except* ConcordiaError as failed:
+                # One line for the host (the Discord token was refused), not a traceback.
+                raise failed.exceptions[0] from None
