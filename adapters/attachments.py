@@ -7,12 +7,17 @@ silently. The same rules and words on every chat platform.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bot.model import Rejected, RejectKind
+from bot.model import Prompt, Rejected, RejectKind, Submission
+from bot.ports import PartyPort
 
-__all__ = ["Attachment", "fold", "too_long"]
+__all__ = ["Attachment", "Reader", "fold", "submit_with", "too_long"]
+
+Reader = Callable[["Attachment"], Awaitable[str | None]]
+"""Fetches a text attachment's content, or None when it cannot (having logged why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ async def fold(
     attachments: Sequence[Attachment],
     *,
     limit: int,
-    read: Callable[[Attachment], Awaitable[str | None]],
+    read: Reader,
 ) -> str | Rejected:
     """``text`` with each text attachment appended under its name, and each other one named.
 
@@ -69,3 +74,18 @@ async def fold(
         parts.append(f"--- {attachment.name} ---\n{body}")
         budget -= len(body)
     return "\n\n".join(parts)
+
+
+async def submit_with(
+    party: PartyPort, prompt: Prompt, attachments: Sequence[Attachment], read: Reader
+) -> Submission:
+    """A chat mention handed to ``party`` with its attachments folded in.
+
+    A stranger's files are not fetched: the party refuses the prompt anyway (and says why).
+    """
+    if not attachments or party.role_of(prompt.author) is None:
+        return await party.submit(prompt)
+    body = await fold(prompt.text, attachments, limit=party.max_prompt_chars, read=read)
+    if isinstance(body, Rejected):
+        return body
+    return await party.submit(dataclasses.replace(prompt, text=body))

@@ -24,7 +24,7 @@ import discord.http
 import yarl
 from discord import app_commands
 
-from adapters.attachments import Attachment, fold
+from adapters.attachments import Attachment, Reader, submit_with
 from bot.config import DiscordSettings
 from bot.model import (
     Accepted,
@@ -205,6 +205,32 @@ def _approval_view(approval_id: int) -> discord.ui.View:
     return view
 
 
+def _attachments(attachments: list[discord.Attachment]) -> tuple[list[Attachment], Reader]:
+    """A message's files as `adapters.attachments` sees them, and their reader. Text files
+    (Discord turns a long paste into message.txt) are read in; others are named."""
+    by_id = {str(a.id): a for a in attachments}
+    described = [
+        Attachment(
+            a.filename,
+            a.size,
+            a.content_type or "",
+            (a.content_type or "").startswith("text/")
+            or PurePosixPath(a.filename).suffix.lower() in _TEXT_SUFFIXES,
+            str(a.id),
+        )
+        for a in attachments
+    ]
+
+    async def read(attachment: Attachment) -> str | None:
+        try:
+            return (await by_id[attachment.ref].read()).decode("utf-8")
+        except (discord.HTTPException, UnicodeDecodeError):
+            log.warning("could not read the attachment %s", attachment.name, exc_info=True)
+            return None
+
+    return described, read
+
+
 class DiscordSink:
     """Posts and edits on Discord for the relays. A thread is ``"C"`` (channel C itself) or
     ``"C/M"`` (the thread started from message M in channel C, created on first use)."""
@@ -212,17 +238,10 @@ class DiscordSink:
     def __init__(self, client: discord.Client, edit_interval_s: float, clean: Callable[[str], str]):
         """``clean`` makes a participant's text fit to post (a party's `chat_safe`)."""
         self._client = client
-        self._edit_interval_s = edit_interval_s
+        self.max_message_chars = MAX_MESSAGE_CHARS
+        self.edit_interval_s = edit_interval_s
         self._clean = clean
         self._threads: dict[str, int] = {}
-
-    @property
-    def max_message_chars(self) -> int:
-        return MAX_MESSAGE_CHARS
-
-    @property
-    def edit_interval_s(self) -> float:
-        return self._edit_interval_s
 
     async def post(self, thread: str, text: str) -> str:
         channel_id = await self._channel_for(thread)
@@ -549,18 +568,14 @@ class DiscordAdapter:
         party = self._channels.get(message.channel.id)
         if party is None or client.user not in message.mentions:
             return
-        text = strip_mention(message.content, client.user.id)
-        author = _author(message.author)
-        # A stranger's files are not fetched: the party refuses the prompt anyway.
-        is_member = party.role_of(author) is not None
-        body = await self._with_attachments(text, message.attachments, party) if is_member else text
         prompt = Prompt(
             f"{PLATFORM}:{message.id}",
-            author,
-            body if isinstance(body, str) else text,
+            _author(message.author),
+            strip_mention(message.content, client.user.id),
             thread=f"{message.channel.id}/{message.id}",
         )
-        submission = body if isinstance(body, Rejected) else await party.submit(prompt)
+        attachments, read = _attachments(message.attachments)
+        submission = await submit_with(party, prompt, attachments, read)
         try:
             match submission:
                 case Accepted(is_duplicate=False):
@@ -588,33 +603,6 @@ class DiscordAdapter:
             await message.author.send(_MEMBER_HINT)
         except discord.HTTPException:
             await message.reply(_MEMBER_HINT, allowed_mentions=discord.AllowedMentions.none())
-
-    async def _with_attachments(
-        self, text: str, attachments: list[discord.Attachment], party: Party
-    ) -> str | Rejected:
-        """Text files (Discord turns a long paste into message.txt) are read into the prompt
-        within the party's limit (`adapters.attachments.fold`)."""
-        by_id = {str(a.id): a for a in attachments}
-        described = [
-            Attachment(
-                a.filename,
-                a.size,
-                a.content_type or "",
-                (a.content_type or "").startswith("text/")
-                or PurePosixPath(a.filename).suffix.lower() in _TEXT_SUFFIXES,
-                str(a.id),
-            )
-            for a in attachments
-        ]
-
-        async def read(attachment: Attachment) -> str | None:
-            try:
-                return (await by_id[attachment.ref].read()).decode("utf-8")
-            except (discord.HTTPException, UnicodeDecodeError):
-                log.warning("could not read the attachment %s", attachment.name, exc_info=True)
-                return None
-
-        return await fold(text, described, limit=party.max_prompt_chars, read=read)
 
     async def command(
         self, interaction: discord.Interaction[Any], name: str, args: str = ""

@@ -27,7 +27,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.attachments import Attachment, fold
+from adapters.attachments import Attachment, submit_with
 from bot.config import SlackSettings
 from bot.model import (
     Accepted,
@@ -97,22 +97,30 @@ def _adapter_error(exc: SlackApiError) -> AdapterError:
     return AdapterError(f"Slack refused: {error or status}", retryable=retryable)
 
 
+def _attachments(files: list[dict[str, Any]]) -> list[Attachment]:
+    """An event's shared files as `adapters.attachments` sees them: text snippets and text
+    files are read in (their download URL is the ref), others are named."""
+    return [
+        Attachment(
+            str(shared.get("name") or shared.get("title") or "file"),
+            int(shared.get("size") or 0),
+            str(shared.get("mimetype") or ""),
+            str(shared.get("mimetype", "")).startswith("text/")
+            or shared.get("filetype") in _TEXT_FILETYPES,
+            str(shared.get("url_private_download") or shared.get("url_private") or ""),
+        )
+        for shared in files
+    ]
+
+
 class SlackSink:
     """Posts and updates for the relays. A thread is ``"C"`` or ``"C/TS"`` (a reply thread)."""
 
     def __init__(self, client: AsyncWebClient, *, max_message_chars: int, edit_interval_s: float):
         self._client = client
-        self._max = max_message_chars
-        self._interval = edit_interval_s
+        self.max_message_chars = max_message_chars
+        self.edit_interval_s = edit_interval_s
         self._last_post: dict[str, float] = {}
-
-    @property
-    def max_message_chars(self) -> int:
-        return self._max
-
-    @property
-    def edit_interval_s(self) -> float:
-        return self._interval
 
     async def post(self, thread: str, text: str) -> str:
         return await self._post(thread, escape(text))
@@ -150,7 +158,8 @@ class SlackSink:
         channel, _, thread_ts = thread.partition("/")
         # chat.postMessage allows about one message a second per channel: a long reply's
         # finished messages are spaced like edits instead of arriving in one burst.
-        wait_s = self._last_post.get(channel, -self._interval) + self._interval - time.monotonic()
+        interval = self.edit_interval_s
+        wait_s = self._last_post.get(channel, -interval) + interval - time.monotonic()
         if wait_s > 0:
             await asyncio.sleep(wait_s)  # pacing: Slack's per-channel posting rate
         self._last_post[channel] = time.monotonic()
@@ -382,19 +391,16 @@ class SlackAdapter:
         text = re.sub(
             rf"<@{re.escape(self._bot_user_id)}(\|[^>]*)?>", "", str(event.get("text", ""))
         ).strip()
-        author = Author(PLATFORM, user, user)
-        # A stranger's files are not fetched: the party refuses the prompt anyway.
-        is_member = party.role_of(author) is not None
-        files = event.get("files") or []
-        body = await self._with_files(text, files, party) if is_member else text
         ts = str(event.get("ts", ""))
         prompt = Prompt(
             f"{PLATFORM}:{channel}:{ts}",
-            author,
-            body if isinstance(body, str) else text,
+            Author(PLATFORM, user, user),
+            text,
             thread=f"{channel}/{event.get('thread_ts') or ts}",
         )
-        submission = body if isinstance(body, Rejected) else await party.submit(prompt)
+        submission = await submit_with(
+            party, prompt, _attachments(event.get("files") or []), self._read
+        )
         self._in_background(self._acknowledge(party, prompt, submission, channel, ts))
 
     async def _acknowledge(
@@ -469,27 +475,8 @@ class SlackAdapter:
         except SlackApiError:
             log.warning("could not answer an approval click on Slack", exc_info=True)
 
-    async def _with_files(
-        self, text: str, files: list[dict[str, Any]], party: Party
-    ) -> str | Rejected:
-        """Text snippets and files are read into the prompt within the party's limit
-        (`adapters.attachments.fold`)."""
-        described = [
-            Attachment(
-                str(shared.get("name") or shared.get("title") or "file"),
-                int(shared.get("size") or 0),
-                str(shared.get("mimetype") or ""),
-                str(shared.get("mimetype", "")).startswith("text/")
-                or shared.get("filetype") in _TEXT_FILETYPES,
-                str(shared.get("url_private_download") or shared.get("url_private") or ""),
-            )
-            for shared in files
-        ]
-
-        async def read(attachment: Attachment) -> str | None:
-            return await self._download(attachment.ref) if attachment.ref else None
-
-        return await fold(text, described, limit=party.max_prompt_chars, read=read)
+    async def _read(self, attachment: Attachment) -> str | None:
+        return await self._download(attachment.ref) if attachment.ref else None
 
     async def _download(self, url: str) -> str | None:
         """A file shared in Slack, fetched with the bot token (files are private)."""
