@@ -7,7 +7,7 @@ CLAUDE_DIR := .tools/claude
 CLAUDE_LOCAL := $(CLAUDE_DIR)/node_modules/.bin/claude
 ARGS ?=
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-fast lint bench clean
 
 ## run: install the project (and the claude CLI if none is on PATH), then `concordia run`
 run: $(VENV)/.run-installed
@@ -17,6 +17,10 @@ run: $(VENV)/.run-installed
 ## test: install what the tests need (the pinned claude CLI included) and run the whole suite
 test: $(VENV)/.dev-installed $(CLAUDE_LOCAL)
 	$(BIN)/pytest -q
+
+## test-fast: the suite without the real claude CLI (the `claude` mark), for the edit-test loop
+test-fast: $(VENV)/.dev-installed
+	$(BIN)/pytest -q -m "not claude"
 
 ## lint: format check, lint and strict types, as CI runs them
 lint: $(VENV)/.dev-installed
