@@ -2,8 +2,9 @@
 
 `MemoryPlatform` is a `MessageSink` that keeps every message in memory, declares
 limits like a real platform, and fails on request (a 429 with ``retry_after``).
-`MemoryAdapter` binds it to a party through a `ThreadRelay`, so tests push prompts
-in with `push_prompt` and take what was posted or edited with `pop_message`.
+`MemoryAdapter` is the `bot.ports.ChatAdapter` over it: the composition root puts a relay
+between the party and the platform, as for Discord and Slack, and tests push prompts in
+with `push_prompt` and take what was posted or edited with `pop_message`.
 """
 
 from __future__ import annotations
@@ -11,15 +12,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from bot.model import Author, Command, CommandResult, Prompt, Submission
-from bot.party import Party
-from bot.ports import AdapterError, Outbox
-from bot.relay import ThreadRelay
+from bot.ports import AdapterError, ChatOutput, PartyPort
+from bot.render import Markup
 
 __all__ = ["MemoryAdapter", "MemoryPlatform", "PostedMessage"]
 
@@ -98,36 +95,28 @@ class MemoryPlatform:
 
 
 class MemoryAdapter:
-    """Binds a `MemoryPlatform` to a party: tests push prompts and pop messages."""
+    """A `MemoryPlatform` bound to one party: tests push prompts and commands in as its
+    users, and read the platform. `run` has nothing to serve: it waits until `stop`."""
 
     name = PLATFORM
 
-    def __init__(self, party: Party, platform: MemoryPlatform, outbox: Outbox):
+    def __init__(self, party: PartyPort, platform: MemoryPlatform | None = None):
         self._party = party
-        self.platform = platform
-        self._relay = ThreadRelay(platform, outbox, platform=PLATFORM)
-        self._stop_listening: Callable[[], None] = lambda: None
+        self.platform = platform or MemoryPlatform()
         self._ids = itertools.count(1)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        self._stopped = asyncio.Event()
 
     async def start(self) -> None:
-        await self._relay.__aenter__()
-        self._stop_listening = self._party.subscribe(self._relay)
+        self._stopped.clear()
+
+    async def run(self) -> None:
+        await self._stopped.wait()
 
     async def stop(self) -> None:
-        self._stop_listening()
-        await self._relay.stop()
+        self._stopped.set()
+
+    def outputs(self) -> list[ChatOutput]:
+        return [ChatOutput(self._party.name, self.platform, PLATFORM, Markup.MARKDOWN)]
 
     @staticmethod
     def author(user: str) -> Author:

@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import re
 import sys
 import time
@@ -41,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench._common import command_line, print_table
+from bot.app import build_merger
 from bot.config import ConfigError
-from bot.merge import Merger, build_merger
+from bot.merge import Merger
 from bot.merge_local import LocalMerger
 from bot.model import SourcePrompt
 
@@ -406,7 +408,7 @@ async def _run(
     from bot.merge_gemini import GeminiMerger
 
     settings = load_settings(config)
-    merger = build_merger(settings)
+    merger = build_merger(settings, os.environ)
     if not isinstance(merger, GeminiMerger):
         raise _NoGeminiKey(
             f"no Gemini key is set: export ${settings.gemini.api_key_env} (the variable"

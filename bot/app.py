@@ -1,6 +1,6 @@
 """The composition root: every part of a run built from the settings, and served together.
 
-Invariant: `App.serve` runs every owner task (each party's Claude supervisor and runner,
+Invariant: `App.serve` runs every owner task (each party's agent supervisor and runner,
 each transport, a relay per chat sink and party) in ONE task group, so a part that dies ends
 the run with a `PartFailed` naming it, instead of leaving a bot that looks alive but is
 deaf. Only this module and `bot.cli` import adapters.
@@ -22,13 +22,15 @@ from typing import Self
 
 from adapters.websocket import WebSocketAdapter
 from bot import ConcordiaError
+from bot.agent import AgentSession
 from bot.config import ClaudeSettings, Settings
 from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_environment
 from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
 from bot.delivery import redeliver
 from bot.invite import InviteBook, Invites
-from bot.merge import build_merger
+from bot.merge import Merger
 from bot.merge_gemini import GeminiMerger
+from bot.merge_local import LocalMerger
 from bot.party import Party
 from bot.ports import Adapter, ChatAdapter, ChatOutput, Outbox, PartyPort
 from bot.relay import ThreadRelay
@@ -45,11 +47,13 @@ from bot.state_dir import (
 from bot.store import Store
 
 __all__ = [
+    "AgentFactory",
     "App",
     "BotTokens",
     "PartFailed",
     "agent_env",
     "bot_secret_names",
+    "build_merger",
     "chat_outputs",
     "confinement_for",
     "hide_own_process",
@@ -60,6 +64,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+AgentFactory = Callable[[str, str | None], AgentSession]
+"""Builds one party's agent, not yet started: (party name, its stored session id or None)."""
 
 
 class PartFailed(ConcordiaError):
@@ -166,6 +173,24 @@ def prepare_state(settings: Settings, environ: Mapping[str, str]) -> list[str]:
     return said
 
 
+def build_merger(settings: Settings, environ: Mapping[str, str]) -> Merger:
+    """The merger ``settings`` ask for: Gemini when its key is set, else the local one.
+
+    google-genai itself is imported only when a `GeminiMerger` is built, so a host without a
+    key never loads it (it costs 0.35 s of every start)."""
+    gemini = settings.gemini
+    api_key = environ.get(gemini.api_key_env, "")
+    if not api_key:
+        return LocalMerger(note=f"set ${gemini.api_key_env} to merge with Gemini")
+    return GeminiMerger(
+        api_key=api_key,
+        model=gemini.model,
+        timeout_s=gemini.timeout_s,
+        base_url=gemini.base_url,
+        fallback=LocalMerger(),
+    )
+
+
 # -- relays ---------------------------------------------------------------------------------
 
 
@@ -203,11 +228,14 @@ async def chat_outputs(
 
 
 class App:
-    """Concordia assembled: the store, a Claude session and a party per party name, the
-    transports the settings turn on, and the redactor every output goes through.
+    """Concordia assembled: the store, an agent and a party per party name, the transports
+    the settings turn on, and the redactor every output goes through.
 
     Use as ``async with App(...) as app`` (everything opened), then `serve` until stopped.
-    `add` binds one more adapter before `serve` (tests bind the in-memory one).
+    `add` binds one more adapter before `serve` (tests bind the in-memory one). Each agent
+    comes from ``agent_factory``; by default it is Claude (`bot.session.ClaudeSession`) with
+    ``agent_env`` and ``confinement``. Whatever the agent, ``agent_env``'s credentials are
+    redacted from every output.
     """
 
     def __init__(
@@ -218,15 +246,17 @@ class App:
         confinement: Confinement,
         tokens: BotTokens = BotTokens(),
         environ: Mapping[str, str] | None = None,
+        agent_factory: AgentFactory | None = None,
     ):
         self.settings = settings
         self._agent_env = dict(agent_env)
         self._confinement = confinement
+        self._agent_factory = agent_factory or self._claude
         self._tokens = tokens
         self._environ = os.environ if environ is None else environ
         self._stack = contextlib.AsyncExitStack()
         self.parties: dict[str, Party] = {}
-        self.sessions: dict[str, ClaudeSession] = {}
+        self.sessions: dict[str, AgentSession] = {}
         self.invites: dict[str, Invites] = {}
         self.adapters: list[Adapter] = []
         self._store: Store | None = None
@@ -283,18 +313,12 @@ class App:
         if gemini_key := self._environ.get(settings.gemini.api_key_env, ""):
             secrets.append(gemini_key)
         self._redactor = Redactor(secrets)
-        merger = build_merger(settings)
+        merger = build_merger(settings, self._environ)
         if isinstance(merger, GeminiMerger):
             stack.push_async_callback(merger.aclose)
         for name in settings.party_names():
-            session = await stack.enter_async_context(
-                ClaudeSession(
-                    settings.claude,
-                    session_id=await store.session_id(name),
-                    env=self._agent_env,
-                    confinement=self._confinement,
-                )
-            )
+            agent = self._agent_factory(name, await store.session_id(name))
+            session = await stack.enter_async_context(agent)
             self.sessions[name] = session
             self.parties[name] = Party(
                 settings,
@@ -329,6 +353,15 @@ class App:
                     app_token=self._tokens.slack_app,
                 )
             )
+
+    def _claude(self, party: str, session_id: str | None) -> AgentSession:
+        """The default agent: the `claude` CLI, with this run's environment and confinement."""
+        return ClaudeSession(
+            self.settings.claude,
+            session_id=session_id,
+            env=self._agent_env,
+            confinement=self._confinement,
+        )
 
     def chat_safe(self, text: str) -> str:
         """Text fit for chat under this run's redactor (every party shares it)."""

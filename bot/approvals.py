@@ -1,6 +1,6 @@
 """Deciding on Claude's tool use from chat: who may decide, how many must agree, what is kept.
 
-Claude asks over its control channel (`ToolRequest`); the runner hands the request to
+The agent asks through the seam (`bot.agent.ToolRequest`); the runner hands the request to
 `Approvals.ask`, which publishes an `ApprovalRequested`, waits for participants'
 decisions (`Approvals.decide`) or the timeout, publishes an `ApprovalResolved` and says
 whether to allow. Only approvers and the host decide; one deny denies; a call that
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from bot.agent import ToolRequest
 from bot.config import ApprovalSettings
 from bot.model import (
     ApprovalOutcome,
@@ -33,7 +34,6 @@ from bot.model import (
     Role,
 )
 from bot.safety import Redactor, strip_controls
-from bot.session import ToolRequest
 from bot.store import Store
 
 __all__ = ["Approvals", "describe_call", "rule_for"]
@@ -116,7 +116,8 @@ def describe_call(call: ToolRequest) -> tuple[str, str]:
             return summary, "\n".join(diff)
         case "MultiEdit":
             edits = data.get("edits") or []
-            return f"make {len(edits)} edit(s) in {path}", json.dumps(edits, indent=1)
+            count = len(edits) if isinstance(edits, list) else 1
+            return f"make {count} edit(s) in {path}", json.dumps(edits, indent=1)
         case "Write":
             content = _lines(data.get("content"))
             return f"write {path} ({len(content)} lines)", "\n".join(content[:40])

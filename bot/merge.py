@@ -9,7 +9,6 @@ mergers read a batch with `read_batch` and build their result with `assemble`.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import unicodedata
 from collections import Counter
@@ -17,10 +16,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.config import Settings
 from bot.model import MergeGroup, SourcePrompt
 
-__all__ = ["Merge", "Merger", "Reading", "assemble", "build_merger", "read_batch", "tokens"]
+__all__ = ["Merge", "Merger", "Reading", "assemble", "read_batch", "tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -281,24 +279,3 @@ def _render(groups: Sequence[MergeGroup], conflicts: Sequence[tuple[int, int]] =
             "ask which to follow before acting on either."
         )
     return "\n".join(lines)
-
-
-def build_merger(settings: Settings) -> Merger:
-    """The merger ``settings`` ask for: Gemini when its key is set, else the local one."""
-    # Imported here, not at the top: both modules import this one. The Gemini merger is
-    # imported only with a key, so a host without one never loads google-genai.
-    from bot.merge_local import LocalMerger
-
-    gemini = settings.gemini
-    api_key = os.environ.get(gemini.api_key_env, "")
-    if not api_key:
-        return LocalMerger(note=f"set ${gemini.api_key_env} to merge with Gemini")
-    from bot.merge_gemini import GeminiMerger
-
-    return GeminiMerger(
-        api_key=api_key,
-        model=gemini.model,
-        timeout_s=gemini.timeout_s,
-        base_url=gemini.base_url,
-        fallback=LocalMerger(),
-    )

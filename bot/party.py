@@ -1,11 +1,11 @@
-"""Party: the people sharing one Claude session, their queue, and the one runner.
+"""Party: the people sharing one agent session, their queue, and the one runner.
 
-Only the runner task writes to Claude. Everyone else (adapters submitting prompts,
-commands such as cancel or restart) asks it through the store, its wake-up event and
-its control queue. Every accepted prompt is in SQLite before `submit` returns, and
-the runner resumes whatever a previous process left pending or in flight. The
-/concordia commands are `bot.commands`; they reach the party only through the methods
-of `bot.commands.CommandTarget`.
+Only the runner task writes to the agent (a `bot.agent.AgentSession`: Claude, in a run).
+Everyone else (adapters submitting prompts, commands such as cancel or restart) asks it
+through the store, its wake-up event and its control queue. Every accepted prompt is in
+SQLite before `submit` returns, and the runner resumes whatever a previous process left
+pending or in flight. The /concordia commands are `bot.commands`; they reach the party
+only through the methods of `bot.commands.CommandTarget`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ from dataclasses import dataclass
 from typing import assert_never
 
 from bot import ConcordiaError, commands
+from bot.agent import (
+    AgentSession,
+    SessionDied,
+    SessionError,
+    TextDelta,
+    ToolRequest,
+    ToolUse,
+    TurnEnd,
+)
 from bot.approvals import Approvals
 from bot.commands import Overview, ShellQueue
 from bot.config import Settings
@@ -56,15 +65,6 @@ from bot.safety import (
     neutralize_mentions,
     sanitize_prompt,
     strip_controls,
-)
-from bot.session import (
-    ClaudeSession,
-    SessionDied,
-    SessionError,
-    TextDelta,
-    ToolRequest,
-    ToolUse,
-    TurnEnd,
 )
 from bot.shell import ShellRunner
 from bot.store import Participant, StaleSources, Store
@@ -116,7 +116,7 @@ class Party:
         *,
         name: str,
         store: Store,
-        session: ClaudeSession,
+        session: AgentSession,
         merger: Merger,
         invites: InviteBook,
         redactor: Redactor,
@@ -536,6 +536,10 @@ class Party:
             self.metrics.turn.add(time.monotonic() - started)
             self._last_turn_at = time.monotonic()
         assert end is not None
+        if end.usage is not None:
+            usage = dataclasses.asdict(end.usage)
+            extra = {"party": self.name, "batch_id": batch.batch_id, **usage}
+            log.info("batch %d used %s", batch.batch_id, end.usage, extra=extra)
         await self._remember_session()
         return end.status, self._redactor.redact(end.error)
 

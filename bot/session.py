@@ -1,4 +1,5 @@
-"""ClaudeSession: one `claude -p` stream-json process, driven through pexpect over pipes.
+"""ClaudeSession: the `bot.agent.AgentSession` that is one `claude -p` stream-json process,
+driven through pexpect over pipes.
 
 Pipes, not a pty: with a tty on stdin `claude -p` refuses to start, and a canonical
 pty cuts input lines at 4095 bytes. The reading side is `pexpect.fdpexpect.fdspawn`
@@ -23,29 +24,26 @@ from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Self
 
 import pexpect
 import pexpect.fdpexpect
 
-from bot import ConcordiaError
+from bot.agent import (
+    AgentEvent,
+    SessionDied,
+    SessionError,
+    ToolRequest,
+    TurnEnd,
+)
 from bot.config import ClaudeSettings
 from bot.confinement import Confinement
 from bot.model import TurnStatus
 from bot.pace import Backoff, Jitter
+from bot.stream_json import StreamLine, TurnParser, parse_line
 
-__all__ = [
-    "ClaudeSession",
-    "Event",
-    "SessionDied",
-    "SessionError",
-    "TextDelta",
-    "ToolRequest",
-    "ToolUse",
-    "TurnEnd",
-    "TurnParser",
-    "stream_json_command",
-]
+# The events are `bot.agent`'s; they are re-exported for callers driving a session directly.
+__all__ = ["ClaudeSession", "stream_json_command"]
 
 log = logging.getLogger(__name__)
 
@@ -70,116 +68,12 @@ _TAIL_LINES = 20
 _CALM_LIFE_S = 60.0
 
 
-class SessionError(ConcordiaError):
-    """Claude could not be started or driven."""
-
-
-class SessionDied(SessionError):
-    """The Claude process exited while a turn was running."""
-
-    def __init__(self, message: str, *, exit_status: int | None):
-        super().__init__(message)
-        self.exit_status = exit_status
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolUse:
-    """Claude asked to use a tool; ``detail`` is a one-line summary of its input."""
-
-    name: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolRequest:
-    """Claude asks whether it may use a tool (``can_use_tool``); answer with
-    `ClaudeSession.answer_tool` before the turn can go on."""
-
-    request_id: str
-    tool: str
-    input: Mapping[str, Any]
-    tool_use_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class TurnEnd:
-    status: TurnStatus
-    result: str
-    error: str = ""
-
-
-Event = TextDelta | ToolUse | ToolRequest | TurnEnd
-
-
 @dataclass(frozen=True, slots=True)
 class _Exited:
     """Put on the line queue by the supervisor when the process is gone."""
 
     exit_status: int | None
     tail: str
-
-
-class TurnParser:
-    """Turns one turn's stream-json lines into events; pure, so transcripts can test it.
-
-    Text comes from the partial-message deltas (the full ``assistant`` message repeats
-    it and is used only for tool calls). A turn of several model messages (text, tool,
-    text) gets a paragraph break between them. The ``result`` line ends the turn.
-    """
-
-    def __init__(self) -> None:
-        self.was_interrupted = False
-        self._has_text = False
-        self._needs_separator = False
-
-    def feed(self, line: Mapping[str, Any]) -> list[Event]:
-        match line.get("type"):
-            case "stream_event":
-                return self._stream_event(line.get("event") or {})
-            case "assistant":
-                content = (line.get("message") or {}).get("content") or []
-                return [
-                    ToolUse(str(block.get("name", "?")), _summarize(block.get("input")))
-                    for block in content
-                    if isinstance(block, dict) and block.get("type") == "tool_use"
-                ]
-            case "result":
-                return [_turn_end(line, was_interrupted=self.was_interrupted)]
-            case "control_request":
-                request = line.get("request") or {}
-                if request.get("subtype") != "can_use_tool":
-                    return []
-                tool_input = request.get("input")
-                return [
-                    ToolRequest(
-                        request_id=str(line.get("request_id", "")),
-                        tool=str(request.get("tool_name", "?")),
-                        input=tool_input if isinstance(tool_input, dict) else {},
-                        tool_use_id=str(request.get("tool_use_id", "")),
-                    )
-                ]
-            case _:
-                return []
-
-    def _stream_event(self, event: Mapping[str, Any]) -> list[Event]:
-        if event.get("type") == "message_start" and self._has_text:
-            self._needs_separator = True
-        delta = event.get("delta") or {}
-        if event.get("type") != "content_block_delta" or delta.get("type") != "text_delta":
-            return []
-        text = str(delta.get("text", ""))
-        if not text:
-            return []
-        if self._needs_separator:
-            text = "\n\n" + text
-            self._needs_separator = False
-        self._has_text = True
-        return [TextDelta(text)]
 
 
 def stream_json_command(
@@ -201,7 +95,7 @@ def stream_json_command(
 
 
 class ClaudeSession:
-    """The Claude process behind one party.
+    """The Claude process behind one party; a `bot.agent.AgentSession`.
 
     ``ready`` is set while a process is up and able to take a turn. ``restarts`` counts
     unplanned exits. Use as an async context manager; `stop` is idempotent.
@@ -221,7 +115,7 @@ class ClaudeSession:
         self.session_id = session_id
         self.ready = asyncio.Event()
         self.restarts = 0
-        self._lines: asyncio.Queue[dict[str, Any] | _Exited] = asyncio.Queue()
+        self._lines: asyncio.Queue[StreamLine | _Exited] = asyncio.Queue()
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
@@ -378,12 +272,8 @@ class ClaudeSession:
         line = line.strip()
         if not line:
             return
-        try:
-            message = json.loads(line)
-        except json.JSONDecodeError:
-            self._note_text(line)
-            return
-        if not isinstance(message, dict):
+        message = parse_line(line)
+        if message is None:
             self._note_text(line)
             return
         if message.get("session_id"):
@@ -400,7 +290,7 @@ class ClaudeSession:
                 self._tail.append(line.strip()[:500])
                 log.warning("claude: %s", line.strip()[:500])
 
-    async def _write(self, message: Mapping[str, Any]) -> None:
+    async def _write(self, message: Mapping[str, object]) -> None:
         proc = self._proc
         if proc is None or proc.stdin is None:
             raise SessionError("claude is not running")
@@ -429,7 +319,7 @@ class ClaudeSession:
 
     # -- turns ----------------------------------------------------------------------------
 
-    async def run(self, prompt: str) -> AsyncIterator[Event]:
+    async def run(self, prompt: str) -> AsyncIterator[AgentEvent]:
         """Send one user turn and yield its events; the last one is always a `TurnEnd`.
 
         Raises `SessionDied` if the process exits before the turn ends (the supervisor is
@@ -484,7 +374,9 @@ class ClaudeSession:
                     )
                 for event in parser.feed(item):
                     if isinstance(event, TurnEnd) and timed_out:
-                        event = TurnEnd(TurnStatus.ERROR, event.result, self._timeout_message())
+                        event = TurnEnd(
+                            TurnStatus.ERROR, event.result, self._timeout_message(), event.usage
+                        )
                     yield event
                     if isinstance(event, TurnEnd):
                         return
@@ -511,7 +403,7 @@ class ClaudeSession:
 
     async def answer_tool(self, request: ToolRequest, *, allow: bool, message: str = "") -> None:
         """Answer a `ToolRequest`: allow it as asked, or deny it telling Claude ``message``."""
-        decision: dict[str, Any] = (
+        decision: dict[str, object] = (
             {"behavior": "allow", "updatedInput": dict(request.input)}
             if allow
             else {"behavior": "deny", "message": message or "denied"}
@@ -533,25 +425,6 @@ class ClaudeSession:
         )
 
 
-def _write_all(stdin: Any, data: bytes) -> None:
+def _write_all(stdin: IO[bytes], data: bytes) -> None:
     stdin.write(data)
     stdin.flush()
-
-
-def _turn_end(result: Mapping[str, Any], *, was_interrupted: bool) -> TurnEnd:
-    text = str(result.get("result") or "")
-    if was_interrupted and result.get("subtype") != "success":
-        return TurnEnd(TurnStatus.INTERRUPTED, text)
-    if result.get("is_error") or result.get("subtype") != "success":
-        errors = result.get("errors")
-        detail = text or (("; ".join(map(str, errors))) if isinstance(errors, list) else "")
-        return TurnEnd(TurnStatus.ERROR, text, detail or str(result.get("subtype", "error")))
-    return TurnEnd(TurnStatus.SUCCESS, text)
-
-
-def _summarize(tool_input: object) -> str:
-    if isinstance(tool_input, dict):
-        for key in ("command", "file_path", "path", "pattern", "url", "description"):
-            if key in tool_input:
-                return str(tool_input[key]).splitlines()[0][:200] if tool_input[key] else ""
-    return json.dumps(tool_input)[:200] if tool_input is not None else ""

@@ -44,24 +44,28 @@ async def fake_api() -> AsyncIterator[FakeAnthropic]:
         yield api
 
 
-def make_settings(tmp_path: Path, api: FakeAnthropic, **overrides: dict[str, object]) -> Settings:
-    """Settings for one test: files under tmp_path, the real CLI pointed at the fake API."""
+def make_settings(
+    tmp_path: Path, api: FakeAnthropic | None, **overrides: dict[str, object]
+) -> Settings:
+    """Settings for one test: files under tmp_path, the real CLI pointed at the fake API
+    (``api`` None: no CLI at all, for a party whose agent is `tests.fakes.agent.FakeAgent`)."""
     home = tmp_path / "home"
     workdir = tmp_path / "work"
     home.mkdir(exist_ok=True)
     workdir.mkdir(exist_ok=True)
-    env = claude_env(home, api.base_url)
-    env["CLAUDE_CODE_MAX_RETRIES"] = "0"
+    claude: dict[str, object] = {
+        "workdir": str(workdir),
+        "turn_timeout_s": 60.0,
+        "restart_backoff_s": 0.2,
+    }
+    if api is not None:
+        env = claude_env(home, api.base_url)
+        env["CLAUDE_CODE_MAX_RETRIES"] = "0"
+        claude = {"command": claude_command(), "env": env, **claude}
     raw: dict[str, dict[str, object]] = {
         "store": {"path": str(tmp_path / "state" / "concordia.db")},
         "party": {"collect_window_s": 0.05},
-        "claude": {
-            "command": claude_command(),
-            "env": env,
-            "workdir": str(workdir),
-            "turn_timeout_s": 60.0,
-            "restart_backoff_s": 0.2,
-        },
+        "claude": claude,
         "websocket": {"host": "127.0.0.1", "port": 0},
     }
     for section, values in overrides.items():

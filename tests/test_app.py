@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +17,16 @@ import psutil
 import pytest
 
 from bot.app import App, PartFailed, chat_outputs
-from bot.model import Author, Prompt
+from bot.model import Author, Prompt, TurnStatus
 from bot.ports import ChatOutput
 from bot.render import Markup
 from tests.conftest import NO_CONFINEMENT, make_settings
 from tests.e2e.harness import BotProcess, Client
+from tests.fakes.agent import FakeAgent
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command
+from tests.rigs import open_rig
 
-pytestmark = [pytest.mark.claude, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 
 @dataclass(eq=False)  # a sink is itself, as the real ones are
@@ -65,11 +68,23 @@ class BrokenChat:
         return [ChatOutput(self._party, self.sink, "broken-chat", Markup.MARKDOWN, "home")]
 
 
-async def test_a_relay_that_dies_ends_the_run_naming_it(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    settings = make_settings(tmp_path, fake_api)
-    async with App(settings, agent_env=settings.claude.env, confinement=NO_CONFINEMENT) as app:
+def _fake_agents(
+    workdir: Path,
+) -> tuple[list[tuple[str, str | None]], Callable[[str, str | None], FakeAgent]]:
+    """An agent factory for `App` that builds `FakeAgent`s, and the arguments it is given."""
+    calls: list[tuple[str, str | None]] = []
+
+    def build(party: str, session_id: str | None) -> FakeAgent:
+        calls.append((party, session_id))
+        return FakeAgent(workdir=workdir, session_id=session_id)
+
+    return calls, build
+
+
+async def test_a_relay_that_dies_ends_the_run_naming_it(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, None)
+    _, agents = _fake_agents(settings.claude.workdir)
+    async with App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents) as app:
         chat = BrokenChat(settings.party.name)
         app.add(chat)
         party = app.parties[settings.party.name]
@@ -88,11 +103,10 @@ async def test_a_relay_that_dies_ends_the_run_naming_it(
     assert chat.sink.posted.is_set()
 
 
-async def test_chat_outputs_stop_their_relays_and_unsubscribe(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    settings = make_settings(tmp_path, fake_api)
-    async with App(settings, agent_env=settings.claude.env, confinement=NO_CONFINEMENT) as app:
+async def test_chat_outputs_stop_their_relays_and_unsubscribe(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, None)
+    _, agents = _fake_agents(settings.claude.workdir)
+    async with App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents) as app:
         party = app.parties[settings.party.name]
         chat = BrokenChat(party.name)
         async with chat_outputs(chat, app.parties, app.store) as relays:
@@ -102,6 +116,26 @@ async def test_chat_outputs_stop_their_relays_and_unsubscribe(
         assert relay not in party._listeners
 
 
+async def test_each_party_gets_its_agent_from_the_factory_with_its_stored_session(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, None)
+    calls, agents = _fake_agents(settings.claude.workdir)
+    async with App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents):
+        pass
+    async with open_rig(settings) as rig:
+        assert await rig.chat.join("alice", rig.invites.prompter)
+        await rig.chat.push_prompt("alice", "hello")
+        done = await rig.events.done()
+        assert done.status is TurnStatus.SUCCESS
+        first = rig.party.session.session_id
+    async with App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents):
+        pass
+    assert first is not None
+    assert calls == [(settings.party.name, None), (settings.party.name, first)]
+
+
+@pytest.mark.claude
 async def test_a_claude_that_cannot_be_restarted_ends_concordia_run(
     fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:

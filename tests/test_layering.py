@@ -22,6 +22,9 @@ ADAPTER_SHARED = frozenset({"attachments", "wire"})
 # Chat SDKs and transports: adapters only.
 FORBIDDEN = ("discord", "slack_bolt", "slack_sdk", "websockets", "aiohttp")
 
+# The concrete agent: only the composition root builds one; the core drives `bot.agent`.
+CONCRETE = {"bot.session": COMPOSITION_ROOTS}
+
 # Third-party libraries each owned by exactly one module of bot/.
 OWNERS = {"pexpect": "session.py", "aiosqlite": "store.py", "google.genai": "merge_gemini.py"}
 
@@ -60,6 +63,11 @@ def _violations(filename: str, source: str) -> list[str]:
                 f"{filename} imports {name}: only the composition root (bot/app.py, bot/cli.py) "
                 "may import adapters; the seams are in bot/ports.py"
             )
+        for module, users in CONCRETE.items():
+            if _within(name, module) and filename not in users:
+                problems.append(
+                    f"{filename} imports {name}: the core drives the agent through bot/agent.py"
+                )
         for library, owner in OWNERS.items():
             if _within(name, library) and filename != owner:
                 problems.append(f"{filename} imports {name}: only bot/{owner} may")
@@ -159,6 +167,7 @@ def test_owned_libraries_are_imported_by_their_owner_only() -> None:
         ("party.py", "from adapters.websocket import WebSocketAdapter\n", "adapters.websocket"),
         ("party.py", "from adapters import memory\n", "adapters.memory"),
         ("relay.py", "from adapters.attachments import fold\n", "adapters.attachments"),
+        ("party.py", "from bot.session import ClaudeSession\n", "bot.session"),
         ("party.py", "import pexpect\n", "pexpect"),
         ("store.py", "from pexpect import fdpexpect\n", "pexpect.fdpexpect"),
         ("party.py", "import aiosqlite\n", "aiosqlite"),

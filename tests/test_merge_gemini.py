@@ -8,12 +8,14 @@ falls back to the local merge with every prompt kept, and is counted.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from bot.app import build_merger
 from bot.config import load_settings
-from bot.merge import Merge, build_merger
+from bot.merge import Merge
 from bot.merge_gemini import GeminiMerger
 from bot.merge_local import LocalMerger
 from bot.model import SourcePrompt
@@ -286,11 +288,11 @@ async def test_settings_choose_the_merger(tmp_path, fake_gemini: FakeGemini, mon
         "timeout_s = 2.5\n"
     )
     settings = load_settings(config)
-    local = build_merger(settings)
+    local = build_merger(settings, os.environ)
     assert isinstance(local, LocalMerger)
     assert local.describe() == "local (set $TEAM_GEMINI_KEY to merge with Gemini)"
     monkeypatch.setenv("TEAM_GEMINI_KEY", "test-key")
-    gemini = build_merger(settings)
+    gemini = build_merger(settings, os.environ)
     assert isinstance(gemini, GeminiMerger)
     try:
         fake_gemini.script(GeminiReply.json(FAITHFUL))

@@ -1,72 +1,37 @@
-"""The party driven in-process through the memory adapter, with the real `claude` CLI."""
+"""The party driven in-process through the memory adapter, served by `bot.app.App`: on the
+`FakeAgent`, or on the real `claude` CLI for the tests about Claude (marked `claude`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot.invite import InviteBook, Invites
-from bot.merge_local import LocalMerger
+from adapters.memory import MemoryAdapter
 from bot.model import Accepted, Rejected
-from bot.party import Party
-from bot.safety import Redactor
-from bot.session import ClaudeSession
-from bot.store import Store
-from tests.conftest import NO_CONFINEMENT, make_settings
+from tests.conftest import make_settings
 from tests.fakes.anthropic_api import LONG_REPLY, FakeAnthropic
+from tests.rigs import Rig, open_rig
+from tests.waits import until
 
-pytestmark = [pytest.mark.claude, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 SECRET = "sk-ant-test-secret-0123456789"
 
 
-@dataclass
-class Rig:
-    party: Party
-    chat: MemoryAdapter
-    invites: Invites
-    store: Store
-    api: FakeAnthropic
-
-
 @pytest.fixture
-async def rig(fake_api: FakeAnthropic, tmp_path: Path) -> AsyncIterator[Rig]:
-    settings = make_settings(tmp_path, fake_api)
-    async with Store(settings.store.path) as store:
-        await store.ensure_party(settings.party.name)
-        book = InviteBook(store, settings.party.name, tmp_path / "state" / "tokens.json")
-        invites = await book.ensure()
-        env = {**settings.claude.env, "EXTRA_SECRET": SECRET}
-        async with ClaudeSession(
-            settings.claude, session_id=None, env=env, confinement=NO_CONFINEMENT
-        ) as session:
-            party = Party(
-                settings,
-                name=settings.party.name,
-                store=store,
-                session=session,
-                merger=LocalMerger(),
-                invites=book,
-                redactor=Redactor([SECRET, invites.prompter, invites.host]),
-            )
-            await party.load()
-            platform = MemoryPlatform(max_message_chars=2000, edit_interval_s=0.01)
-            async with MemoryAdapter(party, platform, store) as chat:
-                runner = asyncio.create_task(party.run())
-                try:
-                    assert await chat.join("alice", invites.prompter)
-                    assert await chat.join("host", invites.host)
-                    yield Rig(party, chat, invites, store, fake_api)
-                finally:
-                    runner.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await runner
+async def rig(
+    request: pytest.FixtureRequest, fake_api: FakeAnthropic, tmp_path: Path
+) -> AsyncIterator[Rig]:
+    """The party with alice (prompter) and host joined: on the real CLI if the test is
+    marked `claude`, else on the fake agent."""
+    api = fake_api if request.node.get_closest_marker("claude") else None
+    async with open_rig(make_settings(tmp_path, api), api, secrets=[SECRET]) as rig:
+        assert await rig.chat.join("alice", rig.invites.prompter)
+        assert await rig.chat.join("host", rig.invites.host)
+        yield rig
 
 
 def _content(text: str) -> str:
@@ -76,19 +41,24 @@ def _content(text: str) -> str:
 
 async def _status_message(chat: MemoryAdapter, marker: str) -> None:
     """Wait until some message in the platform contains ``marker``."""
-    async with asyncio.timeout(30):
-        while not any(marker in m.text for m in chat.platform.messages.values()):
-            await chat.platform.calls.get()
+    await until(
+        lambda: any(marker in m.text for m in chat.platform.messages.values()),
+        chat.platform.calls,
+        what=f"a message showing {marker!r}",
+    )
 
 
 async def _thread_shows(chat: MemoryAdapter, thread: str, expected: str) -> list[str]:
     """Wait until the thread's messages after the header hold ``expected``; return them all."""
-    async with asyncio.timeout(30):
-        while _content("".join(chat.platform.thread_text(thread)[1:])) != _content(expected):
-            await chat.platform.calls.get()
+    await until(
+        lambda: _content("".join(chat.platform.thread_text(thread)[1:])) == _content(expected),
+        chat.platform.calls,
+        what=f"thread {thread} showing the expected text",
+    )
     return chat.platform.thread_text(thread)
 
 
+@pytest.mark.claude
 async def test_long_reply_is_split_within_limits_with_balanced_fences(rig: Rig) -> None:
     submitted = await rig.chat.push_prompt("alice", "LONG please", thread="t-long")
     assert isinstance(submitted, Accepted)
@@ -101,6 +71,7 @@ async def test_long_reply_is_split_within_limits_with_balanced_fences(rig: Rig) 
     assert all(len(m.text) <= 2000 for m in rig.chat.platform.history), "an edit over the limit"
 
 
+@pytest.mark.claude
 async def test_rate_limited_edits_lose_nothing(rig: Rig) -> None:
     rig.chat.platform.fail_next(4, retry_after=0.02)
     await rig.chat.push_prompt("alice", "LONG with 429s", thread="t-429")
@@ -190,6 +161,7 @@ async def test_leave_ends_membership(rig: Rig) -> None:
     assert isinstance(after, Rejected)
 
 
+@pytest.mark.claude
 async def test_new_starts_a_fresh_conversation(rig: Rig) -> None:
     await rig.chat.push_prompt("alice", "first conversation", thread="t-a")
     await _status_message(rig.chat, "ECHO: first conversation")

@@ -1,128 +1,59 @@
-"""Tool approvals through a party, with the real `claude` CLI asking over its control channel.
+"""Tool approvals through a party served by `bot.app.App`: who may decide, how many must
+agree, what is kept.
 
-FakeAnthropic answers ``TOOL_BASH <command>`` with a Bash tool_use and ``TOOL_EDIT <path>``
-with a Read then an Edit; the CLI asks permission (``can_use_tool``) for what its own rules
-do not allow, and the party decides from chat.
+The flow (roles, quorum, rules, timeouts, cancel) runs on the `FakeAgent`, whose
+``TOOL_BASH <command>`` asks for Bash and runs the command once allowed. The tests about the
+real `claude` CLI (marked `claude`) use `FakeAnthropic`, which answers ``TOOL_BASH <command>``
+with a Bash tool_use and ``TOOL_EDIT <path>`` with a Read then an Edit; the CLI asks
+permission (``can_use_tool``) for what its own rules do not allow, and the party decides
+from chat.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot.invite import InviteBook
-from bot.merge_local import LocalMerger
 from bot.model import (
     ApprovalRequested,
     ApprovalResolved,
-    BatchDone,
     Decision,
-    PartyEvent,
     Role,
     TurnStatus,
 )
-from bot.party import Party
-from bot.safety import Redactor
-from bot.session import ClaudeSession
-from bot.store import Store
-from tests.conftest import NO_CONFINEMENT, make_settings
+from tests.conftest import make_settings
 from tests.fakes.anthropic_api import FakeAnthropic
+from tests.rigs import Rig, open_rig
 
-pytestmark = [pytest.mark.claude, pytest.mark.timeout(90)]
-
-
-@dataclass(eq=False)
-class Events:
-    seen: list[PartyEvent] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def deliver(self, event: PartyEvent) -> None:
-        self.seen.append(event)
-        self.arrived.set()
-
-    async def until(self, predicate: Callable[[PartyEvent], bool], after: int = 0) -> PartyEvent:
-        async with asyncio.timeout(60):
-            while True:
-                for event in self.seen[after:]:
-                    if predicate(event):
-                        return event
-                self.arrived.clear()
-                await self.arrived.wait()
-
-    async def approval(self, after: int = 0) -> ApprovalRequested:
-        event = await self.until(lambda e: isinstance(e, ApprovalRequested), after)
-        assert isinstance(event, ApprovalRequested)
-        return event
-
-    async def done(self, after: int = 0) -> BatchDone:
-        event = await self.until(lambda e: isinstance(e, BatchDone), after)
-        assert isinstance(event, BatchDone)
-        return event
-
-
-@dataclass
-class Rig:
-    party: Party
-    chat: MemoryAdapter
-    store: Store
-    api: FakeAnthropic
-    events: Events
-    workdir: Path
-    book: InviteBook
+pytestmark = [pytest.mark.timeout(90)]
 
 
 @contextlib.asynccontextmanager
-async def approval_rig(api: FakeAnthropic, tmp_path: Path, **approvals: Any) -> AsyncIterator[Rig]:
+async def approval_rig(
+    tmp_path: Path, api: FakeAnthropic | None = None, **approvals: Any
+) -> AsyncIterator[Rig]:
+    """The party with alice (prompter), host, and the approvers ann and abe joined; on the
+    real CLI with ``api``, else on the fake agent."""
     overrides = {"approvals": approvals} if approvals else {}
     settings = make_settings(tmp_path, api, **overrides)
-    async with Store(settings.store.path) as store:
-        await store.ensure_party(settings.party.name)
-        book = InviteBook(store, settings.party.name, tmp_path / "state" / "tokens.json")
-        invites = await book.ensure()
-        env = dict(settings.claude.env)
-        session_id = await store.session_id(settings.party.name)
-        async with ClaudeSession(
-            settings.claude, session_id=session_id, env=env, confinement=NO_CONFINEMENT
-        ) as session:
-            party = Party(
-                settings,
-                name=settings.party.name,
-                store=store,
-                session=session,
-                merger=LocalMerger(),
-                invites=book,
-                redactor=Redactor([]),
-            )
-            await party.load()
-            events = Events()
-            party.subscribe(events)
-            platform = MemoryPlatform(max_message_chars=2000, edit_interval_s=0.01)
-            async with MemoryAdapter(party, platform, store) as chat:
-                runner = asyncio.create_task(party.run())
-                try:
-                    assert await chat.join("alice", invites.prompter)
-                    assert await chat.join("host", invites.host)
-                    for name in ("ann", "abe"):
-                        assert await chat.join(name, await book.mint_extra(Role.APPROVER))
-                    yield Rig(party, chat, store, api, events, settings.claude.workdir, book)
-                finally:
-                    runner.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await runner
+    async with open_rig(settings, api) as rig:
+        assert await rig.chat.join("alice", rig.invites.prompter)
+        assert await rig.chat.join("host", rig.invites.host)
+        for name in ("ann", "abe"):
+            assert await rig.chat.join(name, await rig.book.mint_extra(Role.APPROVER))
+        yield rig
 
 
+@pytest.mark.claude
 async def test_allow_runs_the_tool_and_the_thread_shows_the_request(
     fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
-    async with approval_rig(fake_api, tmp_path) as rig:
+    async with approval_rig(tmp_path, fake_api) as rig:
         await rig.chat.push_prompt("alice", "TOOL_BASH touch allowed.txt")
         approval = await rig.events.approval()
         assert approval.tool == "Bash"
@@ -159,10 +90,11 @@ async def test_allow_runs_the_tool_and_the_thread_shows_the_request(
         ]
 
 
+@pytest.mark.claude
 async def test_deny_keeps_the_tool_from_running_and_tells_claude(
     fake_api: FakeAnthropic, tmp_path: Path
 ) -> None:
-    async with approval_rig(fake_api, tmp_path) as rig:
+    async with approval_rig(tmp_path, fake_api) as rig:
         await rig.chat.push_prompt("alice", "TOOL_BASH touch denied.txt")
         approval = await rig.events.approval()
         result = await rig.chat.command("host", "approve", f"{approval.approval_id} deny")
@@ -175,10 +107,8 @@ async def test_deny_keeps_the_tool_from_running_and_tells_claude(
         assert row[2] == "denied"
 
 
-async def test_always_is_not_asked_again_even_after_a_restart(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    async with approval_rig(fake_api, tmp_path) as rig:
+async def test_always_is_not_asked_again_even_after_a_restart(tmp_path: Path) -> None:
+    async with approval_rig(tmp_path) as rig:
         await rig.chat.push_prompt("alice", "TOOL_BASH touch once.txt")
         approval = await rig.events.approval()
         await rig.chat.command("ann", "approve", f"{approval.approval_id} always")
@@ -192,7 +122,7 @@ async def test_always_is_not_asked_again_even_after_a_restart(
         status = await rig.chat.command("alice", "status")
         assert "always allowed: Bash(touch once.txt)" in status.text
     # A new bot over the same store remembers the rule.
-    async with approval_rig(fake_api, tmp_path) as rig:
+    async with approval_rig(tmp_path) as rig:
         (rig.workdir / "once.txt").unlink()
         # Source ids count from 1 again in a new adapter: name them, or they are resends.
         await rig.chat.push_prompt("alice", "TOOL_BASH touch once.txt", source_id="r1")
@@ -213,8 +143,8 @@ async def test_always_is_not_asked_again_even_after_a_restart(
         assert outcomes == ["allowed", "always_rule", "always_rule", "denied"]
 
 
-async def test_no_decision_in_time_denies(fake_api: FakeAnthropic, tmp_path: Path) -> None:
-    async with approval_rig(fake_api, tmp_path, timeout_s=0.5) as rig:
+async def test_no_decision_in_time_denies(tmp_path: Path) -> None:
+    async with approval_rig(tmp_path, timeout_s=0.5) as rig:
         await rig.chat.push_prompt("alice", "TOOL_BASH touch late.txt")
         approval = await rig.events.approval()
         resolved = await rig.events.until(lambda e: isinstance(e, ApprovalResolved))
@@ -230,8 +160,8 @@ async def test_no_decision_in_time_denies(fake_api: FakeAnthropic, tmp_path: Pat
         assert row[2] == "timed_out"
 
 
-async def test_quorum_needs_two_distinct_approvers(fake_api: FakeAnthropic, tmp_path: Path) -> None:
-    async with approval_rig(fake_api, tmp_path, quorum=2, quorum_tools=["Bash(rm *)"]) as rig:
+async def test_quorum_needs_two_distinct_approvers(tmp_path: Path) -> None:
+    async with approval_rig(tmp_path, quorum=2, quorum_tools=["Bash(rm *)"]) as rig:
         (rig.workdir / "victim.txt").write_text("x")
         await rig.chat.push_prompt("alice", "TOOL_BASH rm victim.txt")
         approval = await rig.events.approval()
@@ -253,8 +183,9 @@ async def test_quorum_needs_two_distinct_approvers(fake_api: FakeAnthropic, tmp_
         assert single.needed == 1
 
 
+@pytest.mark.claude
 async def test_edit_is_described_with_its_diff(fake_api: FakeAnthropic, tmp_path: Path) -> None:
-    async with approval_rig(fake_api, tmp_path) as rig:
+    async with approval_rig(tmp_path, fake_api) as rig:
         target = rig.workdir / "notes.txt"
         target.write_text("keep\nold\n")
         await rig.chat.push_prompt("alice", f"TOOL_EDIT {target.resolve()}")
@@ -267,10 +198,8 @@ async def test_edit_is_described_with_its_diff(fake_api: FakeAnthropic, tmp_path
         assert target.read_text() == "keep\nnew\n"
 
 
-async def test_cancel_while_waiting_denies_and_ends_the_turn(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    async with approval_rig(fake_api, tmp_path) as rig:
+async def test_cancel_while_waiting_denies_and_ends_the_turn(tmp_path: Path) -> None:
+    async with approval_rig(tmp_path) as rig:
         await rig.chat.push_prompt("alice", "TOOL_BASH touch never.txt")
         await rig.events.approval()
         cancelled = await rig.chat.command("alice", "cancel")

@@ -1,106 +1,42 @@
-"""`shell` through a party: who may run it, when it runs, what is posted and recorded."""
+"""`shell` through a party served by `bot.app.App` on the `FakeAgent`: who may run it, when
+it runs, what is posted and recorded."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from adapters.memory import MemoryAdapter, MemoryPlatform
-from bot.invite import InviteBook
-from bot.merge_local import LocalMerger
-from bot.model import BatchDone, Notice, PartyEvent
-from bot.party import Party
-from bot.safety import Redactor
-from bot.session import ClaudeSession
-from bot.store import Store
-from tests.conftest import NO_CONFINEMENT, make_settings
-from tests.fakes.anthropic_api import FakeAnthropic
+from bot.model import BatchDone, Notice
+from tests.conftest import make_settings
+from tests.rigs import Rig, open_rig
 
-pytestmark = [pytest.mark.claude, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 SECRET = "sk-ant-test-secret-0123456789"
 
 
-@dataclass(eq=False)
-class Events:
-    """Every party event in order, with a way to wait for one."""
-
-    seen: list[PartyEvent] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def deliver(self, event: PartyEvent) -> None:
-        self.seen.append(event)
-        self.arrived.set()
-
-    async def until(self, predicate: Callable[[PartyEvent], bool]) -> PartyEvent:
-        async with asyncio.timeout(30):
-            while True:
-                for event in self.seen:
-                    if predicate(event):
-                        return event
-                self.arrived.clear()
-                await self.arrived.wait()
-
-
-@dataclass
-class ShellRig:
-    party: Party
-    chat: MemoryAdapter
-    store: Store
-    api: FakeAnthropic
-    events: Events
-    workdir: Path
-
-
 @contextlib.asynccontextmanager
-async def shell_rig(api: FakeAnthropic, tmp_path: Path, **shell: Any) -> AsyncIterator[ShellRig]:
-    settings = make_settings(tmp_path, api, shell=shell) if shell else make_settings(tmp_path, api)
-    async with Store(settings.store.path) as store:
-        await store.ensure_party(settings.party.name)
-        book = InviteBook(store, settings.party.name, tmp_path / "state" / "tokens.json")
-        invites = await book.ensure()
-        env = dict(settings.claude.env)
-        async with ClaudeSession(
-            settings.claude, session_id=None, env=env, confinement=NO_CONFINEMENT
-        ) as session:
-            party = Party(
-                settings,
-                name=settings.party.name,
-                store=store,
-                session=session,
-                merger=LocalMerger(),
-                invites=book,
-                redactor=Redactor([SECRET]),
-            )
-            await party.load()
-            events = Events()
-            party.subscribe(events)
-            platform = MemoryPlatform(max_message_chars=2000, edit_interval_s=0.01)
-            async with MemoryAdapter(party, platform, store) as chat:
-                runner = asyncio.create_task(party.run())
-                try:
-                    assert await chat.join("alice", invites.prompter)
-                    assert await chat.join("bob", invites.prompter)
-                    yield ShellRig(party, chat, store, api, events, settings.claude.workdir)
-                finally:
-                    runner.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await runner
+async def shell_rig(tmp_path: Path, **shell: Any) -> AsyncIterator[Rig]:
+    """The party with the prompters alice and bob joined, ``shell`` its shell settings."""
+    overrides = {"shell": shell} if shell else {}
+    async with open_rig(make_settings(tmp_path, None, **overrides), secrets=[SECRET]) as rig:
+        assert await rig.chat.join("alice", rig.invites.prompter)
+        assert await rig.chat.join("bob", rig.invites.prompter)
+        yield rig
 
 
 ALLOWED = {"enabled": True, "allowed_users": ["memory:alice"], "timeout_s": 10.0}
 
 
-async def test_shell_is_off_by_default(fake_api: FakeAnthropic, tmp_path: Path) -> None:
-    async with shell_rig(fake_api, tmp_path) as rig:
+async def test_shell_is_off_by_default(tmp_path: Path) -> None:
+    async with shell_rig(tmp_path) as rig:
         result = await rig.chat.command("alice", "shell", "touch made-by-shell")
         assert not result.ok
         assert "off" in result.text
@@ -109,10 +45,8 @@ async def test_shell_is_off_by_default(fake_api: FakeAnthropic, tmp_path: Path) 
         assert "shell: off" in status.text
 
 
-async def test_only_allowed_users_run_and_each_run_is_recorded(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    async with shell_rig(fake_api, tmp_path, **ALLOWED) as rig:
+async def test_only_allowed_users_run_and_each_run_is_recorded(tmp_path: Path) -> None:
+    async with shell_rig(tmp_path, **ALLOWED) as rig:
         refused = await rig.chat.command("bob", "shell", "touch made-by-bob")
         assert not refused.ok
         assert refused.text == "you may not run shell commands here"
@@ -143,10 +77,8 @@ async def test_only_allowed_users_run_and_each_run_is_recorded(
         assert "alice: `pwd; echo done >&2; exit 3` exit 3 in" in status.text
 
 
-async def test_output_is_redacted_unpinging_and_fenced(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    async with shell_rig(fake_api, tmp_path, **ALLOWED) as rig:
+async def test_output_is_redacted_unpinging_and_fenced(tmp_path: Path) -> None:
+    async with shell_rig(tmp_path, **ALLOWED) as rig:
         result = await rig.chat.command(
             "alice", "shell", f"echo {SECRET}; echo @everyone; printf '```\\nout\\n'"
         )
@@ -156,12 +88,10 @@ async def test_output_is_redacted_unpinging_and_fenced(
         assert result.text.count("```") == 2, "a fence in the output cannot end ours"
 
 
-async def test_a_command_waits_for_the_running_turn(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    async with shell_rig(fake_api, tmp_path, **ALLOWED) as rig:
+async def test_a_command_waits_for_the_running_turn(tmp_path: Path) -> None:
+    async with shell_rig(tmp_path, **ALLOWED) as rig:
         await rig.chat.push_prompt("bob", "SLOW occupy Claude")
-        await asyncio.wait_for(fake_api.first_delta.wait(), 30)
+        await asyncio.wait_for(rig.api.first_delta.wait(), 30)
         shell = asyncio.create_task(rig.chat.command("alice", "shell", "echo after"))
         await rig.events.until(lambda e: isinstance(e, Notice) and "waits for batch" in e.message)
         assert not shell.done()
@@ -174,10 +104,8 @@ async def test_a_command_waits_for_the_running_turn(
         assert BatchDone in kinds[:ran], "the turn ended before the command ran"
 
 
-async def test_cancel_kills_a_running_command_and_its_children(
-    fake_api: FakeAnthropic, tmp_path: Path
-) -> None:
-    async with shell_rig(fake_api, tmp_path, **ALLOWED) as rig:
+async def test_cancel_kills_a_running_command_and_its_children(tmp_path: Path) -> None:
+    async with shell_rig(tmp_path, **ALLOWED) as rig:
         ready = rig.workdir / "ready"
         os.mkfifo(ready)  # the command's write blocks until we read: a cross-process event
         shell = asyncio.create_task(
@@ -197,8 +125,8 @@ async def test_cancel_kills_a_running_command_and_its_children(
         assert run.outcome == "cancelled"
 
 
-async def test_allow_patterns_refuse_shell_syntax(fake_api: FakeAnthropic, tmp_path: Path) -> None:
-    async with shell_rig(fake_api, tmp_path, **ALLOWED, allow=["echo *", "ls*"]) as rig:
+async def test_allow_patterns_refuse_shell_syntax(tmp_path: Path) -> None:
+    async with shell_rig(tmp_path, **ALLOWED, allow=["echo *", "ls*"]) as rig:
         for hostile in ("ls; touch pwned", "echo $(touch pwned)", "echo `touch pwned`", "cat x"):
             result = await rig.chat.command("alice", "shell", hostile)
             assert not result.ok, hostile

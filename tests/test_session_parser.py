@@ -1,4 +1,4 @@
-"""bot.session.TurnParser against real `claude -p --output-format stream-json` transcripts.
+"""bot.stream_json.TurnParser against real `claude -p --output-format stream-json` transcripts.
 
 The transcripts in tests/payloads/claude/ were captured from the real CLI talking to the fake
 Anthropic API. Each line is ``<seconds> <json>``; ``<seconds> >>> <json>`` is what was written
@@ -14,17 +14,12 @@ from typing import Any
 
 import pytest
 
+from bot.agent import AgentEvent as Event
+from bot.agent import TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
 from bot.config import ClaudeSettings
 from bot.model import TurnStatus
-from bot.session import (
-    Event,
-    TextDelta,
-    ToolRequest,
-    ToolUse,
-    TurnEnd,
-    TurnParser,
-    stream_json_command,
-)
+from bot.session import stream_json_command
+from bot.stream_json import TurnParser, parse_line
 from tests.conftest import NO_CONFINEMENT
 
 PAYLOADS = Path(__file__).parent / "payloads" / "claude"
@@ -357,3 +352,72 @@ def test_one_break_however_many_messages_had_no_text() -> None:
 def test_empty_deltas_produce_nothing_and_keep_the_break_pending() -> None:
     lines = [_message_start(), _delta("a"), _message_start(), _delta(""), _delta("b")]
     assert _feed_all(TurnParser(), lines) == [TextDelta("a"), TextDelta("\n\nb")]
+
+
+# --------------------------------------------------------------------------- usage
+
+
+@pytest.mark.parametrize("name", [*PARTIAL_TRANSCRIPTS, "b_stream_json.jsonl.txt"])
+def test_a_turn_end_carries_the_result_lines_usage_and_cost(name: str) -> None:
+    for turn in _replay(name):
+        counts = turn.result["usage"]
+        cost = turn.result["total_cost_usd"]
+        assert turn.end.usage == Usage(counts["input_tokens"], counts["output_tokens"], cost)
+
+
+def test_the_cost_is_the_running_total_and_the_tokens_the_turns() -> None:
+    first, second, _ = _replay("b_stream_json_partial_2.1.331.jsonl.txt")
+    assert first.end.usage == Usage(12303, 5, 0.049312)
+    assert second.end.usage == Usage(12334, 4, 0.098728)
+
+
+def test_an_interrupted_turn_reports_its_usage_too() -> None:
+    interrupted, _ = _replay("b_stream_json_interrupt.jsonl.txt")
+    assert interrupted.end.usage == Usage(0, 0, 0.0)
+
+
+def test_usage_is_none_without_counts_or_cost_and_partial_with_either() -> None:
+    line: dict[str, Any] = {"type": "result", "subtype": "success", "result": "x"}
+    [bare] = TurnParser().feed(line)
+    [cost_only] = TurnParser().feed({**line, "total_cost_usd": 0.5})
+    [counts_only] = TurnParser().feed({**line, "usage": {"output_tokens": 3}})
+    assert isinstance(bare, TurnEnd)
+    assert bare.usage is None
+    assert cost_only == TurnEnd(TurnStatus.SUCCESS, "x", usage=Usage(0, 0, 0.5))
+    assert counts_only == TurnEnd(TurnStatus.SUCCESS, "x", usage=Usage(0, 3, None))
+
+
+# --------------------------------------------------------------------------- odd input
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ({"type": "stream_event", "event": "text"}, []),
+        ({"type": "stream_event", "event": {"type": "content_block_delta", "delta": [1]}}, []),
+        ({"type": "assistant", "message": "hello"}, []),
+        ({"type": "assistant", "message": {"content": "hello"}}, []),
+        ({"type": "assistant", "message": {"content": [1, None, "x"]}}, []),
+        ({"type": "control_request", "request": "can_use_tool"}, []),
+        (
+            {"type": "control_request", "request": {"subtype": "can_use_tool", "input": [1]}},
+            [ToolRequest("", "?", {}, "")],
+        ),
+        (
+            {"type": "result", "usage": "many", "total_cost_usd": "1", "errors": "x"},
+            [TurnEnd(TurnStatus.ERROR, "", "error")],
+        ),
+        ({"type": 7}, []),
+    ],
+)
+def test_odd_lines_are_read_as_far_as_they_go(line: dict[str, Any], expected: list[Event]) -> None:
+    assert TurnParser().feed(line) == expected
+
+
+def test_only_json_objects_are_stream_lines() -> None:
+    assert parse_line("Warning: something the CLI printed") is None
+    assert parse_line('["a", "list"]') is None
+    assert parse_line('{"type": "system", "session_id": "s"}') == {
+        "type": "system",
+        "session_id": "s",
+    }

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from bot import app
+from bot.agent import ToolRequest, TurnEnd
 from bot.config import Settings
 from bot.confinement import Confinement, sandbox_support
-from bot.session import ClaudeSession, ToolRequest, TurnEnd
+from bot.session import ClaudeSession
 from bot.store import Store
 from tests.conftest import _to_toml, make_settings
 from tests.e2e.harness import BotProcess, Client

@@ -44,22 +44,17 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from adapters.memory import MemoryAdapter, MemoryPlatform
 from bot import app
 from bot.config import Settings
 from bot.confinement import sandbox_support
-from bot.invite import InviteBook
-from bot.merge_local import LocalMerger
 from bot.model import Accepted, Rejected
-from bot.party import Party
-from bot.safety import Redactor
-from bot.session import ClaudeSession
-from bot.store import Store, hash_token
+from bot.store import hash_token
 from tests.conftest import make_settings
 from tests.e2e.harness import BotProcess, Client
 from tests.fakes import discord_api, slack_api
 from tests.fakes.anthropic_api import FakeAnthropic, RecordedRequest
 from tests.hostile_corpus import CATEGORIES, CONTROL_CHARS, TRANSPORTS, Case, fill, load
+from tests.rigs import open_rig
 
 pytestmark = [pytest.mark.claude]
 
@@ -411,51 +406,28 @@ class MemoryDriver(Driver):
 
     async def start(self) -> None:
         settings = self.settings
-        name = settings.party.name
         if settings.log.level == "DEBUG":
             self._capture_logs()
-        store = await self.stack.enter_async_context(Store(settings.store.path))
-        await store.ensure_party(name)
-        book = InviteBook(store, name, settings.store.path.parent / "tokens.json")
-        invites = await book.ensure()
         for variable, value in self.bot_env.items():
             self.stack.callback(_restore_env, variable, os.environ.get(variable))
             os.environ[variable] = value
-        # What Claude may see and reach, built by the code `concordia run` uses.
-        env = app.agent_env(settings, os.environ)
-        confinement = app.confinement_for(settings, self.settings_file, sandbox_support())
-        session = await self.stack.enter_async_context(
-            ClaudeSession(settings.claude, session_id=None, env=env, confinement=confinement)
+        # The app `concordia run` builds, with what Claude may see and reach built by its code;
+        # it redacts the secrets `concordia run` would.
+        rig = await self.stack.enter_async_context(
+            open_rig(
+                settings,
+                self.api,
+                agent_env=app.agent_env(settings, os.environ),
+                confinement=app.confinement_for(settings, self.settings_file, sandbox_support()),
+            )
         )
-        # The secrets `concordia run` would redact, collected by its own code.
-        redactor = Redactor(app.secrets_of(settings.claude, env, [invites], app.BotTokens()))
-        self.party = Party(
-            settings,
-            name=name,
-            store=store,
-            session=session,
-            merger=LocalMerger(),
-            invites=book,
-            redactor=redactor,
-        )
-        await self.party.load()
-        self.platform = MemoryPlatform(max_message_chars=2000, edit_interval_s=0.01)
-        self.chat = await self.stack.enter_async_context(
-            MemoryAdapter(self.party, self.platform, store)
-        )
+        self.chat = rig.chat
+        self.platform = rig.chat.platform
         self.wake.drain(self.platform.calls)
-        runner = asyncio.create_task(self.party.run())
-
-        async def stop_runner() -> None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-
-        self.stack.push_async_callback(stop_runner)
-        self.values |= token_values(invites.prompter, invites.host)
+        self.values |= token_values(rig.invites.prompter, rig.invites.host)
         self.replies: list[str] = []
         self._threads = itertools.count(1)
-        assert await self.join("alice", invites.host)
+        assert await self.join("alice", rig.invites.host)
 
     def _capture_logs(self) -> None:
         capture = _LogCapture()

@@ -1,0 +1,150 @@
+"""The agent seam: what the runner, the approvals and the commands use of a coding agent.
+
+Invariant: the core drives an agent only through `AgentSession` and reads its output only
+as the closed union `AgentEvent`; what the agent is (the `claude -p` process of
+`bot.session`, a fake in tests) is the composition root's choice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, TypeAlias
+
+from bot import ConcordiaError
+from bot.model import TurnStatus
+
+__all__ = [
+    "AgentEvent",
+    "AgentSession",
+    "JsonValue",
+    "SessionDied",
+    "SessionError",
+    "TextDelta",
+    "ToolRequest",
+    "ToolUse",
+    "TurnEnd",
+    "Usage",
+]
+
+JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | Mapping[str, JsonValue] | None"
+"""A value as JSON carries it (a tool's input is a JSON object of these)."""
+
+
+class SessionError(ConcordiaError):
+    """The agent could not be started or driven."""
+
+
+class SessionDied(SessionError):
+    """The agent's process exited while a turn was running."""
+
+    def __init__(self, message: str, *, exit_status: int | None):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """More of the answer's text, to append to what came before."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """The agent uses a tool; ``detail`` is a one-line summary of its input."""
+
+    name: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRequest:
+    """The agent asks whether it may use a tool: the turn goes on once
+    `AgentSession.answer_tool` has answered it."""
+
+    request_id: str
+    tool: str
+    input: Mapping[str, JsonValue]
+    tool_use_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a turn used, as the agent reported it. ``total_cost_usd`` is the CLI's running
+    total for its process (it grows turn by turn), None when it did not say."""
+
+    input_tokens: int
+    output_tokens: int
+    total_cost_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """The turn is over: how it ended, its final text, and why it failed (``error``)."""
+
+    status: TurnStatus
+    result: str
+    error: str = ""
+    usage: Usage | None = None  # None when the agent reported none
+
+
+AgentEvent: TypeAlias = TextDelta | ToolUse | ToolRequest | TurnEnd
+"""What a turn yields; consume it with ``match`` and `typing.assert_never`."""
+
+
+class AgentSession(Protocol):
+    """One party's agent. The party's runner is the only caller of `run`, `interrupt`,
+    `answer_tool` and `restart`; the composition root enters it (starting it, raising
+    `SessionError` when it cannot start), awaits `serve` in its task group, and exits it
+    (stopping it; idempotent).
+
+    ``ready`` is set while the agent can take a turn; ``session_id`` names its conversation
+    (None before the first turn of a fresh one); ``restarts`` counts unplanned restarts.
+    """
+
+    @property
+    def ready(self) -> asyncio.Event: ...
+
+    @property
+    def session_id(self) -> str | None: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def serve(self) -> None:
+        """Wait while the agent keeps running; raise what ended it for good. Cancelling it
+        leaves the agent running (exiting the context stops it)."""
+        ...
+
+    def run(self, prompt: str) -> AsyncIterator[AgentEvent]:
+        """Send one turn and yield its events; the last one is always a `TurnEnd`.
+
+        Raises `SessionDied` when the agent exits mid-turn (it is restarting), and
+        `SessionError` when it cannot take the turn. One turn at a time."""
+        ...
+
+    async def interrupt(self) -> bool:
+        """Ask the running turn to stop; False when none runs. The turn still ends with its
+        `TurnEnd`."""
+        ...
+
+    async def answer_tool(self, request: ToolRequest, *, allow: bool, message: str = "") -> None:
+        """Answer a `ToolRequest`: allow it as asked, or deny it telling the agent ``message``."""
+        ...
+
+    async def restart(self, *, fresh: bool) -> None:
+        """Between turns: end the agent and start it again, resuming its conversation, or
+        in a new one when ``fresh``."""
+        ...

@@ -1,0 +1,228 @@
+"""stream-json, the line protocol of `claude -p --output-format stream-json`: the shapes we
+read, and `TurnParser`, which turns one turn's lines into `bot.agent` events.
+
+Invariant: this module never raises on what the CLI prints. A line that is not a JSON object
+is no `StreamLine`; a field we do not read is ignored; a field we need that is missing or of
+another type reads as absent (the turn goes on without it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TypedDict, cast
+
+from bot.agent import AgentEvent, JsonValue, TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
+from bot.model import TurnStatus
+
+__all__ = [
+    "AssistantLine",
+    "ControlRequestLine",
+    "ResultLine",
+    "StreamEventLine",
+    "StreamLine",
+    "TurnParser",
+    "parse_line",
+]
+
+# Tool input keys whose value, first line only, says what a call does (in this order).
+_SUMMARY_KEYS = ("command", "file_path", "path", "pattern", "url", "description")
+_SUMMARY_CHARS = 200
+
+
+# -- the shapes (only the fields we read) --------------------------------------------------
+
+
+class StreamLine(TypedDict, total=False):
+    """Any line: its kind (which of the shapes below it has) and its conversation."""
+
+    type: str  # stream_event, assistant, result, control_request, system, user, ...
+    session_id: str
+
+
+class _Delta(TypedDict, total=False):
+    type: str  # "text_delta" carries text; others (input_json_delta, thinking) are skipped
+    text: str
+
+
+class _ApiEvent(TypedDict, total=False):
+    """One event of the Messages API stream, as ``--include-partial-messages`` relays it."""
+
+    type: str  # message_start, content_block_delta, ...
+    delta: _Delta
+
+
+class StreamEventLine(StreamLine, total=False):
+    event: _ApiEvent
+
+
+class _ContentBlock(TypedDict, total=False):
+    type: str  # "tool_use" is read; "text" repeats what the deltas streamed
+    name: str
+    input: JsonValue
+
+
+class _Message(TypedDict, total=False):
+    content: list[_ContentBlock]
+
+
+class AssistantLine(StreamLine, total=False):
+    """A whole model message, once streamed; read for its tool calls."""
+
+    message: _Message
+
+
+class _UsageCounts(TypedDict, total=False):
+    input_tokens: int
+    output_tokens: int
+
+
+class ResultLine(StreamLine, total=False):
+    """The end of a turn. An API failure can come as ``subtype: success`` with ``is_error``."""
+
+    subtype: str  # success, error_during_execution, error_max_turns, ...
+    is_error: bool
+    result: str
+    errors: list[str]
+    total_cost_usd: float  # the running total of the process, not this turn's alone
+    usage: _UsageCounts  # this turn's
+
+
+class _CanUseTool(TypedDict, total=False):
+    subtype: str  # "can_use_tool" is a permission request; others are not for us
+    tool_name: str
+    input: JsonValue
+    tool_use_id: str
+
+
+class ControlRequestLine(StreamLine, total=False):
+    """The CLI asks us something over the control channel (``--permission-prompt-tool``)."""
+
+    request_id: str
+    request: _CanUseTool
+
+
+def parse_line(text: str) -> StreamLine | None:
+    """The stream-json line ``text`` is, or None when it is not a JSON object (a warning the
+    CLI printed, an API error in some versions)."""
+    try:
+        line = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    # Every field is optional, and each one read is checked where it is read.
+    return cast(StreamLine, line) if isinstance(line, dict) else None
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+class TurnParser:
+    """Turns one turn's stream-json lines into events; pure, so transcripts can test it.
+
+    Text comes from the partial-message deltas (the full ``assistant`` message repeats
+    it and is used only for tool calls). A turn of several model messages (text, tool,
+    text) gets a paragraph break between them. The ``result`` line ends the turn.
+    """
+
+    def __init__(self) -> None:
+        self.was_interrupted = False
+        self._has_text = False
+        self._needs_separator = False
+
+    def feed(self, line: Mapping[str, object]) -> list[AgentEvent]:
+        """The events of one decoded line (a `StreamLine`; any JSON object will do)."""
+        # Each cast follows the check of the line's kind; its fields stay optional.
+        match line.get("type"):
+            case "stream_event":
+                return self._stream_event(cast(StreamEventLine, line))
+            case "assistant":
+                return _tool_uses(cast(AssistantLine, line))
+            case "result":
+                return [_turn_end(cast(ResultLine, line), was_interrupted=self.was_interrupted)]
+            case "control_request":
+                return _tool_requests(cast(ControlRequestLine, line))
+            case _:
+                return []
+
+    def _stream_event(self, line: StreamEventLine) -> list[AgentEvent]:
+        event = line.get("event")
+        if not isinstance(event, dict):
+            return []
+        if event.get("type") == "message_start" and self._has_text:
+            self._needs_separator = True
+        delta = event.get("delta")
+        if event.get("type") != "content_block_delta" or not isinstance(delta, dict):
+            return []
+        if delta.get("type") != "text_delta":
+            return []
+        text = str(delta.get("text", ""))
+        if not text:
+            return []
+        if self._needs_separator:
+            text = "\n\n" + text
+            self._needs_separator = False
+        self._has_text = True
+        return [TextDelta(text)]
+
+
+def _tool_uses(line: AssistantLine) -> list[AgentEvent]:
+    message = line.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [
+        ToolUse(str(block.get("name", "?")), _summarize(block.get("input")))
+        for block in content
+        if isinstance(block, dict) and block.get("type") == "tool_use"
+    ]
+
+
+def _tool_requests(line: ControlRequestLine) -> list[AgentEvent]:
+    request = line.get("request")
+    if not isinstance(request, dict) or request.get("subtype") != "can_use_tool":
+        return []
+    tool_input = request.get("input")
+    return [
+        ToolRequest(
+            request_id=str(line.get("request_id", "")),
+            tool=str(request.get("tool_name", "?")),
+            input=tool_input if isinstance(tool_input, dict) else {},
+            tool_use_id=str(request.get("tool_use_id", "")),
+        )
+    ]
+
+
+def _turn_end(line: ResultLine, *, was_interrupted: bool) -> TurnEnd:
+    text = str(line.get("result") or "")
+    usage = _usage(line)
+    if was_interrupted and line.get("subtype") != "success":
+        return TurnEnd(TurnStatus.INTERRUPTED, text, usage=usage)
+    if line.get("is_error") or line.get("subtype") != "success":
+        errors = line.get("errors")
+        detail = text or ("; ".join(map(str, errors)) if isinstance(errors, list) else "")
+        error = detail or str(line.get("subtype", "error"))
+        return TurnEnd(TurnStatus.ERROR, text, error, usage=usage)
+    return TurnEnd(TurnStatus.SUCCESS, text, usage=usage)
+
+
+def _usage(line: ResultLine) -> Usage | None:
+    """The turn's token counts and the running cost, when the result line has them."""
+    counts = line.get("usage")
+    cost = line.get("total_cost_usd")
+    total = float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+    if not isinstance(counts, dict):
+        return None if total is None else Usage(0, 0, total)
+    return Usage(_count(counts.get("input_tokens")), _count(counts.get("output_tokens")), total)
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _summarize(tool_input: object) -> str:
+    if isinstance(tool_input, dict):
+        for key in _SUMMARY_KEYS:
+            if key in tool_input:
+                value = tool_input[key]
+                return str(value).splitlines()[0][:_SUMMARY_CHARS] if value else ""
+    return json.dumps(tool_input)[:_SUMMARY_CHARS] if tool_input is not None else ""
