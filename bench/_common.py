@@ -1,4 +1,5 @@
-"""What the benchmarks share: a scratch directory, the bot's config, and printing figures.
+"""What the benchmarks share: a scratch directory, the bot's config, printing figures, and
+the driving of a long reply streamed into a chat (`discord_stream`, `slack_stream`).
 
 Every benchmark runs against a FakeAnthropic in its own process and binds only
 127.0.0.1 port 0; files live in a temporary directory removed on exit.
@@ -6,33 +7,47 @@ Every benchmark runs against a FakeAnthropic in its own process and binds only
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import bisect
 import contextlib
 import math
 import shlex
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 
 import psutil
 
 from tests.conftest import make_settings
+from tests.e2e.drivers import squash
 from tests.e2e.harness import BotProcess, Client
-from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.anthropic_api import LONG_REPLY, FakeAnthropic
 
 __all__ = [
+    "STREAM_TIMEOUT_S",
     "bot_config",
+    "busiest_window",
     "claude_child",
     "command_line",
     "db_rows",
     "joined",
+    "long_reply",
     "percentile",
     "print_table",
+    "run_stream_bench",
     "scratch",
+    "whole_reply_shown",
 ]
 
 _WELCOME_TIMEOUT_S = 30.0
+STREAM_TIMEOUT_S = 600.0
+"""How long a stream benchmark waits for the whole reply (and its bot's claude.turn_timeout_s:
+a paced 50k reply takes minutes, and the tests' 60 s limit would cut it)."""
+# The first characters of the status line a batch gets when it fails or is interrupted.
+_STATUS_MARKS = ("⚠", "⏹")
 
 
 @contextlib.contextmanager
@@ -122,3 +137,70 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     print("  ".join("-" * w for w in widths))
     for row in cells[1:]:
         print(line(row))
+
+
+# -- a long reply streamed into a chat ------------------------------------------------------
+
+
+def long_reply(chars: int) -> str:
+    """Copies of LONG_REPLY (markdown with fenced Python) joined until ``chars`` is reached."""
+    copies = max(1, math.ceil(chars / (len(LONG_REPLY) + 2)))
+    return "\n\n".join([LONG_REPLY] * copies)
+
+
+def whole_reply_shown(texts: Sequence[str], reply: str) -> bool:
+    """Whether the output messages ``texts`` show all of ``reply``, in order (a split may add
+    fence lines and whitespace). RuntimeError once a status line says the batch ended early."""
+    ended = [t for t in texts if t.startswith(_STATUS_MARKS)]
+    if ended:
+        raise RuntimeError(f"the batch ended early: {ended[0]}")
+    return squash("".join(texts)) == squash(reply)
+
+
+def busiest_window(times_s: Sequence[float], window_s: float) -> int:
+    """The most of ``times_s`` (sorted) that fall in any window of ``window_s`` seconds."""
+    return max(
+        (bisect.bisect_right(times_s, t + window_s) - i for i, t in enumerate(times_s)),
+        default=0,
+    )
+
+
+def run_stream_bench(
+    module: str,
+    description: str | None,
+    setting: str,
+    default_edit_interval_s: float,
+    bench: Callable[[int, float, float], Coroutine[None, None, None]],
+) -> None:
+    """Parse a stream benchmark's flags, print the command that reproduces the run, then run
+    ``bench(reply_chars, chars_per_s, edit_interval_s)``. ``setting`` is the chat's
+    edit_interval_s key (``discord.edit_interval_s``), which ``--edit-interval-s`` sets."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--reply-chars", type=int, default=50_000, help="length of the reply")
+    parser.add_argument(
+        "--chars-per-s",
+        type=float,
+        default=0.0,
+        help="stream the reply at this rate, as a model would (0: as fast as possible)",
+    )
+    parser.add_argument(
+        "--edit-interval-s",
+        type=float,
+        default=default_edit_interval_s,
+        help=f"{setting} for the bot (its default is {default_edit_interval_s:g})",
+    )
+    args = parser.parse_args()
+    if args.reply_chars < 1:
+        parser.error("--reply-chars must be >= 1")
+    if args.chars_per_s < 0:
+        parser.error("--chars-per-s must be >= 0")
+    if args.edit_interval_s <= 0:
+        parser.error("--edit-interval-s must be > 0")
+    flags = {
+        "reply-chars": args.reply_chars,
+        "chars-per-s": args.chars_per_s,
+        "edit-interval-s": args.edit_interval_s,
+    }
+    print(command_line(module, flags))
+    print()
+    asyncio.run(bench(args.reply_chars, args.chars_per_s, args.edit_interval_s))

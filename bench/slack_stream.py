@@ -21,18 +21,24 @@ visible text).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import bisect
 import html
 import math
-import re
 import time
-from collections.abc import Callable
 
-from bench._common import bot_config, command_line, print_table, scratch
+from bench._common import (
+    STREAM_TIMEOUT_S,
+    bot_config,
+    busiest_window,
+    long_reply,
+    print_table,
+    run_stream_bench,
+    scratch,
+    whole_reply_shown,
+)
+from tests.e2e.drivers import SLACK_PARTY, party_tokens
 from tests.e2e.harness import BotProcess
-from tests.fakes.anthropic_api import LONG_REPLY, FakeAnthropic
+from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import (
     ALICE_ID,
     APP_TOKEN,
@@ -43,42 +49,19 @@ from tests.fakes.slack_api import (
     FakeSlack,
     RecordedCall,
 )
+from tests.waits import until
 
-_STREAM_TIMEOUT_S = 600.0
 _JOIN_TIMEOUT_S = 30.0
 _DELTA_CHARS = 200
 _MAX_MESSAGE_CHARS = 3500  # slack.max_message_chars' default
 _WINDOWS_S = (1.0, 60.0)
 _POST = "chat.postMessage"
 _UPDATE = "chat.update"
-_FENCE_LINE = re.compile(r"^[ \t]*```[^\n]*$", re.MULTILINE)
-_PARTY = f"slack-{CHANNEL_ID}"
-_HEADER = "**Batch "
-# The first characters of the status line a batch gets when it fails or is interrupted.
-_STATUS_MARKS = ("⚠", "⏹")
-
-
-def _long_reply(chars: int) -> str:
-    """Copies of LONG_REPLY (markdown with fenced Python) joined until ``chars`` is reached."""
-    copies = max(1, math.ceil(chars / (len(LONG_REPLY) + 2)))
-    return "\n\n".join([LONG_REPLY] * copies)
-
-
-def _squash(text: str) -> str:
-    """What a split must keep, in order: the text without fence lines and whitespace."""
-    return "".join(_FENCE_LINE.sub("", text).split())
-
-
-async def _until(slack: FakeSlack, predicate: Callable[[], bool], within_s: float) -> None:
-    """Wait until ``predicate()`` holds, re-checked on each request the fake receives."""
-    async with asyncio.timeout(within_s):
-        while not predicate():
-            await slack.requests.get()
+_HEADER = "*Batch "  # Slack bold: *Batch N*
 
 
 async def _join(slack: FakeSlack, bot: BotProcess) -> None:
-    line = await bot.line_starting(f"party '{_PARTY}'")
-    token = line.split("/concordia join ")[1].split()[0]
+    token, _ = await party_tokens(bot, SLACK_PARTY)
     await slack.send_slash_command(ALICE_ID, f"join {token}")
     async with asyncio.timeout(_JOIN_TIMEOUT_S):
         answer = await slack.next_call(RESPONSE_URL)
@@ -96,20 +79,12 @@ def _outputs(slack: FakeSlack, thread_ts: str) -> list[str]:
     return [t for t in texts if not t.startswith(_HEADER)]
 
 
-def _busiest_window(times_s: list[float], window_s: float) -> int:
-    """The most of ``times_s`` (sorted) that fall in any window of ``window_s`` seconds."""
-    return max(
-        (bisect.bisect_right(times_s, t + window_s) - i for i, t in enumerate(times_s)),
-        default=0,
-    )
-
-
 def _is_output(call: RecordedCall) -> bool:
     return not html.unescape(str(call.params.get("text", ""))).startswith(_HEADER)
 
 
 async def _main(reply_chars: int, chars_per_s: float, edit_interval_s: float) -> None:
-    reply = _long_reply(reply_chars)
+    reply = long_reply(reply_chars)
     delta_interval_s = _DELTA_CHARS / chars_per_s if chars_per_s else 0.0
     async with (
         FakeAnthropic(long_reply=reply, long_interval_s=delta_interval_s) as api,
@@ -125,8 +100,7 @@ async def _main(reply_chars: int, chars_per_s: float, edit_interval_s: float) ->
                     "edit_interval_s": edit_interval_s,
                     "max_message_chars": _MAX_MESSAGE_CHARS,
                 },
-                # A paced 50k reply takes minutes; the tests' 60 s turn limit would cut it.
-                claude={"turn_timeout_s": _STREAM_TIMEOUT_S},
+                claude={"turn_timeout_s": STREAM_TIMEOUT_S},
             )
             env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN}
             async with BotProcess(config, root, env=env) as bot:
@@ -134,16 +108,11 @@ async def _main(reply_chars: int, chars_per_s: float, edit_interval_s: float) ->
                 first_call = len(slack.calls)
                 mention = await slack.send_mention(ALICE_ID, "LONG stream the whole guide")
                 thread_ts = str(mention["payload"]["event"]["ts"])
-                expected = _squash(reply)
 
                 def shown() -> bool:
-                    texts = _outputs(slack, thread_ts)
-                    ended = [t for t in texts if t.startswith(_STATUS_MARKS)]
-                    if ended:
-                        raise RuntimeError(f"the batch ended early: {ended[0]}")
-                    return _squash("".join(texts)) == expected
+                    return whole_reply_shown(_outputs(slack, thread_ts), reply)
 
-                await _until(slack, shown, _STREAM_TIMEOUT_S)
+                await until(shown, slack.requests, within_s=STREAM_TIMEOUT_S, what="the reply")
                 shown_at_s = time.monotonic()
                 calls = slack.calls[first_call:]
 
@@ -153,7 +122,7 @@ async def _main(reply_chars: int, chars_per_s: float, edit_interval_s: float) ->
     first_text_at_s = api.first_text_at_s
     assert first_text_at_s is not None  # the reply was shown, so it was streamed
     busiest = {
-        (method, window_s): _busiest_window(
+        (method, window_s): busiest_window(
             sorted(c.arrived_at_s for c in calls if c.method == method), window_s
         )
         for method in (_POST, _UPDATE)
@@ -194,35 +163,7 @@ async def _main(reply_chars: int, chars_per_s: float, edit_interval_s: float) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.slack_stream", description=__doc__)
-    parser.add_argument("--reply-chars", type=int, default=50_000, help="length of the reply")
-    parser.add_argument(
-        "--chars-per-s",
-        type=float,
-        default=0.0,
-        help="stream the reply at this rate, as a model would (0: as fast as possible)",
-    )
-    parser.add_argument(
-        "--edit-interval-s",
-        type=float,
-        default=1.2,
-        help="slack.edit_interval_s for the bot (its default is 1.2)",
-    )
-    args = parser.parse_args()
-    if args.reply_chars < 1:
-        parser.error("--reply-chars must be >= 1")
-    if args.chars_per_s < 0:
-        parser.error("--chars-per-s must be >= 0")
-    if args.edit_interval_s <= 0:
-        parser.error("--edit-interval-s must be > 0")
-    flags = {
-        "reply-chars": args.reply_chars,
-        "chars-per-s": args.chars_per_s,
-        "edit-interval-s": args.edit_interval_s,
-    }
-    print(command_line("bench.slack_stream", flags))
-    print()
-    asyncio.run(_main(args.reply_chars, args.chars_per_s, args.edit_interval_s))
+    run_stream_bench("bench.slack_stream", __doc__, "slack.edit_interval_s", 1.2, _main)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from adapters import wire
+from tests.waits import until
 
 _URL = re.compile(r"^(invite|host):\s+concordia://([\d.]+):(\d+)/(\S+)$")
 _START_TIMEOUT_S = 30.0
@@ -101,12 +102,12 @@ class BotProcess:
 
     async def line_starting(self, prefix: str, within_s: float = 10.0) -> str:
         """The first stdout line starting with ``prefix``, waiting for it if need be."""
-        async with asyncio.timeout(within_s):
-            while True:
-                for line in self.stdout:
-                    if line.startswith(prefix):
-                        return line
-                await self._stdout_lines.get()
+        return await until(
+            lambda: next((line for line in self.stdout if line.startswith(prefix)), ""),
+            self._stdout_lines,
+            within_s=within_s,
+            what=f"a line starting {prefix!r} on stdout",
+        )
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
@@ -197,9 +198,12 @@ class Client:
         self, predicate: Callable[[list[dict[str, Any]]], bool], within_s: float = 60.0
     ) -> None:
         """Wait until ``predicate(all frames so far)`` holds, woken by each new frame."""
-        async with asyncio.timeout(within_s):
-            while not predicate(self.all):
-                await self.frames.get()
+        await until(
+            lambda: predicate(self.all),
+            self.frames,
+            within_s=within_s,
+            what=getattr(predicate, "__name__", "the frames' condition"),
+        )
 
     async def frames_until(
         self, kind: str, within_s: float = 30.0, **fields: Any

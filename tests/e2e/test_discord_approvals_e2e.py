@@ -45,18 +45,12 @@ from bot.model import (
 )
 from bot.ports import AdapterError
 from bot.store import Store
+from tests.e2e.drivers import discord_config, interaction_reply
 from tests.e2e.harness import BotProcess, Client
-from tests.e2e.test_discord_e2e import (
-    PARTY,
-    bot_messages,
-    discord_config,
-    interaction_reply,
-    join,
-    party_token,
-    wait_for,
-)
+from tests.e2e.test_discord_e2e import PARTY, bot_messages, join, party_token
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.discord_api import ALICE_ID, BOB_ID, CHANNEL_ID, GUILD_ID, TOKEN, FakeDiscord
+from tests.waits import until
 
 MAX_CHARS = 2000
 EPHEMERAL = 1 << 6
@@ -140,7 +134,7 @@ async def await_closed(discord_fake: FakeDiscord, channel_id: int) -> dict[str, 
         shown = approval_messages(discord_fake, channel_id)
         return bool(shown) and shown[0]["components"] == []
 
-    await wait_for(discord_fake, closed)
+    await until(closed, discord_fake.requests, within_s=60)
     (message,) = approval_messages(discord_fake, channel_id)
     return message
 
@@ -154,7 +148,7 @@ async def await_request(discord_fake: FakeDiscord, channel_id: int) -> dict[str,
         except KeyError:
             return False  # the thread is not there yet
 
-    await wait_for(discord_fake, posted)
+    await until(posted, discord_fake.requests, within_s=60)
     return approval_messages(discord_fake, channel_id)[0]
 
 
@@ -499,7 +493,12 @@ async def test_allow_once_runs_the_tool_and_closes_the_request(
         )
         answer = await interaction_reply(fake_discord, click)
         closed = await await_closed(fake_discord, thread)
-        await wait_for(fake_discord, lambda: "TOOL RESULT" in thread_output(fake_discord, thread))
+        await until(
+            lambda: "TOOL RESULT" in thread_output(fake_discord, thread),
+            fake_discord.requests,
+            within_s=60,
+            what="the tool's result shown",
+        )
 
     assert_open_request(request, pinged=[ALICE_ID])
     assert "Claude wants to run `touch approved.txt`" in request["content"]
@@ -527,7 +526,12 @@ async def test_deny_keeps_the_tool_from_running(
         )
         answer = await interaction_reply(fake_discord, click)
         closed = await await_closed(fake_discord, thread)
-        await wait_for(fake_discord, lambda: "TOOL ERROR" in thread_output(fake_discord, thread))
+        await until(
+            lambda: "TOOL ERROR" in thread_output(fake_discord, thread),
+            fake_discord.requests,
+            within_s=60,
+            what="the tool's error shown",
+        )
 
     assert answer["flags"] & EPHEMERAL
     assert "denied" in answer["content"]
@@ -568,7 +572,12 @@ async def test_a_prompters_click_changes_nothing_and_the_slash_command_decides(
         )
         decided = await interaction_reply(fake_discord, slash)
         closed = await await_closed(fake_discord, thread)
-        await wait_for(fake_discord, lambda: "TOOL ERROR" in thread_output(fake_discord, thread))
+        await until(
+            lambda: "TOOL ERROR" in thread_output(fake_discord, thread),
+            fake_discord.requests,
+            within_s=60,
+            what="the tool's error shown",
+        )
 
     assert refused["flags"] & EPHEMERAL
     assert "prompter" in refused["content"], refused["content"]
@@ -602,8 +611,11 @@ async def test_a_terminal_answers_a_request_made_from_discord_in_a_shared_party(
             )
             result = await carol.expect("command_result")
             closed = await await_closed(fake_discord, thread)
-            await wait_for(
-                fake_discord, lambda: "TOOL RESULT" in thread_output(fake_discord, thread)
+            await until(
+                lambda: "TOOL RESULT" in thread_output(fake_discord, thread),
+                fake_discord.requests,
+                within_s=60,
+                what="the tool's result shown",
             )
 
     assert frame["tool"] == "Bash"

@@ -41,7 +41,7 @@ from bot.party import Party
 from bot.ports import AdapterError, ApprovalSink, OutboxEntry
 from bot.relay import ThreadRelay
 from tests.e2e.harness import BotProcess
-from tests.e2e.test_slack_e2e import join, start_bot, until
+from tests.e2e.test_slack_e2e import join, start_bot
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.fakes.slack_api import (
     ACK_DEADLINE_S,
@@ -54,6 +54,7 @@ from tests.fakes.slack_api import (
     RESPONSE_URL,
     FakeSlack,
 )
+from tests.waits import until
 
 PARTY = f"slack-{CHANNEL_ID}"
 ALLOW, ALWAYS, DENY = (f"concordia_approval_{d}" for d in ("allow", "always", "deny"))
@@ -338,8 +339,12 @@ async def _posted_request(fake: FakeSlack, party: _Party, thread_ts: str) -> dic
     source = SourcePrompt(1, ALICE_ID, "go", thread=f"{CHANNEL_ID}/{thread_ts}", platform="slack")
     relay.deliver(BatchStarted(Batch(2, "go", (source,), ())))
     relay.deliver(_request())
-    async with asyncio.timeout(_DEADLINE_S):
-        await until(fake, lambda: _approval(fake, thread_ts) is not None)
+    await until(
+        lambda: _approval(fake, thread_ts) is not None,
+        fake.requests,
+        within_s=_DEADLINE_S,
+        what="the approval request posted",
+    )
     message = _approval(fake, thread_ts)
     assert message is not None
     return message
@@ -351,8 +356,7 @@ async def _ephemeral_to(fake: FakeSlack, user: str, after: int = 0) -> dict[str,
     def found() -> list[dict[str, Any]]:
         return [e for e in fake.ephemerals[after:] if e["user"] == user]
 
-    async with asyncio.timeout(_DEADLINE_S):
-        await until(fake, lambda: bool(found()))
+    await until(found, fake.requests, within_s=_DEADLINE_S, what=f"an ephemeral to {user}")
     return found()[0]
 
 
@@ -481,8 +485,8 @@ async def _request_in_thread(
     mention = await fake.send_mention(ALICE_ID, f"TOOL_BASH {command}")
     thread_ts = mention["payload"]["event"]["ts"]
     try:
-        await until(fake, lambda: _approval(fake, thread_ts) is not None, 60)
-    except TimeoutError:
+        await until(lambda: _approval(fake, thread_ts) is not None, fake.requests, within_s=60)
+    except AssertionError:
         raise AssertionError("no approval request:\n" + "".join(bot.log[-40:])) from None
     message = _approval(fake, thread_ts)
     assert message is not None
@@ -513,11 +517,13 @@ async def test_allow_once_runs_the_tool_and_the_request_shows_who_allowed_it(
         ack = await fake_slack.wait_ack(click["envelope_id"], ACK_DEADLINE_S)
         assert ack.elapsed_s < ACK_DEADLINE_S
         await until(
-            fake_slack,
             lambda: (
                 _outcome(_approval(fake_slack, thread_ts)) != ""
                 and "TOOL RESULT" in _shown(fake_slack, thread_ts)
             ),
+            fake_slack.requests,
+            within_s=60,
+            what="the request closed and the tool's result shown",
         )
         closed = _approval(fake_slack, thread_ts)
         assert made.exists(), "the allowed command ran"
@@ -556,11 +562,13 @@ async def test_deny_keeps_the_tool_from_running_and_a_non_member_is_told_to_join
         click = await fake_slack.click_button(BOB_ID, request["ts"], DENY)
         await fake_slack.wait_ack(click["envelope_id"], ACK_DEADLINE_S)
         await until(
-            fake_slack,
             lambda: (
                 _outcome(_approval(fake_slack, thread_ts)) != ""
                 and "TOOL ERROR" in _shown(fake_slack, thread_ts)
             ),
+            fake_slack.requests,
+            within_s=60,
+            what="the request closed and the tool's error shown",
         )
         assert _outcome(_approval(fake_slack, thread_ts)) == "⛔ denied by bob"
         assert not (tmp_path / "work" / "denied.txt").exists()
@@ -595,7 +603,12 @@ async def test_a_prompters_click_is_refused_with_a_reason_and_changes_nothing(
         # It is still waiting: the host ends it with the slash command instead of a button.
         approval_id = click["payload"]["actions"][0]["value"]
         await fake_slack.send_slash_command(BOB_ID, f"approve {approval_id} deny")
-        await until(fake_slack, lambda: _outcome(_approval(fake_slack, thread_ts)) != "")
+        await until(
+            lambda: _outcome(_approval(fake_slack, thread_ts)) != "",
+            fake_slack.requests,
+            within_s=60,
+            what="the request closed",
+        )
         assert _outcome(_approval(fake_slack, thread_ts)) == "⛔ denied by bob"
         assert not (tmp_path / "work" / "refused.txt").exists()
     finally:
