@@ -28,6 +28,7 @@ from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_envi
 from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
 from bot.delivery import redeliver
 from bot.invite import InviteBook, Invites
+from bot.lifecycle import first_of
 from bot.merge import Merger
 from bot.merge_gemini import GeminiMerger
 from bot.merge_local import LocalMerger
@@ -422,6 +423,9 @@ class App:
                     stopping = True
                     for task in tasks:
                         task.cancel()
-            except* ConcordiaError as failed:
+            except BaseExceptionGroup as failed:
                 # One line for the host (the Discord token was refused), not a traceback.
-                raise failed.exceptions[0] from None
+                reason = first_of(failed, ConcordiaError)
+                if reason is None:
+                    raise
+                raise reason from None

@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from typing import TypeVar
 
-__all__ = ["Lifecycle", "cancel_owner", "owner_error", "transition"]
+__all__ = ["Lifecycle", "cancel_owner", "first_of", "owner_error", "transition"]
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound=BaseException)
 
 
 class Lifecycle(enum.StrEnum):
@@ -51,3 +54,18 @@ def owner_error(task: asyncio.Task[None] | None) -> BaseException | None:
     if task is None or not task.done() or task.cancelled():
         return None
     return task.exception()
+
+
+def first_of(group: BaseExceptionGroup[BaseException], kind: type[_E]) -> _E | None:
+    """The first exception of ``kind`` in a task group's ``group`` (nested groups searched).
+
+    Re-raise it bare: ``raise`` inside ``except*`` wraps the new exception in a group again on
+    Python 3.11.0-3.11.3 (fixed in 3.11.4, gh-103590), and the floor is 3.11."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_of(exc, kind)
+            if found is not None:
+                return found
+    return None

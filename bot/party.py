@@ -33,6 +33,7 @@ from bot.approvals import Approvals
 from bot.commands import Overview, ShellQueue
 from bot.config import Settings
 from bot.invite import InviteBook
+from bot.lifecycle import first_of
 from bot.merge import Merger
 from bot.metrics import Metrics
 from bot.model import (
@@ -526,10 +527,11 @@ class Party:
                                 assert_never(event)
                 finally:
                     watcher.cancel()
-        except* SessionDied as group_error:
-            raise group_error.exceptions[0] from None
-        except* SessionError as group_error:
-            raise group_error.exceptions[0] from None
+        except BaseExceptionGroup as group_error:
+            died = first_of(group_error, SessionDied) or first_of(group_error, SessionError)
+            if died is None:
+                raise
+            raise died from None
         finally:
             self._running = None
             self._emit(batch, output.flush())

@@ -31,6 +31,7 @@ from adapters.discord.sink import (
     strip_mention,
 )
 from bot.config import DiscordSettings
+from bot.lifecycle import first_of
 from bot.model import (
     Accepted,
     Batch,
@@ -243,8 +244,11 @@ class DiscordAdapter:
                 finally:
                     for task in notes:
                         task.cancel()
-        except* AdapterError as failed:  # one line for the host: the token was refused
-            raise failed.exceptions[0] from None
+        except BaseExceptionGroup as failed:
+            refused = first_of(failed, AdapterError)  # one line for the host: a refused token
+            if refused is None:
+                raise
+            raise refused from None
 
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
