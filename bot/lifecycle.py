@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from typing import TypeVar
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
-__all__ = ["Lifecycle", "cancel_owner", "first_of", "owner_error", "transition"]
+__all__ = ["Lifecycle", "OwnedTask", "cancel_owner", "first_of", "owner_error", "transition"]
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +71,47 @@ def first_of(group: BaseExceptionGroup[BaseException], kind: type[_E]) -> _E | N
             if found is not None:
                 return found
     return None
+
+
+class OwnedTask:
+    """A resource one task owns, as an async context manager: entering starts the owner task
+    (`_run`), leaving normally lets it finish what it has (`_finish`), leaving with an error
+    (cancellation included) cancels it and logs an error it hid. Subclasses say what they are
+    (`_what`) for errors and logs."""
+
+    def __init__(self) -> None:
+        self._state = Lifecycle.UNOPENED  # written by the caller's side only
+        self._task: asyncio.Task[None] | None = None
+
+    def _what(self) -> str:
+        raise NotImplementedError
+
+    def _run(self) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
+
+    async def _finish(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._state = transition(type(self).__name__, self._state, Lifecycle.OPEN)
+        self._task = asyncio.create_task(self._run(), name=self._what())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is None:
+            return
+        try:
+            if exc_type is None:
+                if self._state is Lifecycle.OPEN:
+                    await self._finish()
+                else:  # finishing was asked for; its caller got any error
+                    await asyncio.wait([self._task])
+                return
+            await cancel_owner(self._task, exc, self._what())
+        finally:
+            self._state = Lifecycle.CLOSED

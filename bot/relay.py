@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
-from typing import Self, assert_never
+from typing import assert_never
 
 from bot.delivery import DeliveryPolicy, call_with_retry
-from bot.lifecycle import Lifecycle, cancel_owner, owner_error, transition
+from bot.lifecycle import Lifecycle, OwnedTask, owner_error, transition
 from bot.model import (
     ApprovalRequested,
     ApprovalResolved,
@@ -43,7 +42,7 @@ class _Stop:
 _STOP = _Stop()
 
 
-class ThreadRelay:
+class ThreadRelay(OwnedTask):
     """Shows a party's events on one `MessageSink`, each batch in its first source's thread.
 
     Use as ``async with ThreadRelay(...) as relay``; `deliver` never waits. The owner task
@@ -77,34 +76,15 @@ class ThreadRelay:
         self._queue: asyncio.Queue[PartyEvent | _Stop] = asyncio.Queue()
         # Approvals shown and not yet resolved: their message ref, request and plain text.
         self._approvals: dict[int, tuple[str, ApprovalRequested, str]] = {}
-        self._state = Lifecycle.UNOPENED  # written by the caller's side only
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
         # The latest batch's thread; the owner task's alone.
         self._thread: str | None = home_thread or None
 
-    async def __aenter__(self) -> Self:
-        self._state = transition("ThreadRelay", self._state, Lifecycle.OPEN)
-        self._task = asyncio.create_task(self._run(), name=f"relay-{self._platform}")
-        return self
+    def _what(self) -> str:
+        return f"{self._platform} relay"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is None:
-            return
-        try:
-            if exc_type is None:
-                if self._state is Lifecycle.OPEN:
-                    await self.stop()
-                else:  # stop() was called; its caller got any error
-                    await asyncio.wait([self._task])
-                return
-            await cancel_owner(self._task, exc, f"{self._platform} relay")
-        finally:
-            self._state = Lifecycle.CLOSED
+    async def _finish(self) -> None:
+        await self.stop()
 
     def deliver(self, event: PartyEvent) -> None:
         """Queue ``event`` for the owner task. Never waits.

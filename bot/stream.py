@@ -13,11 +13,9 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
 from bot.delivery import DeliveryPolicy, timed_out
-from bot.lifecycle import Lifecycle, cancel_owner, transition
+from bot.lifecycle import Lifecycle, OwnedTask, transition
 from bot.ports import AdapterError, MessageSink, Outbox
 from bot.split import MIN_MESSAGE_CHARS, is_visible, plan, render_span
 
@@ -49,7 +47,7 @@ class _Message:
     sent_at: float = -math.inf  # time.monotonic() of the last successful post or edit
 
 
-class OutputStream:
+class OutputStream(OwnedTask):
     """One batch's output in one thread of one `MessageSink`.
 
     Use as ``async with OutputStream(...) as stream``: entering starts the owner task, the only
@@ -93,8 +91,7 @@ class OutputStream:
         self._max_chars = sink.max_message_chars
         self._interval_s = sink.edit_interval_s
         self._queue: asyncio.Queue[str | _Close] = asyncio.Queue()
-        self._state = Lifecycle.UNOPENED  # written by the caller's side only
-        self._task: asyncio.Task[None] | None = None
+        super().__init__()
         # Everything below is the owner task's alone.
         self._pending: list[str] = []
         self._is_dirty = False
@@ -113,29 +110,11 @@ class OutputStream:
         """The seq after this stream's last message. Only meaningful once `close` returned."""
         return self._next_seq
 
-    async def __aenter__(self) -> Self:
-        self._state = transition("OutputStream", self._state, Lifecycle.OPEN)
-        self._task = asyncio.create_task(self._run(), name=f"output-{self._batch_id}")
-        return self
+    def _what(self) -> str:
+        return f"output stream of batch {self._batch_id}"
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._task is None:
-            return
-        try:
-            if exc_type is None:
-                if self._state is Lifecycle.OPEN:
-                    await self.close()
-                else:  # close() was called; its caller got any error
-                    await asyncio.wait([self._task])
-                return
-            await cancel_owner(self._task, exc, f"output stream of batch {self._batch_id}")
-        finally:
-            self._state = Lifecycle.CLOSED
+    async def _finish(self) -> None:
+        await self.close()
 
     def feed(self, text: str) -> None:
         """Append ``text`` to the output. Never waits.
