@@ -723,8 +723,9 @@ class WebSocketDriver(BotDriver):
         client = self.clients[probe]
         assert client.ws is not None
         start = len(client.all)
-        if case.get("frame") == "binary":
-            await client.ws.send(case.data())
+        if case.get("frame") in ("binary", "text"):
+            # A binary frame of bytes, or a text frame whose JSON the parser cannot read.
+            await client.ws.send(case.data() if case.get("frame") == "binary" else case.text())
             error = await self.frame(
                 client, lambda f: f["type"] == "error", start, "an error frame"
             )
@@ -1183,10 +1184,11 @@ async def run_prompt_cases(d: Driver, cases: list[Case]) -> list[str]:
     for case in cases:
         if case.get("author_name"):
             continue  # after the others: it needs a busy Claude and its own accounting
-        if case.expect in ("closed", "malformed") and case.get("b64") is None:
+        raw = case.get("b64") is not None or case.get("frame") == "text"
+        if case.expect in ("closed", "malformed") and not raw:
             problems += await d.oversized_frame(case)
             continue
-        if case.get("b64") is not None:
+        if raw:
             problems += await d.raw_input(case)
             continue
         text = case.text()
