@@ -71,6 +71,7 @@ class ErrorCode(enum.StrEnum):
     JOIN_EXPECTED = "join_expected"  # the first frame was not a join; close 1008 follows
     BAD_NAME = "bad_name"  # join's name is not 1-64 characters; close 1008 follows
     BAD_TOKEN = "bad_token"  # the invite token was refused; close 4001 follows
+    TOO_MANY_ATTEMPTS = "too_many_attempts"  # this address's joins keep failing; close 1008
     NAME_TAKEN = "name_taken"  # a member has this name with another role; close 1008 follows
     MALFORMED = "malformed"  # not one JSON object, or a known type with a bad field
     UNKNOWN_TYPE = "unknown_type"  # a type this side does not know (or no type at all)
@@ -132,6 +133,8 @@ class Join(_Frame):
     type: Literal[ClientKind.JOIN] = ClientKind.JOIN
     token: Annotated[str, PlainValidator(_token)] = ""
     name: str
+    # The running batch and its output so far follow the welcome (a page that reconnects).
+    catch_up: bool = False
 
 
 class Prompt(_Frame):

@@ -20,14 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from adapters.websocket import WebSocketAdapter
+from adapters.web import WebAdapter
+from adapters.web.share import CommandTunnel, NgrokTunnel, Tunnel
 from bot import ConcordiaError
 from bot.agent import AgentSession
-from bot.config import ClaudeSettings, Settings
+from bot.config import NGROK_TOKEN_ENV, ClaudeSettings, Settings, ShareProvider
 from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_environment
 from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
 from bot.delivery import redeliver
-from bot.invite import InviteBook, Invites
+from bot.invite import InviteBook, Invites, JoinAddress
 from bot.lifecycle import first_of
 from bot.merge import Merger
 from bot.merge_gemini import GeminiMerger
@@ -38,12 +39,14 @@ from bot.relay import ThreadRelay
 from bot.safety import Redactor
 from bot.session import ClaudeSession
 from bot.state_dir import (
+    ADDRESS_NAME,
     DATABASE_NAME,
     LEGACY_DIR_NAME,
     TOKENS_NAME,
     default_state_dir,
     make_private_dir,
     move_legacy_state,
+    write_private,
 )
 from bot.store import Store
 
@@ -55,6 +58,7 @@ __all__ = [
     "agent_env",
     "bot_secret_names",
     "build_merger",
+    "build_tunnel",
     "chat_outputs",
     "confinement_for",
     "hide_own_process",
@@ -85,6 +89,7 @@ class BotTokens:
     discord: str = ""
     slack_bot: str = ""
     slack_app: str = ""
+    ngrok: str = ""  # $NGROK_AUTHTOKEN, for `share.provider = "ngrok"`
 
 
 # -- what the agent sees --------------------------------------------------------------------
@@ -97,6 +102,7 @@ def bot_secret_names(settings: Settings) -> list[str]:
         settings.slack.bot_token_env,
         settings.slack.app_token_env,
         settings.gemini.api_key_env,
+        NGROK_TOKEN_ENV,
     ]
 
 
@@ -120,6 +126,8 @@ def confinement_for(
 ) -> Confinement:
     """What a run denies the agent: its own files and the bot's /proc entry."""
     denied = [settings.state_dir, settings.claude.credentials_file, Path(f"/proc/{os.getpid()}")]
+    if settings.websocket.tls_key_file is not None:
+        denied.append(settings.websocket.tls_key_file)
     if config is not None:
         denied.append(config.resolve())
     mode = settings.claude.sandbox
@@ -151,8 +159,25 @@ def secrets_of(
     found = [token for each in invites for token in (each.prompter, each.host)]
     found += [env[var] for var in CREDENTIAL_VARS if env.get(var)]
     found += [value for name, value in claude.env.items() if _SECRET_NAME.search(name)]
-    found += [t for t in (tokens.discord, tokens.slack_bot, tokens.slack_app) if t]
+    found += [t for t in (tokens.discord, tokens.slack_bot, tokens.slack_app, tokens.ngrok) if t]
     return found
+
+
+def build_tunnel(
+    settings: Settings, tokens: BotTokens, environ: Mapping[str, str]
+) -> Tunnel | None:
+    """The share tunnel the settings ask for; None when sharing is off."""
+    share = settings.share
+    match share.provider:
+        case ShareProvider.OFF:
+            return None
+        case ShareProvider.NGROK:
+            return NgrokTunnel(tokens.ngrok or None, domain=share.ngrok_domain)
+        case ShareProvider.COMMAND:
+            # The host's own tunnel program: their environment, less the bot's chat secrets.
+            hidden = set(bot_secret_names(settings)) - {NGROK_TOKEN_ENV}
+            env = {k: v for k, v in environ.items() if k not in hidden}
+            return CommandTunnel(share.command, share.url_pattern, env)
 
 
 def prepare_state(settings: Settings, environ: Mapping[str, str]) -> list[str]:
@@ -262,7 +287,8 @@ class App:
         self.adapters: list[Adapter] = []
         self._store: Store | None = None
         self._redactor: Redactor | None = None
-        self._websocket: WebSocketAdapter | None = None
+        self._web: WebAdapter | None = None
+        self.address = JoinAddress()  # where the terminals' party is joined by link
 
     @property
     def store(self) -> Store:
@@ -278,10 +304,10 @@ class App:
 
     @property
     def websocket_port(self) -> int:
-        """The port the WebSocket transport listens on, once `serve` has started it."""
-        if self._websocket is None:
+        """The port the page and WebSocket listen on, once `serve` has started them."""
+        if self._web is None:
             raise RuntimeError("App.websocket_port before `async with App(...)`")
-        return self._websocket.port
+        return self._web.port
 
     async def __aenter__(self) -> Self:
         try:
@@ -306,7 +332,8 @@ class App:
         books: dict[str, InviteBook] = {}
         for name in settings.party_names():
             await store.ensure_party(name)
-            books[name] = InviteBook(store, name, settings.state_dir / TOKENS_NAME)
+            address = self.address if name == settings.party.name else None
+            books[name] = InviteBook(store, name, settings.state_dir / TOKENS_NAME, address=address)
             self.invites[name] = await books[name].ensure()
         secrets = secrets_of(
             settings.claude, self._agent_env, list(self.invites.values()), self._tokens
@@ -331,8 +358,14 @@ class App:
                 redactor=self._redactor,
             )
             await self.parties[name].load()
-        self._websocket = WebSocketAdapter(settings.websocket, self.parties[settings.party.name])
-        self.adapters.append(self._websocket)
+        self._web = WebAdapter(
+            settings.websocket,
+            self.parties[settings.party.name],
+            address=self.address,
+            tunnel=build_tunnel(settings, self._tokens, self._environ),
+        )
+        self.adapters.append(self._web)
+        self._keep_address(settings.state_dir / ADDRESS_NAME)
         if self._tokens.discord:
             from adapters.discord import DiscordAdapter
 
@@ -354,6 +387,16 @@ class App:
                     app_token=self._tokens.slack_app,
                 )
             )
+
+    def _keep_address(self, path: Path) -> None:
+        """Keep the current link base in the state folder while running, for `concordia
+        invite` (a tunnel's URL changes from run to run). No token is in it."""
+
+        def record(base: str) -> None:
+            write_private(path, base + "\n")
+
+        self.address.watch(record)
+        self._stack.callback(path.unlink, missing_ok=True)
 
     def _claude(self, party: str, session_id: str | None) -> AgentSession:
         """The default agent: the `claude` CLI, with this run's environment and confinement."""

@@ -6,15 +6,19 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib.util
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
+from adapters.web.http import WILDCARD_HOSTS, local_base, tls_context
 from bot import ConcordiaError
 from bot.app import (
     App,
@@ -24,13 +28,21 @@ from bot.app import (
     hide_own_process,
     prepare_state,
 )
-from bot.config import CONFIG_ENV, ClaudeSettings, Settings, load_settings
+from bot.config import (
+    CONFIG_ENV,
+    NGROK_TOKEN_ENV,
+    ClaudeSettings,
+    Settings,
+    ShareProvider,
+    is_loopback,
+    load_settings,
+)
 from bot.confinement import SandboxMode, SandboxSupport, sandbox_support
 from bot.credentials import check_api_key, has_credentials, store_api_key
-from bot.invite import InviteBook, Invites, invite_url
+from bot.invite import InviteBook, Invites, JoinAddress
 from bot.model import Role
 from bot.safety import Redactor
-from bot.state_dir import TOKENS_NAME
+from bot.state_dir import ADDRESS_NAME, TOKENS_NAME
 from bot.store import Store
 
 log = logging.getLogger("concordia")
@@ -51,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         help="config file (default: $CONCORDIA_CONFIG, else built-in defaults)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", parents=[common], help="run the bot in this directory")
+    run = commands.add_parser("run", parents=[common], help="run the bot in this directory")
+    run.add_argument(
+        "--share",
+        action="store_true",
+        help="open a public HTTPS link for teammates elsewhere ([share]; default: ngrok)",
+    )
     commands.add_parser(
         "setup", parents=[common], help="store the Anthropic API key for Claude (0600 file)"
     )
@@ -80,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         "doctor", parents=[common], help="check the setup: claude, credentials, Discord"
     )
     join = commands.add_parser("join", help="join a party from this terminal")
-    join.add_argument("url", help="concordia://HOST:PORT/TOKEN")
+    join.add_argument("url", help="the invite link: https://HOST/#TOKEN (or concordia://…)")
+    join.add_argument(
+        "--cafile", type=Path, help="trust this CA's certificate (a host with a private CA)"
+    )
     join.add_argument(
         "--name", default=os.environ.get("USER", "guest"), help="your name in the party"
     )
@@ -89,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "join":
         from adapters.terminal import main as join_main
 
-        return join_main(args.url, args.name)
+        return join_main(args.url, args.name, cafile=args.cafile)
     try:
         settings = load_settings(args.config)
     except ConcordiaError as exc:
@@ -99,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         match args.command:
             case "run":
+                if args.share:
+                    settings = settings.model_copy(update={"share": settings.share.turned_on()})
                 return asyncio.run(_run(settings, _config_path(args)))
             case "setup":
                 return _setup(settings.claude)
@@ -214,6 +236,7 @@ async def _doctor(settings: Settings) -> int:
             f"! Claude's sandbox is missing: {support.missing}; without it an approved command "
             "can read any file of this user (Concordia's own files stay denied by rules)"
         )
+    problems += _web_problems(settings)
     if settings.discord.is_enabled:
         token = os.environ.get(settings.discord.token_env, "")
         if not token:
@@ -251,6 +274,37 @@ async def _doctor(settings: Settings) -> int:
     return 1 if problems else 0
 
 
+def _web_problems(settings: Settings) -> list[str]:
+    """What would keep teammates out: the TLS files, the share tunnel's needs."""
+    ws, share = settings.websocket, settings.share
+    problems = []
+    if ws.tls_cert_file is not None and ws.tls_key_file is not None:
+        try:
+            tls_context(ws.tls_cert_file, ws.tls_key_file)
+            print(f"✓ TLS: {ws.tls_cert_file}")
+        except ConcordiaError as exc:
+            problems.append(str(exc))
+    if share.provider is ShareProvider.NGROK:
+        if importlib.util.find_spec("ngrok") is None:
+            problems.append(
+                "share.provider is ngrok but the SDK is missing: pip install 'concordia[share]'"
+            )
+        elif not os.environ.get(NGROK_TOKEN_ENV):
+            problems.append(
+                f"share.provider is ngrok but ${NGROK_TOKEN_ENV} is empty: copy it from the ngrok "
+                "dashboard (Your Authtoken) and export it"
+            )
+        else:
+            print("✓ sharing: ngrok, with an authtoken")
+    elif share.provider is ShareProvider.COMMAND:
+        program = shlex.split(share.command)[0]
+        if shutil.which(program) is None:
+            problems.append(f"share.command's program {program!r} is not on PATH")
+        else:
+            print(f"✓ sharing: {program}")
+    return problems
+
+
 async def _claude_version(command: str) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -271,9 +325,9 @@ async def _invite(settings: Settings, args: argparse.Namespace) -> int:
     if (args.ttl or args.single_use) and not args.role:
         print("concordia: --ttl and --single-use go with --role", file=sys.stderr)
         return 2
-    ws = settings.websocket
     for line in prepare_state(settings, os.environ):
         print(f"concordia: {line}", file=sys.stderr, flush=True)
+    address = _known_address(settings)
     async with Store(settings.store_path) as store:
         await store.ensure_party(party)
         book = InviteBook(store, party, settings.state_dir / TOKENS_NAME)
@@ -293,15 +347,30 @@ async def _invite(settings: Settings, args: argparse.Namespace) -> int:
             ]
             said = "; ".join(x for x in limits if x) or "until revoked"
             print(f"{args.role} token ({said}), shown only now:")
-            print(f"  {invite_url(ws.host, ws.port, token)}")
+            if party == settings.party.name:
+                print(f"  {address.link(token)}")
             print(f"  in Discord or Slack: /concordia join {token}")
             return 0
         if args.rotate:
             await book.rotate(Role.PROMPTER)
         invites = await book.ensure()
-    print(f"invite: {invite_url(ws.host, ws.port, invites.prompter)}")
-    print(f"host:   {invite_url(ws.host, ws.port, invites.host)}")
+    if party == settings.party.name:
+        print(f"invite: {address.link(invites.prompter)}")
+        print(f"host:   {address.link(invites.host)}")
+    else:
+        print(f"invite: /concordia join {invites.prompter}")
+        print(f"host:   /concordia join {invites.host}")
     return 0
+
+
+def _known_address(settings: Settings) -> JoinAddress:
+    """The link base of the running bot (a tunnel's URL) if one runs, else the configured."""
+    address = JoinAddress()
+    try:
+        address.move((settings.state_dir / ADDRESS_NAME).read_text(encoding="utf-8").strip())
+    except FileNotFoundError:
+        address.move(local_base(settings.websocket, settings.websocket.port))
+    return address
 
 
 def _duration(text: str) -> float:
@@ -355,7 +424,7 @@ async def _run(settings: Settings, config: Path | None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await app.serve(stop, lambda: _announce(settings, app.websocket_port, app.invites))
+            await app.serve(stop, lambda: _announce(settings, app.address, app.invites))
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(ValueError):
@@ -390,7 +459,10 @@ def _bot_tokens(settings: Settings) -> BotTokens | None:
                 file=sys.stderr,
             )
             return None
-    return BotTokens(discord=discord, slack_bot=slack_bot, slack_app=slack_app)
+    ngrok = ""
+    if settings.share.provider is ShareProvider.NGROK:
+        ngrok = os.environ.get(NGROK_TOKEN_ENV, "")  # none: the tunnel says what to do
+    return BotTokens(discord=discord, slack_bot=slack_bot, slack_app=slack_app, ngrok=ngrok)
 
 
 def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
@@ -413,28 +485,50 @@ def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
         log.info("Claude's commands run in its sandbox (%s)", support.mechanism)
 
 
-def _announce(settings: Settings, port: int, invites: Mapping[str, Invites]) -> None:
-    """Print what the host hands out: the terminals' invite URLs, each other party's tokens."""
-    host = settings.websocket.host
+def _announce(settings: Settings, address: JoinAddress, invites: Mapping[str, Invites]) -> None:
+    """Print what the host hands out: the link to the terminals' party (again each time a
+    tunnel moves it), each other party's tokens."""
     default = invites[settings.party.name]
     print(f"concordia: party {settings.party.name!r} in {settings.claude.workdir}", flush=True)
-    print(f"invite: {invite_url(host, port, default.prompter)}", flush=True)
-    print(f"host:   {invite_url(host, port, default.host)}", flush=True)
+    ws = settings.websocket
+    if ws.allow_plaintext and not ws.is_tls and not is_loopback(ws.host):
+        print(
+            f"concordia: websocket.allow_plaintext is on and {ws.host} is reachable from other "
+            "machines: invite tokens cross the network in clear text",
+            file=sys.stderr,
+            flush=True,
+        )
+    _print_links(address, default)
+    if ws.host in WILDCARD_HOSTS and not ws.public_url:
+        print(
+            f"the link names this machine as {urlsplit(address.base).hostname}; if teammates "
+            "reach it by another name, set websocket.public_url",
+            flush=True,
+        )
     print(
-        f"teammates join with: concordia join {invite_url(host, port, default.prompter)} "
-        "--name NAME",
+        "teammates open the invite link in a browser, or: concordia join LINK --name NAME",
         flush=True,
     )
     print(
         "people who may approve Claude's tool use: concordia invite --role approver",
         flush=True,
     )
+    if settings.share.provider is not ShareProvider.OFF:
+        print("sharing: waiting for the public link…", flush=True)
     for name, tokens in invites.items():
         if name != settings.party.name:
             print(
                 f"party {name!r}: /concordia join {tokens.prompter}  (host: {tokens.host})",
                 flush=True,
             )
+    address.watch(lambda base: _print_links(address, default, shared=True))
+
+
+def _print_links(address: JoinAddress, invites: Invites, *, shared: bool = False) -> None:
+    if shared:
+        print(f"concordia: the party is shared at {address.base}", flush=True)
+    print(f"invite: {address.link(invites.prompter)}", flush=True)
+    print(f"host:   {address.link(invites.host)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -97,6 +97,10 @@ class CommandTarget(Protocol):
 
     async def invite_token(self, *, rotate: bool) -> str: ...
 
+    async def join_link(self) -> str:
+        """The prompter's link to the party ("" when it is joined from chat only)."""
+        ...
+
     async def leave(self, author: Author) -> None: ...
 
 
@@ -139,6 +143,8 @@ async def _status(target: CommandTarget, command: Command, role: Role) -> Comman
         *_shell_lines(target, runs),
         f"always allowed: {', '.join(target.approval_rules()) or 'nothing'}",
     ]
+    if role is Role.HOST and (link := await target.join_link()):
+        lines.append(f"join link (give it to teammates only): {link}")
     return CommandResult(command.name, True, "\n".join(lines))
 
 
@@ -246,10 +252,12 @@ async def _leave(target: CommandTarget, command: Command, role: Role) -> Command
 async def _invite(target: CommandTarget, command: Command, role: Role) -> CommandResult:
     if command.args.strip() == "rotate":
         token = await target.invite_token(rotate=True)
-        return CommandResult(
-            "invite", True, f"new invite token: {token} (the old one no longer works)"
-        )
-    return CommandResult("invite", True, f"invite token: {await target.invite_token(rotate=False)}")
+        said = f"new invite token: {token} (the old one no longer works)"
+    else:
+        said = f"invite token: {await target.invite_token(rotate=False)}"
+    if link := await target.join_link():
+        said += f"\nlink: {link}"
+    return CommandResult("invite", True, said)
 
 
 async def _restart(target: CommandTarget, command: Command, role: Role) -> CommandResult:

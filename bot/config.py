@@ -8,12 +8,17 @@ SQLite, the local merger and the WebSocket transport on loopback.
 from __future__ import annotations
 
 import difflib
+import enum
+import ipaddress
 import json
 import os
+import re
+import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,14 +35,18 @@ __all__ = [
     "LogSettings",
     "PartySettings",
     "Settings",
+    "ShareProvider",
+    "ShareSettings",
     "ShellSettings",
     "SlackSettings",
     "StoreSettings",
     "WebSocketSettings",
+    "is_loopback",
     "load_settings",
 ]
 
 ENV_PREFIX = "CONCORDIA_"
+NGROK_TOKEN_ENV = "NGROK_AUTHTOKEN"  # what the ngrok SDK and CLI read; a bot secret
 CONFIG_ENV = "CONCORDIA_CONFIG"
 
 
@@ -47,6 +56,16 @@ class ConfigError(ConcordiaError):
     def __init__(self, problems: list[str]):
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
         self.problems = problems
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a port on this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 class _Section(BaseModel):
@@ -105,10 +124,120 @@ class ClaudeSettings(_Section):
 
 
 class WebSocketSettings(_Section):
+    """The built-in transport: the page, WebSocket v1 and `/healthz` on one port."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=0, le=65535)
     max_frame_bytes: int = Field(default=2_097_152, ge=1024)
     join_timeout_s: float = Field(default=10.0, gt=0)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    allow_plaintext: bool = False
+    public_url: str = Field(
+        default="",
+        description="the base of the links the host hands out, when this machine is reached "
+        "by another name (a reverse proxy, a DNS name): https://concordia.example.com",
+    )
+
+    @field_validator("tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, path: object) -> object:
+        return None if path == "" else path
+
+    @field_validator("public_url")
+    @classmethod
+    def _base_url(cls, url: str) -> str:
+        if not url:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL, e.g. https://concordia.example.com"
+            )
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("must be a plain base URL: no user, query or #fragment")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _tls_or_loopback(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if not self.is_tls and not self.allow_plaintext and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines, and without TLS the "
+                "invite token would cross the network in clear text. Add TLS "
+                "(websocket.tls_cert_file and tls_key_file), or keep host on 127.0.0.1 and "
+                "share with `concordia run --share`, or set websocket.allow_plaintext = true "
+                "knowingly (a trusted network only)"
+            )
+        return self
+
+    @property
+    def is_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+class ShareProvider(enum.StrEnum):
+    """How the party is made reachable from the internet (`[share]`)."""
+
+    OFF = "off"
+    NGROK = "ngrok"  # the ngrok SDK, `pip install 'concordia[share]'`, $NGROK_AUTHTOKEN
+    COMMAND = "command"  # any tunnel program: `share.command`, its URL from `url_pattern`
+
+
+class ShareSettings(_Section):
+    provider: ShareProvider = Field(
+        default=ShareProvider.OFF,
+        description='"off"; "command" when share.command is set; `run --share` means "ngrok" '
+        "unless share.command is set",
+    )
+    command: str = Field(
+        default="",
+        description='e.g. "cloudflared tunnel --url http://127.0.0.1:{port}"; {port} is the '
+        "loopback port Concordia opens for the tunnel",
+    )
+    url_pattern: str = Field(
+        default=r"https://[A-Za-z0-9.-]+\.[A-Za-z]{2,}(?::\d+)?",
+        description="a regex picking the public URL from the command's output (a group named "
+        "url, else the whole match)",
+    )
+    ngrok_domain: str = Field(default="", description="a reserved ngrok domain, if you have one")
+
+    @field_validator("url_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"is not a regular expression: {exc}") from None
+        return pattern
+
+    @model_validator(mode="before")
+    @classmethod
+    def _command_turns_it_on(cls, raw: object) -> object:
+        if isinstance(raw, dict) and raw.get("command") and raw.get("provider", "off") == "off":
+            return {**raw, "provider": ShareProvider.COMMAND}
+        return raw
+
+    @model_validator(mode="after")
+    def _command_goes_with_its_provider(self) -> Self:
+        if self.provider is ShareProvider.COMMAND and not self.command:
+            raise ValueError('provider "command" needs share.command (the tunnel to start)')
+        if self.command and self.provider is ShareProvider.NGROK:
+            raise ValueError('share.command is set but provider is "ngrok": keep one of them')
+        try:
+            shlex.split(self.command)
+        except ValueError as exc:
+            raise ValueError(f"share.command cannot be split like a shell line: {exc}") from None
+        if self.command and "{port}" not in self.command:
+            raise ValueError("share.command must name {port}, the port its tunnel forwards to")
+        return self
+
+    def turned_on(self) -> Self:
+        """These settings for `run --share`: ngrok unless a command is configured."""
+        if self.provider is not ShareProvider.OFF:
+            return self
+        return self.model_copy(update={"provider": ShareProvider.NGROK})
 
 
 class _ChannelBridge(_Section):
@@ -204,6 +333,7 @@ class Settings(_Section):
     party: PartySettings = PartySettings()
     claude: ClaudeSettings = ClaudeSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    share: ShareSettings = ShareSettings()
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
     approvals: ApprovalSettings = ApprovalSettings()
@@ -249,7 +379,13 @@ class Settings(_Section):
                 "credentials_file": _absolute(self.claude.credentials_file, base),
             }
         )
-        return self.model_copy(update={"store": store, "claude": claude})
+        tls = {
+            key: _absolute(path, base)
+            for key in ("tls_cert_file", "tls_key_file")
+            if (path := getattr(self.websocket, key)) is not None
+        }
+        websocket = self.websocket.model_copy(update=tls)
+        return self.model_copy(update={"store": store, "claude": claude, "websocket": websocket})
 
     def state_problems(self) -> list[str]:
         """State files the agent could read because they sit in its working tree."""
@@ -270,6 +406,13 @@ class Settings(_Section):
                 f"claude.credentials_file {self.claude.credentials_file} is inside "
                 f"claude.workdir {workdir}: Claude could read the API key there. Move it out "
                 "(default ~/.config/concordia/credentials.json) or set "
+                "store.allow_inside_workdir = true knowingly"
+            )
+        key = self.websocket.tls_key_file
+        if key is not None and inside(key, workdir):
+            problems.append(
+                f"websocket.tls_key_file {key} is inside claude.workdir {workdir}: Claude could "
+                "read the TLS private key there. Move it out of the working tree, or set "
                 "store.allow_inside_workdir = true knowingly"
             )
         return problems

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.model import Role
+from bot.state_dir import write_private
 from bot.store import Store
 
-__all__ = ["InviteBook", "Invites", "invite_url"]
+__all__ = ["InviteBook", "Invites", "JoinAddress"]
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,47 @@ class Invites:
     host: str
 
 
-def invite_url(host: str, port: int, token: str) -> str:
-    shown = f"[{host}]" if ":" in host else host
-    return f"concordia://{shown}:{port}/{token}"
+class JoinAddress:
+    """Where teammates join from: the base of the link the host hands out.
+
+    The transport sets it once it listens; a tunnel moves it when its public URL comes (again
+    after a restart). Whoever shows a link asks here at that moment. The token goes in the
+    URL's fragment, which a browser never sends: it stays out of request lines and logs.
+    """
+
+    def __init__(self) -> None:
+        self._base = ""
+        self._watchers: list[Callable[[str], None]] = []
+
+    @property
+    def base(self) -> str:
+        return self._base
+
+    def link(self, token: str) -> str:
+        """The link for ``token``; "" before the transport listens."""
+        return f"{self._base}/#{token}" if self._base else ""
+
+    def move(self, base: str) -> None:
+        base = base.rstrip("/")
+        if base == self._base:
+            return
+        self._base = base
+        for watcher in list(self._watchers):
+            watcher(base)
+
+    def watch(self, watcher: Callable[[str], None]) -> None:
+        """Call ``watcher`` with each new base from now on."""
+        self._watchers.append(watcher)
 
 
 class InviteBook:
     """The party's current tokens: hashes in the store, clear text in a 0600 file."""
 
-    def __init__(self, store: Store, party: str, path: Path):
+    def __init__(self, store: Store, party: str, path: Path, *, address: JoinAddress | None = None):
         self._store = store
         self._party = party
         self._path = path
+        self.address = address  # where this party is joined by link; None: chat only
 
     async def ensure(self) -> Invites:
         """Return the current tokens, minting any that is missing (first run)."""
@@ -107,9 +137,4 @@ class InviteBook:
             data = {}
         data[self._party] = tokens
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self._path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(data, file)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self._path)
+        write_private(self._path, json.dumps(data))

@@ -365,6 +365,11 @@ class Party:
         self._wake.set()
         return self._running is not None
 
+    async def join_link(self) -> str:
+        """The prompter's link to this party ("" when it is joined from chat only)."""
+        address = self._invites.address
+        return address.link((await self._invites.ensure()).prompter) if address else ""
+
     async def invite_token(self, *, rotate: bool) -> str:
         """The prompter invite token; ``rotate`` replaces it first (the old one stops working)."""
         if not rotate:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 __all__ = [
+    "ADDRESS_NAME",
     "DATABASE_NAME",
     "LEGACY_DIR_NAME",
     "TOKENS_NAME",
@@ -25,10 +26,12 @@ __all__ = [
     "inside",
     "make_private_dir",
     "move_legacy_state",
+    "write_private",
 ]
 
 DATABASE_NAME = "concordia.db"
 TOKENS_NAME = "tokens.json"
+ADDRESS_NAME = "address"  # the running bot's link base (a tunnel's URL), without a token
 LEGACY_DIR_NAME = ".concordia"
 """Where versions before the state folder kept everything: inside the working directory."""
 
@@ -65,6 +68,16 @@ def make_private_dir(path: Path) -> None:
     """Create ``path`` (and its parents) and make it 0700, even if it existed looser."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically, 0600 from the first byte."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.chmod(tmp, 0o600)  # a stale .tmp left by a crash keeps its old mode through O_TRUNC
+    os.replace(tmp, path)
 
 
 def move_legacy_state(candidates: Iterable[Path], state_dir: Path) -> list[str]:

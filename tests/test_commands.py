@@ -68,6 +68,7 @@ class FakeParty:
     rules: list[str] = field(default_factory=list)
     queued: dict[Author, list[int]] = field(default_factory=dict)
     asked: list[str] = field(default_factory=list)
+    link: str = ""
     members: dict[Author, Role] = field(default_factory=lambda: dict(ROLES))
 
     def role_of(self, author: Author) -> Role | None:
@@ -116,6 +117,9 @@ class FakeParty:
     async def invite_token(self, *, rotate: bool) -> str:
         self.asked.append(f"invite rotate={rotate}")
         return "T-new" if rotate else "T-old"
+
+    async def join_link(self) -> str:
+        return self.link
 
     async def leave(self, author: Author) -> None:
         self.members.pop(author)
@@ -300,6 +304,13 @@ async def test_invite_shows_or_rotates_the_prompter_token() -> None:
     rotated = await run(party, HOST, "invite", "rotate")
     assert rotated.text == "new invite token: T-new (the old one no longer works)"
     assert party.asked == ["invite rotate=False", "invite rotate=True"]
+
+
+async def test_the_host_sees_the_join_link_in_invite_and_status_and_nobody_else() -> None:
+    party = FakeParty(link="https://abc.ngrok.app/#T-old")
+    assert (await run(party, HOST, "invite")).text.endswith("\nlink: https://abc.ngrok.app/#T-old")
+    assert "https://abc.ngrok.app/#T-old" in (await run(party, HOST, "status")).text
+    assert "ngrok" not in (await run(party, ALICE, "status")).text
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
-from bot.config import ConfigError, Settings, StoreSettings, load_settings
+from bot.config import ConfigError, Settings, ShareProvider, StoreSettings, load_settings
 from bot.state_dir import default_state_dir
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -95,6 +96,12 @@ turn_timeout_s = 42.5
 [websocket]
 host = "0.0.0.0"
 port = 9001
+tls_cert_file = "tls/cert.pem"
+tls_key_file = "/etc/concordia/key.pem"
+public_url = "https://concordia.example.com/"
+
+[share]
+command = "cloudflared tunnel --url http://127.0.0.1:{port}"
 """,
     )
 
@@ -113,9 +120,63 @@ port = 9001
     assert settings.claude.turn_timeout_s == 42.5
     assert settings.websocket.host == "0.0.0.0"
     assert settings.websocket.port == 9001
+    assert settings.websocket.tls_cert_file == tmp_path / "tls" / "cert.pem"
+    assert settings.websocket.tls_key_file == Path("/etc/concordia/key.pem")
+    assert settings.websocket.public_url == "https://concordia.example.com"
+    assert settings.share.provider is ShareProvider.COMMAND  # a command turns sharing on
     # Keys the file leaves out keep their defaults.
     assert settings.party.name == "default"
     assert settings.claude.interrupt_grace_s == 10.0
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "build-box.lan"])
+def test_a_host_reachable_from_other_machines_needs_tls(tmp_path: Path, host: str) -> None:
+    config = _write(tmp_path, f'[websocket]\nhost = "{host}"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, environ={}, base=tmp_path)
+    said = str(refused.value)
+    assert "clear text" in said
+    assert "tls_cert_file" in said
+    assert "--share" in said
+    assert "allow_plaintext" in said
+    knowingly = _write(tmp_path, f'[websocket]\nhost = "{host}"\nallow_plaintext = true\n')
+    assert load_settings(knowingly, environ={}, base=tmp_path).websocket.host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_needs_no_tls(tmp_path: Path, host: str) -> None:
+    config = _write(tmp_path, f'[websocket]\nhost = "{host}"\n')
+    assert not load_settings(config, environ={}, base=tmp_path).websocket.is_tls
+
+
+@pytest.mark.parametrize(
+    ("section", "complaint"),
+    [
+        ('[websocket]\ntls_cert_file = "c.pem"\n', "set both or neither"),
+        ('[websocket]\npublic_url = "ftp://x"\n', "http:// or https://"),
+        ('[websocket]\npublic_url = "https://x/#frag"\n', "no user, query or #fragment"),
+        ('[share]\nprovider = "command"\n', "needs share.command"),
+        ('[share]\ncommand = "bore local 80"\n', "must name {port}"),
+        ('[share]\nprovider = "ngrok"\ncommand = "x {port}"\n', "keep one of them"),
+        ('[share]\nurl_pattern = "(https"\n', "not a regular expression"),
+        ('[share]\nprovider = "tailscale"\n', "share.provider"),
+    ],
+)
+def test_bad_tls_and_share_settings_say_what_to_fix(
+    tmp_path: Path, section: str, complaint: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(complaint)):
+        load_settings(_write(tmp_path, section), environ={}, base=tmp_path)
+
+
+def test_the_tls_key_may_not_sit_in_the_working_tree(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path,
+        '[websocket]\ntls_cert_file = "c.pem"\ntls_key_file = "repo/key.pem"\n'
+        '[claude]\nworkdir = "repo"\n',
+    )
+    with pytest.raises(ConfigError, match="TLS private key"):
+        load_settings(config, environ={}, base=tmp_path)
 
 
 def test_relative_paths_resolve_against_base(tmp_path: Path) -> None:

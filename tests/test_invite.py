@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.invite import InviteBook, invite_url
+from bot.invite import InviteBook, JoinAddress
 from bot.model import Role
 from bot.store import Store
 
@@ -52,6 +52,14 @@ async def test_a_token_file_without_its_hash_is_minted_afresh(store: Store, tmp_
     assert await store.check_invite("p", "stale") is None
 
 
-def test_invite_url_brackets_ipv6() -> None:
-    assert invite_url("127.0.0.1", 8765, "T") == "concordia://127.0.0.1:8765/T"
-    assert invite_url("::1", 8765, "T") == "concordia://[::1]:8765/T"
+def test_a_join_link_carries_the_token_in_its_fragment_and_follows_the_address() -> None:
+    address = JoinAddress()
+    assert address.link("T") == ""  # nothing listens yet: no link to hand out
+    moves: list[str] = []
+    address.watch(moves.append)
+    address.move("http://127.0.0.1:8765/")
+    assert address.link("T") == "http://127.0.0.1:8765/#T"
+    address.move("http://127.0.0.1:8765")  # the same base: no news
+    address.move("https://abc.ngrok.app")
+    assert address.link("T") == "https://abc.ngrok.app/#T"
+    assert moves == ["http://127.0.0.1:8765", "https://abc.ngrok.app"]

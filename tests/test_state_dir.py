@@ -164,7 +164,7 @@ def test_invite_moves_the_old_folder_before_it_opens_the_store(
     assert cli.main(["invite"]) == 0
 
     out, err = capsys.readouterr()
-    assert f"/{before['prompter']}" in out
+    assert f"/#{before['prompter']}" in out
     assert "moved the state folder" in err
     assert not (repo / ".concordia").exists()
     assert (default_state_dir(repo, {"HOME": str(tmp_path / "home")}) / "tokens.json").exists()

@@ -14,6 +14,7 @@ from rich.console import Console
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from adapters import wire
 from adapters.terminal import (
     EXIT_NOT_JOINED,
     EXIT_OK,
@@ -25,6 +26,12 @@ from adapters.terminal import (
 
 TOKEN = "s3cret-token"
 _CLOSED = {"type": "<connection closed>"}
+
+
+def _join_frame(token: str = TOKEN, name: str = "ada") -> dict[str, Any]:
+    """The join frame the client sends, as `adapters.wire` writes it (every field)."""
+    frame: dict[str, Any] = json.loads(wire.format_frame(wire.Join(token=token, name=name)))
+    return frame
 
 
 class FakeHost:
@@ -205,7 +212,7 @@ async def test_happy_path_sends_join_then_prompts_and_exits_0_after_all_answers(
 
     assert code == EXIT_OK
     frames = await host.frames_until_closed()
-    assert frames[0] == {"type": "join", "token": TOKEN, "name": "ada"}
+    assert frames[0] == _join_frame()
     prompts = frames[1:]
     assert [f["type"] for f in prompts] == ["prompt", "prompt"]  # blank lines are not sent
     assert [f["text"] for f in prompts] == ["fix the bug", "add a test"]
@@ -241,7 +248,7 @@ async def test_the_token_travels_in_the_join_frame_not_the_url(host: FakeHost) -
     code = await _join(host.url(), console=_console())
 
     assert code == EXIT_OK
-    assert (await host.frames_until_closed()) == [{"type": "join", "token": TOKEN, "name": "ada"}]
+    assert (await host.frames_until_closed()) == [_join_frame()]
 
 
 @pytest.mark.timeout(10)
@@ -359,7 +366,7 @@ async def test_a_bad_token_exits_2_and_says_so(host: FakeHost) -> None:
     out = _printed(console)
     assert "error: that invite is not valid" in out
     assert "the invite token was refused" in out
-    assert await host.frames_until_closed() == [{"type": "join", "token": "wrong", "name": "ada"}]
+    assert await host.frames_until_closed() == [_join_frame("wrong")]
 
 
 @pytest.mark.timeout(10)
@@ -400,8 +407,8 @@ async def test_a_host_speaking_another_protocol_version_is_refused_with_one_line
     assert code == EXIT_NOT_JOINED
     out = _printed(console)
     assert out.count("\n") == 1
-    assert f"127.0.0.1:{port} speaks Concordia protocol 2 and this client speaks 1" in out
-    assert received == [{"type": "join", "token": TOKEN, "name": "ada"}]
+    assert f"ws://127.0.0.1:{port}/ speaks Concordia protocol 2 and this client speaks 1" in out
+    assert received == [_join_frame()]
 
 
 @pytest.mark.timeout(10)
@@ -416,18 +423,23 @@ async def test_connection_refused_exits_2_naming_host_and_port() -> None:
 
     assert code == EXIT_NOT_JOINED
     out = _printed(console)
-    assert f"cannot connect to 127.0.0.1:{port}" in out
-    assert out.count("\n") == 1
+    assert (
+        out
+        == f"cannot connect to ws://127.0.0.1:{port}/: connection refused (is the host running?)\n"
+    )
 
 
 @pytest.mark.timeout(10)
 async def test_a_bad_invite_url_exits_2_without_connecting() -> None:
     console = _console()
 
-    code = await _join("http://127.0.0.1:1/tok", console=console)
+    code = await _join("ftp://127.0.0.1:1/#SECRET", console=console)
 
     assert code == EXIT_NOT_JOINED
-    assert "concordia://" in _printed(console)
+    out = _printed(console)
+    assert "scheme ftp:// is not one of ours" in out
+    assert "https://HOST[:PORT][/PATH]#TOKEN" in out
+    assert "SECRET" not in out
 
 
 # --- interactive mode ------------------------------------------------------------------------
@@ -472,12 +484,71 @@ async def test_interactive_runs_until_the_host_closes_and_exits_0(host: FakeHost
     ("url", "expected", "ws_url"),
     [
         (
-            "concordia://example.org:8765/abc_DEF-1",
-            InviteUrl("example.org", 8765, "abc_DEF-1"),
+            "concordia://example.org:8765/SECRET_t-1",
+            InviteUrl("example.org", 8765, "SECRET_t-1"),
             "ws://example.org:8765/",
         ),
-        ("  CONCORDIA://10.0.0.2:80/t\n", InviteUrl("10.0.0.2", 80, "t"), "ws://10.0.0.2:80/"),
-        ("concordia://[::1]:9000/tok", InviteUrl("::1", 9000, "tok"), "ws://[::1]:9000/"),
+        (
+            "  CONCORDIA://10.0.0.2:80/SECRET\n",
+            InviteUrl("10.0.0.2", 80, "SECRET"),
+            "ws://10.0.0.2/",
+        ),
+        ("concordia://[::1]:9000/SECRET", InviteUrl("::1", 9000, "SECRET"), "ws://[::1]:9000/"),
+        (
+            "concordias://example.org:8443/SECRET",
+            InviteUrl("example.org", 8443, "SECRET", is_tls=True),
+            "wss://example.org:8443/",
+        ),
+        (
+            "https://example.org/#SECRET_t-1",
+            InviteUrl("example.org", 443, "SECRET_t-1", is_tls=True, path="/"),
+            "wss://example.org/",
+        ),
+        (
+            "HTTPS://Example.ORG#SECRET",
+            InviteUrl("example.org", 443, "SECRET", is_tls=True, path="/"),
+            "wss://example.org/",
+        ),
+        (
+            "https://example.org:8443/#SECRET",
+            InviteUrl("example.org", 8443, "SECRET", is_tls=True, path="/"),
+            "wss://example.org:8443/",
+        ),
+        (
+            "https://name.ngrok.app/#SECRET",
+            InviteUrl("name.ngrok.app", 443, "SECRET", is_tls=True, path="/"),
+            "wss://name.ngrok.app/",
+        ),
+        (
+            "https://proxy.example.org/teams/concordia/#SECRET",
+            InviteUrl("proxy.example.org", 443, "SECRET", is_tls=True, path="/teams/concordia/"),
+            "wss://proxy.example.org/teams/concordia/",
+        ),
+        (
+            "https://[::1]:8443/#SECRET",
+            InviteUrl("::1", 8443, "SECRET", is_tls=True, path="/"),
+            "wss://[::1]:8443/",
+        ),
+        (
+            "http://127.0.0.1:8765/#SECRET",
+            InviteUrl("127.0.0.1", 8765, "SECRET", is_tls=False, path="/"),
+            "ws://127.0.0.1:8765/",
+        ),
+        (
+            "http://localhost/concordia#SECRET",
+            InviteUrl("localhost", 80, "SECRET", is_tls=False, path="/concordia"),
+            "ws://localhost/concordia",
+        ),
+        (
+            "wss://example.org:9443/ws#SECRET",
+            InviteUrl("example.org", 9443, "SECRET", is_tls=True, path="/ws"),
+            "wss://example.org:9443/ws",
+        ),
+        (
+            "ws://[::1]/#SECRET",
+            InviteUrl("::1", 80, "SECRET", is_tls=False, path="/"),
+            "ws://[::1]/",
+        ),
     ],
 )
 def test_parse_invite_url_accepts(url: str, expected: InviteUrl, ws_url: str) -> None:
@@ -485,28 +556,50 @@ def test_parse_invite_url_accepts(url: str, expected: InviteUrl, ws_url: str) ->
 
     assert invite == expected
     assert invite.ws_url == ws_url
+    assert str(invite) == ws_url  # what messages show: never the token
+    assert "SECRET" not in repr(invite)
 
 
 @pytest.mark.parametrize(
     ("url", "complaint"),
     [
-        ("http://host:1/SECRET", "must start with concordia://"),
-        ("host:1/SECRET", "must start with concordia://"),
+        ("ftp://host:1/#SECRET", "scheme ftp:// is not one of ours"),
+        ("host:1/SECRET", "no scheme"),
+        ("example.org/#SECRET", "no scheme"),
         ("concordia://host/SECRET", "no port"),
+        ("concordias://host/SECRET", "no port"),
         ("concordia://host:0/SECRET", "port must be 1-65535"),
+        ("https://host:0/#SECRET", "port must be 1-65535"),
         ("concordia://host:99999/SECRET", "malformed"),
+        ("https://host:99999/#SECRET", "malformed"),
         ("concordia://host:http/SECRET", "malformed"),
         ("concordia://::1:80/SECRET", "IPv6 hosts go in brackets"),
+        ("https://[::1/#SECRET", "malformed"),
         ("concordia://:1/SECRET", "no host"),
+        ("https://:8443/#SECRET", "no host"),
+        ("https:///#SECRET", "no host"),
         ("concordia://host:1/", "no token"),
         ("concordia://host:1", "no token"),
+        ("https://host/", "no token"),
+        ("https://host/#", "no token"),
+        ("https://host/SECRET", "no token: it ends with #TOKEN"),
         ("concordia://host:1/SECRET/more", "one path segment"),
         ("concordia://host:1/SECRET?x=1", "no \\? or # part"),
+        ("concordia://host:1/#SECRET", "no \\? or # part"),
+        ("https://host/?x=1#SECRET", "must not have a \\?"),
         ("concordia://me@host:1/SECRET", "user name or password"),
+        ("https://me:pw@host/#SECRET", "user name or password"),
+        ("https://host/#SECRET more", "spaces or line breaks"),
+        ("https://host/#SECRET\tmore", "spaces or line breaks"),
+        ("https://host/#SECRET\nmore", "spaces or line breaks"),
+        ("concordia://host:1/SECRET more", "spaces or line breaks"),
     ],
 )
 def test_parse_invite_url_rejects_naming_the_problem(url: str, complaint: str) -> None:
     with pytest.raises(ValueError, match=complaint) as caught:
         parse_invite_url(url)
 
-    assert "SECRET" not in str(caught.value)
+    message = str(caught.value)
+    assert "SECRET" not in message
+    assert "an invite link looks like https://HOST[:PORT][/PATH]#TOKEN" in message
+    assert "concordia://HOST:PORT/TOKEN" in message

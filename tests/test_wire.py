@@ -93,7 +93,10 @@ SERVER_FRAMES: list[tuple[wire.ServerFrame, dict[str, Any]]] = [
 ]
 
 CLIENT_FRAMES: list[tuple[wire.ClientFrame, dict[str, Any]]] = [
-    (wire.Join(token="t0k", name="ada"), {"type": "join", "token": "t0k", "name": "ada"}),
+    (
+        wire.Join(token="t0k", name="ada"),
+        {"type": "join", "token": "t0k", "name": "ada", "catch_up": False},
+    ),
     (wire.Prompt(id="ada-1", text="fix it"), {"type": "prompt", "id": "ada-1", "text": "fix it"}),
     (
         wire.Command(name="cancel", args="3"),

@@ -20,17 +20,24 @@ from websockets.exceptions import ConnectionClosed
 from adapters import wire
 from tests.waits import until
 
-_URL = re.compile(r"^(invite|host):\s+concordia://([\d.]+):(\d+)/(\S+)$")
+_URL = re.compile(r"^(invite|host):\s+http://([\d.]+):(\d+)/#(\S+)$")
 _START_TIMEOUT_S = 30.0
 
 
 class BotProcess:
     """`concordia run --config FILE` in a subprocess; knows its port and tokens once started."""
 
-    def __init__(self, config: Path, cwd: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        config: Path,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ):
         self._config = config
         self._cwd = cwd
         self._env = env or {}
+        self._args = args
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.invite = ""
@@ -38,6 +45,7 @@ class BotProcess:
         self.log: list[str] = []
         self.stdout: list[str] = []
         self._stdout_lines: asyncio.Queue[str] = asyncio.Queue()
+        self.printed = asyncio.Event()  # set at each new line on stdout or stderr
         self._stdout_task: asyncio.Task[None] | None = None
         self._stderr_task: asyncio.Task[None] | None = None
 
@@ -63,6 +71,7 @@ class BotProcess:
             "run",
             "--config",
             str(self._config),
+            *self._args,
             cwd=self._cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -93,12 +102,14 @@ class BotProcess:
     async def _collect(self, stream: asyncio.StreamReader) -> None:
         async for line in stream:
             self.log.append(line.decode(errors="replace"))
+            self.printed.set()
 
     async def _collect_stdout(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             line = raw.decode(errors="replace")
             self.stdout.append(line)
             self._stdout_lines.put_nowait(line)
+            self.printed.set()
 
     async def line_starting(self, prefix: str, within_s: float = 10.0) -> str:
         """The first stdout line starting with ``prefix``, waiting for it if need be."""
@@ -107,6 +118,15 @@ class BotProcess:
             self._stdout_lines,
             within_s=within_s,
             what=f"a line starting {prefix!r} on stdout",
+        )
+
+    async def said(self, text: str, within_s: float = 30.0) -> str:
+        """The first line on stdout or stderr containing ``text``, waiting for it."""
+        return await until(
+            lambda: next((line for line in self.stdout + self.log if text in line), ""),
+            self.printed,
+            within_s=within_s,
+            what=f"a line saying {text!r}",
         )
 
     def kill(self) -> None:

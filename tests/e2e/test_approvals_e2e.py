@@ -34,7 +34,7 @@ async def _concordia(*args: str, cwd: Path) -> tuple[int, str, str]:
 
 
 def _token(out: str) -> str:
-    return out.split("concordia://")[1].split()[0].split("/")[-1]
+    return out.split("http://")[1].split()[0].split("#")[-1]
 
 
 async def test_roles_from_the_cli_and_an_approval_over_websocket(

@@ -40,7 +40,7 @@ async def test_piped_join_sends_prompts_and_exits_when_answered(
 ) -> None:
     make_settings(tmp_path, fake_api)
     async with BotProcess(tmp_path / "config.toml", tmp_path) as bot:
-        url = f"concordia://127.0.0.1:{bot.port}/{bot.invite}"
+        url = f"http://127.0.0.1:{bot.port}/#{bot.invite}"  # the link `run` prints
         code, out, _ = await _concordia(
             "join", url, "--name", "ci", stdin=b"fix the test\nadd a docstring\n", cwd=tmp_path
         )
@@ -74,7 +74,7 @@ async def test_invite_rotate_refuses_the_old_token_at_once(
         await alice.expect("welcome")
         code, out, _ = await _concordia("invite", "--rotate", "--config", str(config), cwd=tmp_path)
         assert code == 0
-        new_token = out.split("invite: ")[1].split("/")[-1].strip()
+        new_token = out.split("invite: ")[1].split()[0].split("#")[-1]
         assert new_token != bot.invite
         async with Client(bot.port, bot.invite, "late") as late:
             assert (await late.expect("error"))["code"] == "bad_token"

@@ -147,7 +147,8 @@ class FakeAnthropic:
     ``max_in_flight`` the most ever streamed at once; the title side request counts in
     neither. ``first_delta`` is set once a ``SLOW`` reply has written its first text
     delta; tests clear it themselves between turns. ``first_text_at_s`` is the
-    ``time.monotonic()`` at which the first main-turn reply wrote its first text delta.
+    ``time.monotonic()`` at which the first main-turn reply wrote its first text delta, and
+    ``text_sent`` the latest reply's deltas as (characters written so far, monotonic time).
 
     A client that hangs up mid-stream (the CLI aborts the request on interrupt) cancels
     its handler at once; that is not an error and nothing is logged above DEBUG.
@@ -179,6 +180,7 @@ class FakeAnthropic:
         self.max_in_flight = 0
         self.first_delta = asyncio.Event()
         self.first_text_at_s: float | None = None
+        self.text_sent: list[tuple[int, float]] = []
         self._failures: collections.deque[_Failure] = collections.deque()
         self._message_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -298,10 +300,15 @@ class FakeAnthropic:
             self.in_flight -= 1
 
     async def _timed(self, deltas: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+        self.text_sent = []
+        sent = 0
         async with contextlib.aclosing(deltas):
             async for text in deltas:
+                now = time.monotonic()
                 if self.first_text_at_s is None:
-                    self.first_text_at_s = time.monotonic()
+                    self.first_text_at_s = now
+                sent += len(text)
+                self.text_sent.append((sent, now))
                 yield text
 
     async def _long_deltas(self) -> AsyncGenerator[str, None]:

@@ -1,0 +1,314 @@
+"""The built-in transport's HTTP side, served by the real `App` (a `FakeAgent` behind it):
+the page and its headers, `/healthz`, the Origin check, catch-up after a reconnect, TLS,
+and the join throttle by forwarded address and by token attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import socket
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp.test_utils import make_mocked_request
+from rich.console import Console
+from websockets.asyncio.client import connect
+
+from adapters import wire
+from adapters.terminal import EXIT_NOT_JOINED, EXIT_OK, run_join
+from adapters.web.http import SECURITY_HEADERS, local_base, origin_allowed
+from bot.config import WebSocketSettings
+from bot.model import BatchStarted, OutputText
+from tests.conftest import make_settings
+from tests.rigs import Rig, open_rig
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp_path: Path, **websocket: object) -> AsyncIterator[Rig]:
+    settings = make_settings(
+        tmp_path, None, websocket={"host": "127.0.0.1", "port": 0, **websocket}
+    )
+    async with open_rig(settings) as opened:
+        yield opened
+
+
+def base(r: Rig) -> str:
+    return f"http://127.0.0.1:{r.app.websocket_port}"
+
+
+async def join(
+    url: str,
+    token: str,
+    name: str,
+    *,
+    origin: str | None = None,
+    catch_up: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    headers = {"Origin": origin} if origin else {}
+    ws = await connect(url, additional_headers=headers, ssl=ssl_context, max_size=None)
+    await ws.send(wire.format_frame(wire.Join(token=token, name=name, catch_up=catch_up)))
+    first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    return ws, first
+
+
+async def test_the_page_and_its_files_carry_the_security_headers(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r, aiohttp.ClientSession() as http:
+        for path in ("/", "/static/app.js", "/static/style.css", "/static/vendor/purify.min.js"):
+            async with http.get(base(r) + path) as answer:
+                assert answer.status == 200, path
+                for name, value in SECURITY_HEADERS.items():
+                    assert answer.headers[name] == value, (path, name)
+        async with http.get(base(r) + "/") as page:
+            html = await page.text()
+            assert page.headers["Cache-Control"] == "no-store"
+        assert '<script type="module" src="/static/app.js">' in html or "/static/app.js" in html
+        assert "<script>" not in html  # no inline script: the CSP would refuse it anyway
+        async with http.get(base(r) + "/static/nothing-here.js") as missing:
+            assert missing.status == 404
+            assert "Content-Security-Policy" in missing.headers
+        async with http.get(base(r) + "/static/../http.py") as escaped:
+            assert escaped.status in (403, 404)
+
+
+async def test_healthz_answers_while_serving(tmp_path: Path) -> None:
+    async with (
+        rig(tmp_path) as r,
+        aiohttp.ClientSession() as http,
+        http.get(base(r) + "/healthz") as answer,
+    ):
+        assert answer.status == 200
+        assert await answer.json() == {"status": "ok"}
+
+
+async def test_a_page_from_another_site_cannot_open_the_websocket(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        url = f"ws://127.0.0.1:{r.app.websocket_port}/"
+        with pytest.raises(Exception, match="403"):
+            await join(url, r.invites.prompter, "eve", origin="https://evil.example")
+        with pytest.raises(Exception, match="403"):
+            await join(url, r.invites.prompter, "eve", origin="null")
+        own = f"http://127.0.0.1:{r.app.websocket_port}"
+        ws, first = await join(url, r.invites.prompter, "ann", origin=own)
+        assert first["type"] == "welcome"
+        await ws.close()
+        ws, first = await join(url, r.invites.prompter, "cli")  # a program sends no Origin
+        assert first["type"] == "welcome"
+        await ws.close()
+
+
+async def test_a_late_joiner_with_catch_up_gets_the_running_batch_so_far(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        url = f"ws://127.0.0.1:{r.app.websocket_port}/"
+        ann, _ = await join(url, r.invites.prompter, "ann")
+        await ann.send(wire.format_frame(wire.Prompt(id="p1", text="SLOW please")))
+        await r.events.until(lambda e: isinstance(e, OutputText))
+        started = next(e for e in r.events.seen if isinstance(e, BatchStarted))
+        bob, welcome = await join(url, r.invites.prompter, "bob", catch_up=True)
+        assert welcome["type"] == "welcome"
+        batch = json.loads(await asyncio.wait_for(bob.recv(), 10))
+        assert (batch["type"], batch["batch_id"]) == ("batch", started.batch.batch_id)
+        so_far = json.loads(await asyncio.wait_for(bob.recv(), 10))
+        assert so_far["type"] == "output"
+        assert so_far["text"].startswith("ECHO: SLOW")
+        # What bob saw so far and what streams after it make the whole output, once each.
+        seen = so_far["text"]
+        while (frame := json.loads(await asyncio.wait_for(bob.recv(), 30)))["type"] != "done":
+            if frame["type"] == "output":
+                seen += frame["text"]
+        whole = "".join(
+            e.text
+            for e in r.events.seen
+            if isinstance(e, OutputText) and e.batch_id == started.batch.batch_id
+        )
+        assert seen == whole
+        # Without catch_up, a joiner sees only what comes next.
+        for ws in (ann, bob):
+            await ws.close()
+
+
+async def flood(url: str, count: int, headers: dict[str, str] | None = None) -> list[str]:
+    """``count`` joins with wrong tokens at once; the error codes they got, once some
+    refusals are being held back (the first `too_many_attempts` says so)."""
+    codes: list[str] = []
+    cut_short = asyncio.Event()
+
+    async def bad(i: int) -> None:
+        async with connect(url, additional_headers=headers or {}) as ws:
+            await ws.send(wire.format_frame(wire.Join(token=f"wrong-{i}", name=f"eve{i}")))
+            codes.append(json.loads(await asyncio.wait_for(ws.recv(), 30))["code"])
+            if codes[-1] == "too_many_attempts":
+                cut_short.set()
+
+    tasks = [asyncio.create_task(bad(i)) for i in range(count)]
+    try:
+        async with asyncio.timeout(20):
+            await cut_short.wait()
+    finally:
+        flooding.append(tasks)
+    return codes
+
+
+flooding: list[list[asyncio.Task[None]]] = []
+
+
+async def settle() -> None:
+    """Wait for the flood's held refusals to be answered (up to the 10 s cap)."""
+    while flooding:
+        await asyncio.gather(*flooding.pop())
+
+
+async def test_a_flood_of_bad_tokens_does_not_hold_back_a_good_one(tmp_path: Path) -> None:
+    """Measured before: 300 bad joins from one address, then a valid one waited 10.0 s."""
+    async with rig(tmp_path) as r:
+        url = f"ws://127.0.0.1:{r.app.websocket_port}/"
+        codes = await flood(url, 300)
+        # Refusals are being held back for seconds now; the team's token goes straight in.
+        async with asyncio.timeout(3):
+            ws, first = await join(url, r.invites.prompter, "ann")
+        assert first["type"] == "welcome"
+        await ws.close()
+        await settle()
+        assert set(codes) == {"bad_token", "too_many_attempts"}
+
+
+async def test_the_throttle_counts_the_address_the_tunnel_forwards(tmp_path: Path) -> None:
+    """The share command here is a no-op "tunnel" that announces the tunnel's own loopback
+    port, so the test plays the tunnel's part: it adds X-Forwarded-For itself."""
+    announce = (
+        "import sys, time; print('http://127.0.0.1:' + sys.argv[1], flush=True); time.sleep(600)"
+    )
+    settings = make_settings(
+        tmp_path,
+        None,
+        websocket={"host": "127.0.0.1", "port": 0},
+        share={
+            "command": f'{sys.executable} -c "{announce}" {{port}}',
+            "url_pattern": r"http://127\.0\.0\.1:\d+",
+        },
+    )
+    async with open_rig(settings) as r:
+        moved = asyncio.Event()
+        r.app.address.watch(lambda _: moved.set())
+        if not r.app.address.base.endswith(f":{r.app.websocket_port}"):
+            moved.set()  # announced already
+        async with asyncio.timeout(20):
+            await moved.wait()
+        tunnel = r.app.address.base.replace("http://", "ws://") + "/"
+        assert not tunnel.endswith(f":{r.app.websocket_port}/")  # the tunnel's own port
+        await flood(tunnel, 60, {"X-Forwarded-For": "10.9.8.7, 203.0.113.9"})
+        # Another teammate behind the same tunnel is not counted with the attacker...
+        other = {"X-Forwarded-For": "198.51.100.7"}
+        async with connect(tunnel, additional_headers=other) as ws:
+            await ws.send(wire.format_frame(wire.Join(token="typo", name="bob")))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 3))["code"] == "bad_token"
+        # ...while on the direct port the header is the client's own word, and ignored.
+        direct = f"ws://127.0.0.1:{r.app.websocket_port}/"
+        await flood(direct, 60, {"X-Forwarded-For": "192.0.2.1"})
+        async with connect(direct, additional_headers={"X-Forwarded-For": "192.0.2.2"}) as ws:
+            await ws.send(wire.format_frame(wire.Join(token="typo", name="bob")))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 3))["code"] == "too_many_attempts"
+        await settle()
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    cert.private_key_pem.write_to_path(folder / "key.pem")
+    cert.cert_chain_pems[0].write_to_path(folder / "cert.pem")
+    ca.cert_pem.write_to_path(folder / "ca.pem")
+    return ca, folder / "cert.pem", folder / "key.pem", folder / "ca.pem"
+
+
+async def test_concordia_join_over_tls_with_the_ca_and_refused_without(
+    tmp_path: Path, tls_files: tuple[trustme.CA, Path, Path, Path]
+) -> None:
+    _, cert, key, ca_pem = tls_files
+    async with rig(tmp_path, tls_cert_file=str(cert), tls_key_file=str(key)) as r:
+        link = r.app.address.link(r.invites.prompter)
+        assert link.startswith(f"https://127.0.0.1:{r.app.websocket_port}/#")
+        console = Console(file=io.StringIO(), force_terminal=False, width=400)
+        joined = await run_join(
+            link, "ada", lines=_no_lines(), console=console, interactive=False, cafile=ca_pem
+        )
+        assert joined == EXIT_OK, console.file.getvalue()
+        refused_console = Console(file=io.StringIO(), force_terminal=False, width=400)
+        refused = await run_join(
+            link, "ada", lines=_no_lines(), console=refused_console, interactive=False
+        )
+        assert refused == EXIT_NOT_JOINED
+        said = refused_console.file.getvalue()
+        assert "certificate was refused" in said
+        assert "--cafile" in said
+        assert r.invites.prompter not in said
+        # The page is served over TLS as well, with the same headers.
+        context = ssl.create_default_context(cafile=str(ca_pem))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(link.split("#")[0], ssl=context) as page,
+        ):
+            assert page.status == 200
+            assert "Content-Security-Policy" in page.headers
+
+
+async def _no_lines() -> AsyncIterator[str]:
+    return
+    yield
+
+
+@pytest.mark.parametrize(
+    ("websocket", "expected"),
+    [
+        ({}, "http://127.0.0.1:8765"),
+        ({"host": "::1"}, "http://[::1]:8765"),
+        ({"host": "0.0.0.0", "allow_plaintext": True}, f"http://{socket.getfqdn()}:8765"),
+        ({"host": "::", "allow_plaintext": True}, f"http://{socket.getfqdn()}:8765"),
+        ({"tls_cert_file": "c.pem", "tls_key_file": "k.pem"}, "https://127.0.0.1:8765"),
+        (
+            {"host": "0.0.0.0", "allow_plaintext": True, "public_url": "https://cc.example.com/"},
+            "https://cc.example.com",
+        ),
+    ],
+)
+def test_the_link_never_names_a_wildcard_address(
+    websocket: dict[str, object], expected: str
+) -> None:
+    base = local_base(WebSocketSettings.model_validate(websocket), 8765)
+    assert base == expected
+    assert "0.0.0.0" not in base
+    assert "[::]" not in base
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        (None, "127.0.0.1:8765", True),  # a program, not a page
+        ("http://127.0.0.1:8765", "127.0.0.1:8765", True),
+        ("https://abc.ngrok.app", "abc.ngrok.app", True),
+        ("https://abc.ngrok.app", "127.0.0.1:41000", True),  # a tunnel that rewrites Host
+        ("https://cc.example.com:443", "cc.example.com", True),
+        ("http://127.0.0.1:9999", "127.0.0.1:8765", False),  # another port is another site
+        ("https://evil.example", "127.0.0.1:8765", False),
+        ("null", "127.0.0.1:8765", False),
+        ("file://", "127.0.0.1:8765", False),
+    ],
+)
+def test_only_our_own_page_may_open_the_websocket(
+    origin: str | None, host: str, allowed: bool
+) -> None:
+    headers = {"Host": host, **({"Origin": origin} if origin else {})}
+    request = make_mocked_request("GET", "/", headers=headers)
+    assert origin_allowed(request, {"abc.ngrok.app"}) is allowed
