@@ -117,25 +117,27 @@ class _Client:
 
 
 class _Replay:
-    """The running batch and its output so far, for a client that joins with `catch_up`
-    (the page after a dropped connection shows the rest of the turn, not a gap)."""
+    """The latest batch, its output so far and its end if it ended, for a client that joins
+    with `catch_up`: a page back from a dropped connection shows the rest of the turn, or how
+    it ended, instead of a gap."""
 
     def __init__(self) -> None:
         self.batch: BatchStarted | None = None
+        self.done: BatchDone | None = None
         self._text: list[str] = []
         self._chars = 0
 
     def deliver(self, event: PartyEvent) -> None:
         match event:
             case BatchStarted():
-                self.batch, self._text, self._chars = event, [], 0
+                self.batch, self.done, self._text, self._chars = event, None, [], 0
             case OutputText(batch_id=batch_id, text=text):
-                is_running = self.batch is not None and batch_id == self.batch.batch.batch_id
-                if is_running and self._chars + len(text) <= _REPLAY_MAX_CHARS:
+                is_latest = self.batch is not None and batch_id == self.batch.batch.batch_id
+                if is_latest and self._chars + len(text) <= _REPLAY_MAX_CHARS:
                     self._text.append(text)
                     self._chars += len(text)
             case BatchDone():
-                self.batch, self._text, self._chars = None, [], 0
+                self.done = event
             case _:
                 pass
 
@@ -143,7 +145,10 @@ class _Replay:
         if self.batch is None:
             return []
         batch_id = self.batch.batch.batch_id
-        return [event_frame(self.batch), wire.Output(batch_id=batch_id, text="".join(self._text))]
+        frames = [event_frame(self.batch), wire.Output(batch_id=batch_id, text="".join(self._text))]
+        if self.done is not None and self.done.batch_id == batch_id:
+            frames.append(event_frame(self.done))
+        return frames
 
 
 def event_frame(event: PartyEvent) -> wire.ServerFrame:
