@@ -36,6 +36,7 @@ bench: $(VENV)/.dev-installed $(CLAUDE_LOCAL)
 	$(BIN)/python -m bench.discord_stream
 	$(BIN)/python -m bench.merge --data tests/data/merge.jsonl
 	$(BIN)/python -m bench.web
+	$(BIN)/python -m bench.latency
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'

@@ -167,7 +167,9 @@ class _Result:
 async def _measure(
     api: FakeAnthropic, root: Path, clients: int, prompt_count: int, procs: int
 ) -> _Result:
-    config = bot_config(root, api, party={"collect_window_s": _COLLECT_WINDOW_S})
+    config = bot_config(
+        root, api, party={"collect_window_s": _COLLECT_WINDOW_S, "quiet_gap_s": _COLLECT_WINDOW_S}
+    )
     context = multiprocessing.get_context("spawn")
     async with BotProcess(config, root) as bot:
         # The collect window holds the runner back for the whole burst: intake is measured alone.

@@ -96,7 +96,11 @@ def _answered(prompt_ids: set[int]) -> Any:
 async def _main(prompt_count: int, client_count: int) -> None:
     async with FakeAnthropic() as api:
         with scratch("concordia-bench-memory-") as root:
-            config = bot_config(root, api, party={"collect_window_s": _COLLECT_WINDOW_S})
+            config = bot_config(
+                root,
+                api,
+                party={"collect_window_s": _COLLECT_WINDOW_S, "quiet_gap_s": _COLLECT_WINDOW_S},
+            )
             async with BotProcess(config, root) as bot:
                 idle = _sample(bot)
                 watcher = await joined(bot.port, bot.invite, "watcher")

@@ -88,7 +88,19 @@ class StoreSettings(_Section):
 
 class PartySettings(_Section):
     name: str = Field(default="default", min_length=1, max_length=64)
-    collect_window_s: float = Field(default=1.5, ge=0, le=60)
+    collect_window_s: float = Field(
+        default=1.5,
+        ge=0,
+        le=60,
+        description="the longest an idle party waits to collect prompts arriving together",
+    )
+    quiet_gap_s: float = Field(
+        default=0.25,
+        ge=0,
+        le=60,
+        description="an idle party starts its batch once no prompt came for this long, so a "
+        "lone prompt does not wait the whole collect window",
+    )
     max_prompt_chars: int = Field(default=256_000, ge=1, le=10_000_000)
     member_burst: int = Field(default=20, ge=1)
     member_prompts_per_minute: float = Field(default=20.0, gt=0)

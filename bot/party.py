@@ -400,9 +400,8 @@ class Party:
                 skip_window = False
                 continue
             await self._wait_ready()
-            if not skip_window and self._settings.party.collect_window_s:
-                # pacing: the collect window lets a burst of prompts land in one batch
-                await asyncio.sleep(self._settings.party.collect_window_s)
+            if not skip_window:
+                await self._collect()
             await self._between_turns()
             sources = await self._store.pending_prompts(self.name)
             if not sources:
@@ -414,6 +413,19 @@ class Party:
             # Prompts that arrived during the turn were collected while Claude was busy.
             skip_window = True
             self._wake.set()
+
+    async def _collect(self) -> None:
+        """Let prompts sent together land in one batch: wait until none has come for
+        `quiet_gap_s`, never longer than `collect_window_s`."""
+        window = self._settings.party
+        deadline = time.monotonic() + window.collect_window_s
+        while (left := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                async with asyncio.timeout(min(window.quiet_gap_s, left)):
+                    await self._wake.wait()  # another prompt: wait for quiet again
+            except TimeoutError:
+                return
 
     async def _wait_ready(self) -> None:
         if not self.session.ready.is_set():

@@ -62,8 +62,8 @@ class Events:
         assert isinstance(event, ApprovalRequested)
         return event
 
-    async def done(self, after: int = 0) -> BatchDone:
-        event = await self.until(lambda e: isinstance(e, BatchDone), after)
+    async def done(self, after: int = 0, within_s: float = 60.0) -> BatchDone:
+        event = await self.until(lambda e: isinstance(e, BatchDone), after, within_s)
         assert isinstance(event, BatchDone)
         return event
 

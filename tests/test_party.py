@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -187,3 +188,46 @@ async def test_a_member_flooding_prompts_is_paced_and_others_keep_their_turn(rig
     other = await rig.chat.push_prompt("host", "my turn")
     assert isinstance(other, Accepted)
     assert rig.party.metrics.prompts_rejected == 30
+
+
+@contextlib.asynccontextmanager
+async def _party(tmp_path: Path, **party: float) -> AsyncIterator[Rig]:
+    """alice and bob joined, on the fake agent, with these [party] settings."""
+    async with open_rig(make_settings(tmp_path, None, party=party)) as rig:
+        assert await rig.chat.join("alice", rig.invites.prompter)
+        assert await rig.chat.join("bob", rig.invites.prompter)
+        yield rig
+
+
+async def test_a_lone_prompt_starts_after_the_quiet_gap_not_the_whole_window(
+    tmp_path: Path,
+) -> None:
+    """A 30 s window would outlast the test's wait: the batch starts once 0.05 s pass quietly."""
+    async with _party(tmp_path, collect_window_s=30.0, quiet_gap_s=0.05) as rig:
+        await rig.chat.push_prompt("alice", "fix the flaky test", thread="t1")
+        done = await rig.events.done(within_s=10)
+        assert done.status.value == "success"
+        assert [t.user_text for t in rig.api.turns] == ["fix the flaky test"]
+
+
+async def test_prompts_sent_together_still_land_in_one_batch(tmp_path: Path) -> None:
+    async with _party(tmp_path, collect_window_s=30.0, quiet_gap_s=0.5) as rig:
+        asks = ("rename the config module", "and update its imports", "then run the tests")
+        await asyncio.gather(
+            *(
+                rig.chat.push_prompt(name, ask, thread=f"t{i}")
+                for i, (name, ask) in enumerate(zip(("alice", "bob", "alice"), asks, strict=True))
+            )
+        )
+        await rig.events.done(within_s=10)
+        [turn] = rig.api.turns
+        for ask in asks:
+            assert ask in turn.user_text
+
+
+async def test_the_collect_window_caps_the_quiet_gap(tmp_path: Path) -> None:
+    """A 30 s quiet gap would outlast the test's wait: the 0.2 s window closes the batch."""
+    async with _party(tmp_path, collect_window_s=0.2, quiet_gap_s=30.0) as rig:
+        await rig.chat.push_prompt("alice", "first", thread="t1")
+        await rig.events.done(within_s=10)
+        assert [t.user_text for t in rig.api.turns] == ["first"]

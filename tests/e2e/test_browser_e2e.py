@@ -208,7 +208,8 @@ async def test_two_pages_and_a_terminal_share_one_attributed_batch(
     # Short: the merged prompt's header and all three fit in the echo's 200 characters.
     asks = {"ann": "SLOW fix the parser", "ben": "test the lexer", "cli": "rename config"}
     # A window wide enough that three people pressing Enter together land in one batch.
-    make_settings(tmp_path, api, party={"collect_window_s": 2.0})
+    # Three people typing: all within the window, whatever the gaps between them.
+    make_settings(tmp_path, api, party={"collect_window_s": 2.0, "quiet_gap_s": 2.0})
     async with BotProcess(tmp_path / "config.toml", tmp_path) as bot:
         ann, ben = await asyncio.gather(run(browsers.open, DESKTOP), run(browsers.open, PHONE))
         await asyncio.gather(

@@ -1,0 +1,113 @@
+"""How long people wait before Claude starts: a lone prompt, and bursts sent together.
+
+`concordia run` with its default [party] timing (or the flags), the real `claude` CLI and
+the fake Anthropic API, WebSocket clients:
+
+- lone: one client sends a prompt, waits for its batch to end, N times. Measured from the
+  `queued` ack to the fake API receiving Claude's request (the CLI's own start of a turn is
+  in it; the agent is warm: started before the first prompt).
+- bursts: K clients (3-5) each send one prompt within 200 ms, M times; printed is the share
+  of bursts that became one batch (the goal: all).
+
+    python -m bench.latency [--lone 20] [--bursts 10] [--collect-window-s 1.5] [--quiet-gap-s 0.25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+from bench._common import bot_config, command_line, joined, percentile, print_table, scratch
+from tests.e2e.harness import BotProcess, Client
+from tests.fakes.anthropic_api import FakeAnthropic
+
+_TURN_TIMEOUT_S = 60.0
+_BURST_SPREAD_S = 0.2
+
+
+async def _lone(bot: BotProcess, api: FakeAnthropic, count: int) -> list[float]:
+    client = await joined(bot.port, bot.invite, "solo")
+    waits = []
+    try:
+        for i in range(count):
+            await client.prompt(f"lone-{i}", f"lone prompt {i}")
+            await client.expect("queued", _TURN_TIMEOUT_S, id=f"lone-{i}")
+            acked = time.monotonic()
+            await asyncio.wait_for(api.requests.get(), _TURN_TIMEOUT_S)
+            waits.append(time.monotonic() - acked)
+            await client.expect("done", _TURN_TIMEOUT_S)
+    finally:
+        await client.__aexit__(None, None, None)
+    return waits
+
+
+async def _bursts(bot: BotProcess, api: FakeAnthropic, count: int) -> tuple[int, int]:
+    """(bursts that became one batch, bursts sent)."""
+    clients: list[Client] = [await joined(bot.port, bot.invite, f"member{i}") for i in range(5)]
+    observer = await joined(bot.port, bot.invite, "observer")
+    rng = random.Random(14)
+    whole = 0
+    try:
+        for n in range(count):
+            size = rng.randint(3, 5)
+            offsets = sorted(rng.uniform(0, _BURST_SPREAD_S) for _ in range(size))
+            start = time.monotonic()
+            for i, offset in enumerate(offsets):
+                await asyncio.sleep(max(0.0, start + offset - time.monotonic()))  # pacing
+                await clients[i].prompt(f"b{n}-{i}", f"burst {n} ask {i}")
+            asked = set()
+            for i in range(size):
+                asked.add((await clients[i].expect("queued", _TURN_TIMEOUT_S))["prompt_id"])
+            batches: list[int] = []
+            while asked:
+                frame = await observer.expect("batch", _TURN_TIMEOUT_S)
+                batches.append(frame["batch_id"])
+                asked -= {source["prompt_id"] for source in frame["sources"]}
+            whole += len(batches) == 1
+            await observer.expect("done", _TURN_TIMEOUT_S, batch_id=batches[-1])
+    finally:
+        for client in [*clients, observer]:
+            await client.__aexit__(None, None, None)
+    return whole, count
+
+
+async def _bench(lone: int, bursts: int, window_s: float, gap_s: float) -> None:
+    async with FakeAnthropic() as api:
+        with scratch("concordia-bench-latency-") as root:
+            party = {"collect_window_s": window_s, "quiet_gap_s": gap_s}
+            config = bot_config(root, api, party=party)
+            async with BotProcess(config, root) as bot:
+                waits = await _lone(bot, api, lone)
+                whole, sent = await _bursts(bot, api, bursts)
+    print_table(
+        ["measure", "value"],
+        [
+            ["lone prompt: ack → Claude's request, p50 (s)", f"{percentile(waits, 50):.3f}"],
+            ["lone prompt: ack → Claude's request, p99 (s)", f"{percentile(waits, 99):.3f}"],
+            ["bursts of 3-5 within 200 ms merged into one batch", f"{whole}/{sent}"],
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
+    parser.add_argument("--lone", type=int, default=20)
+    parser.add_argument("--bursts", type=int, default=10)
+    parser.add_argument("--collect-window-s", type=float, default=1.5)
+    parser.add_argument("--quiet-gap-s", type=float, default=0.25)
+    args = parser.parse_args()
+    flags = {
+        "lone": args.lone,
+        "bursts": args.bursts,
+        "collect-window-s": args.collect_window_s,
+        "quiet-gap-s": args.quiet_gap_s,
+    }
+    print(command_line("bench.latency", flags))
+    print()
+    asyncio.run(_bench(args.lone, args.bursts, args.collect_window_s, args.quiet_gap_s))
+
+
+if __name__ == "__main__":
+    main()
