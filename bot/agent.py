@@ -73,12 +73,12 @@ class ToolRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What a turn used, as the agent reported it. ``total_cost_usd`` is the CLI's running
-    total for its process (it grows turn by turn), None when it did not say."""
+    """What a turn used, as the agent reported it: tokens, and this turn's cost in US dollars
+    (None when the agent did not say)."""
 
     input_tokens: int
     output_tokens: int
-    total_cost_usd: float | None = None
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

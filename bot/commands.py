@@ -30,6 +30,7 @@ from bot.model import (
 )
 from bot.render import shell_output
 from bot.shell import ShellDenied, ShellRunner
+from bot.spend import PERIODS, SpendBook
 from bot.store import ShellRun, Store
 
 __all__ = ["COMMANDS", "HOST_ONLY", "CommandTarget", "Overview", "ShellQueue", "dispatch"]
@@ -69,6 +70,11 @@ class CommandTarget(Protocol):
     @property
     def shells(self) -> ShellQueue | None:
         """The party's shell command queue; None when the shell is off."""
+        ...
+
+    @property
+    def spend(self) -> SpendBook:
+        """What the party's turns cost, and who spent it."""
         ...
 
     def role_of(self, author: Author) -> Role | None: ...
@@ -138,7 +144,8 @@ async def _status(target: CommandTarget, command: Command, role: Role) -> Comman
         last = f"last turn ended {seen.last_turn_age_s:.0f} s ago"
     lines = [
         f"party {target.name}: Claude is {state}; {len(seen.pending)} prompt(s) queued; {last}",
-        f"restarts: {seen.restarts}; merger: {seen.merger}; participants: {seen.participants}",
+        f"restarts: {seen.restarts}; merger: {seen.merger}; participants: {seen.participants}; "
+        f"spent today: ${await target.spend.today():.2f}",
         *seen.metrics,
         *_shell_lines(target, runs),
         f"always allowed: {', '.join(target.approval_rules()) or 'nothing'}",
@@ -175,6 +182,22 @@ def _ended(run: ShellRun) -> str:
         case _:
             assert_never(run.outcome)
     return f"{word} {run.exit_code} in {run.duration_s or 0.0:.1f} s"
+
+
+async def _cost(target: CommandTarget, command: Command, role: Role) -> CommandResult:
+    """Your own spend per period; the host also sees the party's and everyone's today."""
+    is_host = role is Role.HOST
+    report = await target.spend.report(command.author, everyone=is_host)
+    lines = [f"your spend: {_per_period(report.mine)}"]
+    if is_host:
+        lines.append(f"party {target.name}: {_per_period(report.party)}")
+        today = ", ".join(f"{s.name} ${s.cost_usd:.2f}" for s in report.members["today"])
+        lines.append(f"today by member: {today or 'nobody yet'}")
+    return CommandResult(command.name, True, "\n".join(lines))
+
+
+def _per_period(spent: dict[str, float]) -> str:
+    return " · ".join(f"{period} ${spent[period]:.2f}" for period in PERIODS)
 
 
 async def _queue(target: CommandTarget, command: Command, role: Role) -> CommandResult:
@@ -389,6 +412,7 @@ def _preview(text: str, limit: int = _PREVIEW_CHARS) -> str:
 _HANDLERS: dict[str, _Handler] = {
     "status": _status,
     "queue": _queue,
+    "cost": _cost,
     "cancel": _cancel,
     "shell": _shell,
     "approve": _approve,

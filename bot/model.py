@@ -22,6 +22,7 @@ __all__ = [
     "BatchState",
     "Command",
     "CommandResult",
+    "CostShare",
     "Decider",
     "Decision",
     "Listener",
@@ -224,6 +225,16 @@ class SourcePrompt:
     @property
     def author_id(self) -> Author:
         return Author(self.platform, self.user_id, self.author)
+
+
+@dataclass(frozen=True, slots=True)
+class CostShare:
+    """One member's part of what turns cost, in US dollars."""
+
+    platform: str
+    user_id: str
+    name: str
+    cost_usd: float
 
 
 @dataclass(frozen=True, slots=True)

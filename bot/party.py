@@ -68,6 +68,7 @@ from bot.safety import (
     strip_controls,
 )
 from bot.shell import ShellRunner
+from bot.spend import SpendBook
 from bot.store import Participant, StaleSources, Store
 
 __all__ = ["Party"]
@@ -130,6 +131,7 @@ class Party:
         self._invites = invites
         self._redactor = redactor
         self.metrics = Metrics()
+        self.spend = SpendBook(store, name)
         self._listeners: set[Listener] = set()
         self._members: dict[tuple[str, str], Participant] = {}
         self._join_attempts = AttemptThrottle()
@@ -556,9 +558,7 @@ class Party:
             self._last_turn_at = time.monotonic()
         assert end is not None
         if end.usage is not None:
-            usage = dataclasses.asdict(end.usage)
-            extra = {"party": self.name, "batch_id": batch.batch_id, **usage}
-            log.info("batch %d used %s", batch.batch_id, end.usage, extra=extra)
+            await self.spend.record(batch, end.usage)
         await self._remember_session()
         return end.status, self._redactor.redact(end.error)
 

@@ -125,6 +125,7 @@ class ClaudeSession:
         self._start_fresh = False
         self._interrupts = 0
         self._parser = TurnParser()
+        self._process_cost_usd = 0.0  # what this process's turns cost so far
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
     @property
@@ -184,6 +185,7 @@ class ClaudeSession:
     # -- the process ----------------------------------------------------------------------
 
     def _spawn(self) -> None:
+        self._process_cost_usd = 0.0  # a new process counts its cost from zero
         if self._start_fresh:
             self.session_id = None
             self._start_fresh = False
@@ -335,7 +337,7 @@ class ClaudeSession:
         self._is_turn_active = True
         self._tail.clear()
         deadline = time.monotonic() + self._settings.turn_timeout_s
-        parser = self._parser = TurnParser()
+        parser = self._parser = TurnParser(cost_before_usd=self._process_cost_usd)
         timed_out = False
         try:
             await self._write({"type": "user", "message": {"role": "user", "content": prompt}})
@@ -377,6 +379,8 @@ class ClaudeSession:
                         event = TurnEnd(
                             TurnStatus.ERROR, event.result, self._timeout_message(), event.usage
                         )
+                    if isinstance(event, TurnEnd) and event.usage and event.usage.cost_usd:
+                        self._process_cost_usd += event.usage.cost_usd
                     yield event
                     if isinstance(event, TurnEnd):
                         return

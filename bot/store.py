@@ -28,12 +28,14 @@ from typing import Self
 import aiosqlite
 
 from bot import ConcordiaError
+from bot.agent import Usage
 from bot.model import (
     Accepted,
     ApprovalOutcome,
     Author,
     Batch,
     BatchState,
+    CostShare,
     Decider,
     MergeGroup,
     Prompt,
@@ -707,6 +709,55 @@ class Store:
             )
             for r in rows
         ]
+
+    async def record_cost(
+        self, party: str, batch: Batch, usage: Usage, shares: Sequence[CostShare]
+    ) -> None:
+        """Keep what one turn of ``batch`` cost and each author's share, in one transaction."""
+        now = _now()
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "INSERT INTO turn_costs (party, batch_id, attempt, at, cost_usd, input_tokens,"
+                " output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (
+                    party,
+                    batch.batch_id,
+                    batch.attempt,
+                    now,
+                    usage.cost_usd or 0.0,
+                    usage.input_tokens,
+                    usage.output_tokens,
+                ),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+            assert row is not None
+            await db.executemany(
+                "INSERT INTO cost_shares (turn_id, party, platform, user_id, name, at, cost_usd)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(row[0], party, s.platform, s.user_id, s.name, now, s.cost_usd) for s in shares],
+            )
+
+    async def spend_since(self, party: str, since: datetime) -> list[CostShare]:
+        """Each member's spend in ``party`` since ``since``, most first (a turn nobody is
+        charged for counts only in `party_spend_since`)."""
+        async with self.db.execute(
+            "SELECT platform, user_id, MAX(name), SUM(cost_usd) FROM cost_shares"
+            " WHERE party = ? AND at >= ? GROUP BY platform, user_id ORDER BY 4 DESC",
+            (party, since.astimezone(UTC).isoformat(timespec="milliseconds")),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [CostShare(str(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    async def party_spend_since(self, party: str, since: datetime) -> float:
+        """What ``party``'s turns cost since ``since``."""
+        async with self.db.execute(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM turn_costs WHERE party = ? AND at >= ?",
+            (party, since.astimezone(UTC).isoformat(timespec="milliseconds")),
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
 
     async def finish_batch(self, batch_id: int, status: TurnStatus, detail: str = "") -> None:
         """Close the batch: its prompts become done (success, interrupted) or failed (error)."""

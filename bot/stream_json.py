@@ -124,8 +124,11 @@ class TurnParser:
     text) gets a paragraph break between them. The ``result`` line ends the turn.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, cost_before_usd: float = 0.0) -> None:
+        """``cost_before_usd``: the process's running cost before this turn, which the
+        ``result`` line's ``total_cost_usd`` includes (it grows turn by turn)."""
         self.was_interrupted = False
+        self._cost_before_usd = cost_before_usd
         self._has_text = False
         self._needs_separator = False
 
@@ -138,7 +141,8 @@ class TurnParser:
             case "assistant":
                 return _tool_uses(cast(AssistantLine, line))
             case "result":
-                return [_turn_end(cast(ResultLine, line), was_interrupted=self.was_interrupted)]
+                result = cast(ResultLine, line)
+                return [_turn_end(result, self.was_interrupted, self._cost_before_usd)]
             case "control_request":
                 return _tool_requests(cast(ControlRequestLine, line))
             case _:
@@ -192,9 +196,9 @@ def _tool_requests(line: ControlRequestLine) -> list[AgentEvent]:
     ]
 
 
-def _turn_end(line: ResultLine, *, was_interrupted: bool) -> TurnEnd:
+def _turn_end(line: ResultLine, was_interrupted: bool, cost_before_usd: float) -> TurnEnd:
     text = str(line.get("result") or "")
-    usage = _usage(line)
+    usage = _usage(line, cost_before_usd)
     if was_interrupted and line.get("subtype") != "success":
         return TurnEnd(TurnStatus.INTERRUPTED, text, usage=usage)
     if line.get("is_error") or line.get("subtype") != "success":
@@ -205,14 +209,16 @@ def _turn_end(line: ResultLine, *, was_interrupted: bool) -> TurnEnd:
     return TurnEnd(TurnStatus.SUCCESS, text, usage=usage)
 
 
-def _usage(line: ResultLine) -> Usage | None:
-    """The turn's token counts and the running cost, when the result line has them."""
+def _usage(line: ResultLine, cost_before_usd: float) -> Usage | None:
+    """The turn's token counts and cost, when the result line has them."""
     counts = line.get("usage")
-    cost = line.get("total_cost_usd")
-    total = float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None
+    total = line.get("total_cost_usd")
+    cost = None
+    if isinstance(total, int | float) and not isinstance(total, bool):
+        cost = round(max(0.0, float(total) - cost_before_usd), 9)
     if not isinstance(counts, dict):
-        return None if total is None else Usage(0, 0, total)
-    return Usage(_count(counts.get("input_tokens")), _count(counts.get("output_tokens")), total)
+        return None if cost is None else Usage(0, 0, cost)
+    return Usage(_count(counts.get("input_tokens")), _count(counts.get("output_tokens")), cost)
 
 
 def _count(value: object) -> int:

@@ -24,6 +24,7 @@ from bot.model import (
     SourcePrompt,
 )
 from bot.shell import ShellRunner
+from bot.spend import PERIODS, SpendReport
 from bot.store import ShellRun, Store
 
 PARTY = "p1"
@@ -55,6 +56,17 @@ class FakeShells:
         return self.runs[:limit]
 
 
+class FakeSpend:
+    """A party that has spent nothing yet (the spend itself is tested in test_spend.py)."""
+
+    async def today(self) -> float:
+        return 0.0
+
+    async def report(self, member: Author, *, everyone: bool) -> SpendReport:
+        nothing = dict.fromkeys(PERIODS, 0.0)
+        return SpendReport(nothing, dict.fromkeys(PERIODS, ()) if everyone else {}, nothing)
+
+
 @dataclass(eq=False)
 class FakeParty:
     """A `CommandTarget` that records what the commands asked of it."""
@@ -76,6 +88,10 @@ class FakeParty:
 
     def chat_safe(self, text: str) -> str:
         return text.replace("SECRET", "[redacted]")
+
+    @property
+    def spend(self) -> FakeSpend:
+        return FakeSpend()
 
     async def overview(self) -> Overview:
         return Overview(
@@ -152,8 +168,8 @@ async def test_an_unknown_command_lists_the_known_ones_in_order() -> None:
     result = await run(FakeParty(), ALICE, "frobnicate")
     assert not result.ok
     assert result.text == (
-        "unknown command `frobnicate`; try one of: status, queue, cancel, shell, approve, "
-        "approvals, leave, invite, restart, new"
+        "unknown command `frobnicate`; try one of: status, queue, cost, cancel, shell, "
+        "approve, approvals, leave, invite, restart, new"
     )
 
 
@@ -177,7 +193,7 @@ async def test_status_says_what_claude_is_doing(
     assert result.ok
     assert result.text.splitlines() == [
         f"party p1: Claude is {state}; 0 prompt(s) queued; no turn yet",
-        f"restarts: {restarts}; merger: local; participants: 2",
+        f"restarts: {restarts}; merger: local; participants: 2; spent today: $0.00",
         "prompts: 0 accepted",
         "shell: off",
         "always allowed: Read",

@@ -62,7 +62,8 @@ def _replay(name: str) -> list[_Turn]:
         if line.get("type") == "result":
             turn.result = line
             turns.append(turn)
-            parser, turn = TurnParser(), _Turn()
+            # The next turn's parser starts from this process's running cost.
+            parser, turn = TurnParser(cost_before_usd=line.get("total_cost_usd", 0.0)), _Turn()
     assert not turn.events, f"{name} ends in the middle of a turn"
     return turns
 
@@ -358,17 +359,24 @@ def test_empty_deltas_produce_nothing_and_keep_the_break_pending() -> None:
 
 
 @pytest.mark.parametrize("name", [*PARTIAL_TRANSCRIPTS, "b_stream_json.jsonl.txt"])
-def test_a_turn_end_carries_the_result_lines_usage_and_cost(name: str) -> None:
+def test_a_turn_end_carries_the_result_lines_usage_and_this_turns_cost(name: str) -> None:
+    before = 0.0
     for turn in _replay(name):
         counts = turn.result["usage"]
-        cost = turn.result["total_cost_usd"]
-        assert turn.end.usage == Usage(counts["input_tokens"], counts["output_tokens"], cost)
+        total = turn.result["total_cost_usd"]
+        assert turn.end.usage is not None
+        assert (turn.end.usage.input_tokens, turn.end.usage.output_tokens) == (
+            counts["input_tokens"],
+            counts["output_tokens"],
+        )
+        assert turn.end.usage.cost_usd == pytest.approx(total - before)
+        before = total
 
 
-def test_the_cost_is_the_running_total_and_the_tokens_the_turns() -> None:
+def test_the_result_lines_cost_is_a_running_total_and_a_turn_costs_its_difference() -> None:
     first, second, _ = _replay("b_stream_json_partial_2.1.331.jsonl.txt")
     assert first.end.usage == Usage(12303, 5, 0.049312)
-    assert second.end.usage == Usage(12334, 4, 0.098728)
+    assert second.end.usage == Usage(12334, 4, pytest.approx(0.098728 - 0.049312))
 
 
 def test_an_interrupted_turn_reports_its_usage_too() -> None:

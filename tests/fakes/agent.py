@@ -28,7 +28,7 @@ from typing import Self
 from bot.agent import AgentEvent, SessionError, TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
 from bot.model import TurnStatus
 
-__all__ = ["FakeAgent", "FakeTurn"]
+__all__ = ["COST_PER_WORD_USD", "FakeAgent", "FakeTurn"]
 
 _ECHO_PREFIX = "ECHO: "
 _ECHO_MAX_CHARS = 200
@@ -185,6 +185,11 @@ class FakeAgent:
         return True
 
 
+COST_PER_WORD_USD = 0.001
+"""A turn's price: words stand in for tokens, a tenth of a cent each."""
+
+
 def _success(prompt: str, text: str) -> TurnEnd:
-    # Words stand in for tokens: enough for whoever logs the usage.
-    return TurnEnd(TurnStatus.SUCCESS, text, usage=Usage(len(prompt.split()), len(text.split())))
+    words_in, words_out = len(prompt.split()), len(text.split())
+    cost = round((words_in + words_out) * COST_PER_WORD_USD, 9)
+    return TurnEnd(TurnStatus.SUCCESS, text, usage=Usage(words_in, words_out, cost))
