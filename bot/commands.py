@@ -196,6 +196,18 @@ async def _cost(target: CommandTarget, command: Command, role: Role) -> CommandR
     return CommandResult(command.name, True, "\n".join(lines))
 
 
+async def _budget(target: CommandTarget, command: Command, role: Role) -> CommandResult:
+    """The daily budgets and today's spend; `budget lift` (host) lets the party go on today."""
+    if command.args.strip() == "lift":
+        if role is not Role.HOST:
+            return CommandResult(command.name, False, "`budget lift` is for the host only")
+        target.spend.lift()
+        return CommandResult(
+            command.name, True, "the party's budget is lifted for today", public=True
+        )
+    return CommandResult(command.name, True, await target.spend.describe_budget())
+
+
 def _per_period(spent: dict[str, float]) -> str:
     return " · ".join(f"{period} ${spent[period]:.2f}" for period in PERIODS)
 
@@ -413,6 +425,7 @@ _HANDLERS: dict[str, _Handler] = {
     "status": _status,
     "queue": _queue,
     "cost": _cost,
+    "budget": _budget,
     "cancel": _cancel,
     "shell": _shell,
     "approve": _approve,

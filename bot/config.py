@@ -28,6 +28,7 @@ from bot.state_dir import DATABASE_NAME, default_state_dir, inside
 
 __all__ = [
     "ApprovalSettings",
+    "BudgetSettings",
     "ClaudeSettings",
     "ConfigError",
     "DiscordSettings",
@@ -336,6 +337,13 @@ class GeminiSettings(_Section):
     timeout_s: float = Field(default=5.0, gt=0, le=120)
 
 
+class BudgetSettings(_Section):
+    """Daily spending limits in US dollars, by the host's local day; 0 is no limit."""
+
+    party_daily_usd: float = Field(default=0.0, ge=0)
+    member_daily_usd: float = Field(default=0.0, ge=0)
+
+
 class LogSettings(_Section):
     level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -351,6 +359,7 @@ class Settings(_Section):
     approvals: ApprovalSettings = ApprovalSettings()
     shell: ShellSettings = ShellSettings()
     gemini: GeminiSettings = GeminiSettings()
+    budget: BudgetSettings = BudgetSettings()
     log: LogSettings = LogSettings()
 
     def party_names(self) -> list[str]:

@@ -194,6 +194,7 @@ class RejectKind(enum.StrEnum):
     UNSAFE = "unsafe"  # NUL bytes or invalid UTF-8
     EMPTY = "empty"
     TOO_LONG = "too_long"  # over party.max_prompt_chars, attachments included
+    OVER_BUDGET = "over_budget"  # the member spent budget.member_daily_usd today
 
 
 @dataclass(frozen=True, slots=True)

@@ -131,7 +131,7 @@ class Party:
         self._invites = invites
         self._redactor = redactor
         self.metrics = Metrics()
-        self.spend = SpendBook(store, name)
+        self.spend = SpendBook(store, name, settings.budget)
         self._listeners: set[Listener] = set()
         self._members: dict[tuple[str, str], Participant] = {}
         self._join_attempts = AttemptThrottle()
@@ -264,6 +264,8 @@ class Party:
                 RejectKind.NOT_MEMBER,
                 "you have not joined this party: join with an invite token first",
             )
+        if over := await self.spend.member_refusal(prompt.author):
+            return self._reject(RejectKind.OVER_BUDGET, over)
         wait_s = self._pace.take((prompt.author.platform, prompt.author.user_id))
         if wait_s:
             return self._reject(
@@ -404,6 +406,7 @@ class Party:
             await self._wait_ready()
             if not skip_window:
                 await self._collect()
+            await self.spend.hold_while_over(lambda why: self._publish(Notice(why)))
             await self._between_turns()
             sources = await self._store.pending_prompts(self.name)
             if not sources:

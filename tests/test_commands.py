@@ -168,7 +168,7 @@ async def test_an_unknown_command_lists_the_known_ones_in_order() -> None:
     result = await run(FakeParty(), ALICE, "frobnicate")
     assert not result.ok
     assert result.text == (
-        "unknown command `frobnicate`; try one of: status, queue, cost, cancel, shell, "
+        "unknown command `frobnicate`; try one of: status, queue, cost, budget, cancel, shell, "
         "approve, approvals, leave, invite, restart, new"
     )
 

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bot.model import Batch, MergeGroup, SourcePrompt
-from bot.spend import period_starts, split_cost
+from bot.agent import Usage
+from bot.config import BudgetSettings
+from bot.model import (
+    Accepted,
+    Author,
+    Batch,
+    MergeGroup,
+    Notice,
+    Prompt,
+    Rejected,
+    RejectKind,
+    SourcePrompt,
+)
+from bot.spend import SpendBook, period_starts, split_cost
+from bot.store import Store
 from tests.conftest import make_settings
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.rigs import Rig, open_rig
@@ -122,3 +136,75 @@ async def test_the_real_clis_running_total_becomes_each_turns_own_cost(
         assert second == pytest.approx(first, rel=0.2)  # not first + second
         [alice] = await rig.store.spend_since("default", since)
         assert alice.cost_usd == pytest.approx(first + second)
+
+
+@contextlib.asynccontextmanager
+async def _budgeted(tmp_path: Path, **budget: float) -> AsyncIterator[Rig]:
+    settings = make_settings(tmp_path, None, budget=budget)
+    async with open_rig(settings) as rig:
+        for name in ("alice", "bob"):
+            assert await rig.chat.join(name, rig.invites.prompter)
+        assert await rig.chat.join("host", rig.invites.host)
+        yield rig
+
+
+async def test_a_member_over_budget_is_refused_with_when_it_resets(tmp_path: Path) -> None:
+    async with _budgeted(tmp_path, member_daily_usd=0.001) as rig:
+        assert isinstance(await rig.chat.push_prompt("alice", "fix the parser"), Accepted)
+        await rig.events.done()
+        refused = await rig.chat.push_prompt("alice", "and the lexer")
+        assert isinstance(refused, Rejected)
+        assert refused.kind is RejectKind.OVER_BUDGET
+        assert "of your $0.00 daily budget" in refused.reason
+        assert "resets at midnight, in " in refused.reason
+        assert isinstance(await rig.chat.push_prompt("bob", "and the lexer"), Accepted)
+
+
+async def test_a_party_over_budget_holds_its_queue_until_the_host_lifts_it(
+    tmp_path: Path,
+) -> None:
+    async with _budgeted(tmp_path, party_daily_usd=0.001) as rig:
+        await rig.chat.push_prompt("alice", "fix the parser")
+        await rig.events.done()
+        mark = len(rig.events.seen)
+        assert isinstance(await rig.chat.push_prompt("bob", "and the lexer"), Accepted)
+        held = await rig.events.until(lambda e: isinstance(e, Notice), mark)
+        assert isinstance(held, Notice)
+        assert "daily budget (budget.party_daily_usd): prompts are kept" in held.message
+        assert len(rig.api.turns) == 1  # held: the second prompt waits
+        assert "party: $" in (await rig.chat.command("bob", "budget")).text
+        assert not (await rig.chat.command("bob", "budget", "lift")).ok
+        lifted = await rig.chat.command("host", "budget", "lift")
+        assert lifted.ok
+        await rig.events.done(after=mark)
+        assert [t.user_text for t in rig.api.turns][-1] == "and the lexer"
+        assert "(lifted for today)" in (await rig.chat.command("host", "budget")).text
+
+
+async def test_a_held_party_resumes_by_itself_at_midnight(tmp_path: Path) -> None:
+    """The clock is the book's own: just before midnight, then just after."""
+    store_path = tmp_path / "state" / "concordia.db"
+    async with Store(store_path) as store:
+        await store.ensure_party("p")
+        await store.add_prompt("p", Prompt("s1", Author("ws", "ann", "ann"), "x"), "x")
+        batch = await store.create_batch("p", "x", (), await store.pending_prompts("p"))
+        await store.record_cost("p", batch, Usage(1, 1, 5.0), [])
+        today = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        times = [today + timedelta(hours=23, minutes=59, seconds=59, milliseconds=900)]
+        book = SpendBook(store, "p", BudgetSettings(party_daily_usd=1.0), clock=lambda: times[-1])
+        said: list[str] = []
+        held = asyncio.Event()
+
+        def say(why: str) -> None:
+            said.append(why)
+            held.set()
+
+        holding = asyncio.create_task(book.hold_while_over(say))
+        async with asyncio.timeout(5):
+            await held.wait()
+        assert not holding.done()
+        times.append(today + timedelta(days=1, seconds=1))  # what the clock says after the wait
+        async with asyncio.timeout(5):
+            await holding  # the 0.1 s to midnight ran out and the new day is under budget
+        assert len(said) == 1
+        assert "$5.00 of its $1.00 daily budget" in said[0]
