@@ -8,8 +8,10 @@ as the closed union `AgentEvent`; what the agent is (the `claude -p` process of
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias
 
@@ -20,6 +22,8 @@ __all__ = [
     "AgentEvent",
     "AgentSession",
     "JsonValue",
+    "Outage",
+    "OutageKind",
     "SessionDied",
     "SessionError",
     "TextDelta",
@@ -81,14 +85,32 @@ class Usage:
     cost_usd: float | None = None
 
 
+class OutageKind(enum.StrEnum):
+    """Why the model's API would not answer: the turn failed through no fault of its own."""
+
+    USAGE_LIMIT = "usage_limit"  # the account's usage limit (a subscription's window)
+    RATE_LIMITED = "rate_limited"  # HTTP 429
+    OVERLOADED = "overloaded"  # HTTP 529 (or 503): the API is overloaded
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    """The API refused the turn; ``resets_at`` is when it says it will take turns again."""
+
+    kind: OutageKind
+    resets_at: datetime | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class TurnEnd:
-    """The turn is over: how it ended, its final text, and why it failed (``error``)."""
+    """The turn is over: how it ended, its final text, and why it failed (``error``);
+    ``outage`` when it failed because the API would not answer (worth a later re-run)."""
 
     status: TurnStatus
     result: str
     error: str = ""
     usage: Usage | None = None  # None when the agent reported none
+    outage: Outage | None = None
 
 
 AgentEvent: TypeAlias = TextDelta | ToolUse | ToolRequest | TurnEnd

@@ -14,6 +14,7 @@ import collections
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol, assert_never
 
 from bot.model import (
@@ -55,6 +56,7 @@ class Overview:
     merger: str  # how prompts are merged, in a few words
     participants: int
     metrics: tuple[str, ...]  # lines of counters and timings
+    held_until: datetime | None = None  # the API refused a turn: the queue waits until then
 
 
 class CommandTarget(Protocol):
@@ -138,6 +140,9 @@ async def _status(target: CommandTarget, command: Command, role: Role) -> Comman
     state = f"running batch {seen.running.batch_id}" if seen.running else "idle"
     if not seen.is_ready:
         state = "starting" if not seen.restarts else "restarting"
+    if seen.held_until is not None:
+        until = seen.held_until.astimezone().strftime("%H:%M:%S")
+        state = f"holding the queue until {until} (its API refused the last turn)"
     if seen.last_turn_age_s is None:
         last = "no turn yet"
     else:

@@ -117,6 +117,13 @@ class ClaudeSettings(_Section):
     restart_backoff_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=30.0, gt=0)
     api_max_retries: int = Field(default=2, ge=0, le=10)
+    outage_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="after the API refused a turn (overloaded, rate-limited) without saying "
+        "when to come back: the first wait before the batch runs again, doubling each time",
+    )
+    outage_retry_max_s: float = Field(default=600.0, gt=0)
     credentials_file: Path = Path("~/.config/concordia/credentials.json")
     sandbox: SandboxMode = SandboxMode.AUTO
     permission_mode: str = Field(

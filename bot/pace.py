@@ -12,9 +12,12 @@ import math
 import random
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import assert_never
 
-__all__ = ["AttemptThrottle", "Backoff", "Jitter", "MemberPace"]
+from bot.agent import Outage
+
+__all__ = ["AttemptThrottle", "Backoff", "Jitter", "MemberPace", "OutageHold"]
 
 
 class Jitter(enum.StrEnum):
@@ -164,3 +167,31 @@ class AttemptThrottle:
 
     def succeeded(self, source: str) -> None:
         self._failures.pop(source, None)
+
+
+class OutageHold:
+    """How long the runner holds the queue after the API refused a turn (usage limit, 429,
+    529): until the reset time the API gave (a little after, so the limit has lifted), else
+    the backoff's next wait. `clear` after a turn the API answered."""
+
+    # The API's clock and ours differ a little; a turn sent on the second would be refused.
+    _AFTER_RESET_S = 5.0
+
+    def __init__(self, backoff: Backoff, *, clock: Callable[[], datetime] = datetime.now):
+        self._backoff = backoff
+        self._clock = clock
+        self.until: datetime | None = None  # while held: when the queue goes on
+
+    def hold_for(self, outage: Outage) -> float:
+        """Seconds to hold for ``outage``; sets `until`."""
+        now = self._clock().astimezone()
+        if outage.resets_at is not None and outage.resets_at > now:
+            seconds = (outage.resets_at - now).total_seconds() + self._AFTER_RESET_S
+        else:
+            seconds = self._backoff.delay()
+        self.until = now + timedelta(seconds=seconds)
+        return seconds
+
+    def clear(self) -> None:
+        self._backoff.reset()
+        self.until = None

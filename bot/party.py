@@ -22,6 +22,7 @@ from typing import assert_never
 from bot import ConcordiaError, commands
 from bot.agent import (
     AgentSession,
+    Outage,
     SessionDied,
     SessionError,
     TextDelta,
@@ -57,7 +58,8 @@ from bot.model import (
     Submission,
     TurnStatus,
 )
-from bot.pace import AttemptThrottle, MemberPace
+from bot.pace import AttemptThrottle, Backoff, MemberPace, OutageHold
+from bot.render import outage_notice
 from bot.safety import (
     ChatSafeStream,
     Redactor,
@@ -77,8 +79,8 @@ log = logging.getLogger(__name__)
 
 # Said to Claude when a batch is sent again after the process or the bot died mid-turn.
 _RERUN_NOTE = (
-    "(This request is being re-sent: the previous attempt was cut off when the agent "
-    "restarted. Check what was already done before repeating it.)\n\n"
+    "(This request is being re-sent: the previous attempt was cut off (the agent restarted, "
+    "or its API refused the turn). Check what was already done before repeating it.)\n\n"
 )
 _MAX_ATTEMPTS = 2
 
@@ -132,6 +134,8 @@ class Party:
         self._redactor = redactor
         self.metrics = Metrics()
         self.spend = SpendBook(store, name, settings.budget)
+        claude = settings.claude
+        self._outages = OutageHold(Backoff(claude.outage_retry_s, claude.outage_retry_max_s))
         self._listeners: set[Listener] = set()
         self._members: dict[tuple[str, str], Participant] = {}
         self._join_attempts = AttemptThrottle()
@@ -341,6 +345,7 @@ class Party:
             merger=self._merger.describe(),
             participants=len(self._members),
             metrics=tuple(self.metrics.lines()),
+            held_until=self._outages.until,
         )
 
     def approval_rules(self) -> list[str]:
@@ -479,8 +484,10 @@ class Party:
         """Send one batch to Claude, stream its output, and record how it ended.
 
         ``note`` is said right after the batch starts, so it lands in the batch's thread."""
+        resent = False  # re-run after the API refused it: still sent, not a new attempt
         while True:
-            batch = await self._store.mark_sent(batch)
+            if not resent:
+                batch = await self._store.mark_sent(batch)
             if batch.attempt > _MAX_ATTEMPTS:
                 detail = (
                     f"Claude stopped mid-turn {_MAX_ATTEMPTS} times on this batch; giving up on it"
@@ -494,7 +501,7 @@ class Party:
                 self._publish(Notice(note))
                 note = ""
             try:
-                status, detail = await self._turn(batch)
+                status, detail, outage = await self._turn(batch, resent=resent)
             except SessionDied as exc:
                 log.warning(
                     "claude died during batch %d: %s",
@@ -514,11 +521,25 @@ class Party:
             except SessionError as exc:
                 await self._finish(batch, TurnStatus.ERROR, str(exc))
                 return
+            if outage is not None:
+                await self._hold(batch, outage)
+                resent = True
+                continue
+            self._outages.clear()
             await self._finish(batch, status, detail)
             return
 
-    async def _turn(self, batch: Batch) -> tuple[TurnStatus, str]:
-        text = _RERUN_NOTE + batch.prompt if batch.is_rerun else batch.prompt
+    async def _hold(self, batch: Batch, outage: Outage) -> None:
+        """The API refused the turn: hold the queue (prompts are still accepted) until it
+        said it resets, else with backoff; then the same batch runs again."""
+        wait_s = self._outages.hold_for(outage)
+        assert self._outages.until is not None
+        self._publish(Notice(outage_notice(outage, batch.batch_id, self._outages.until)))
+        log.warning("holding the queue %.0f s: %s", wait_s, outage, extra={"party": self.name})
+        await asyncio.sleep(wait_s)  # pacing: the API said when, or the backoff does
+
+    async def _turn(self, batch: Batch, *, resent: bool) -> tuple[TurnStatus, str, Outage | None]:
+        text = _RERUN_NOTE + batch.prompt if batch.is_rerun or resent else batch.prompt
         output = ChatSafeStream(self._redactor)
         started = time.monotonic()
         self._running = batch
@@ -563,7 +584,7 @@ class Party:
         if end.usage is not None:
             await self.spend.record(batch, end.usage)
         await self._remember_session()
-        return end.status, self._redactor.redact(end.error)
+        return end.status, self._redactor.redact(end.error), end.outage
 
     async def _watch_controls(self) -> None:
         """During a turn: cancel interrupts it; restart interrupts it and waits its turn."""

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import re
+from datetime import datetime
 from typing import assert_never
 
+from bot.agent import Outage, OutageKind
 from bot.model import ApprovalRequested, ApprovalResolved, Batch, BatchDone, TurnStatus
 from bot.safety import neutralize_mentions
 
@@ -22,6 +24,7 @@ __all__ = [
     "closed_approval_text",
     "escape_fences",
     "fenced",
+    "outage_notice",
     "shell_output",
     "status_line",
 ]
@@ -165,3 +168,20 @@ def status_line(done: BatchDone, *, has_output: bool) -> str | None:
             return "⏹ interrupted"
         case _:
             assert_never(done.status)
+
+
+_OUTAGES = {
+    OutageKind.USAGE_LIMIT: "Claude's usage limit is reached",
+    OutageKind.RATE_LIMITED: "Claude's API is rate-limiting us",
+    OutageKind.OVERLOADED: "Claude's API is overloaded",
+}
+
+
+def outage_notice(outage: Outage, batch_id: int, until: datetime) -> str:
+    """What everyone reads when the API refused a turn and the queue is held."""
+    when = until.astimezone().strftime("%H:%M:%S")
+    said = "as the API said" if outage.resets_at else "then tries again"
+    return (
+        f"{_OUTAGES[outage.kind]}: the queue is held until {when} ({said}); prompts are still "
+        f"taken, and batch {batch_id} runs again then"
+    )

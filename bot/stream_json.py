@@ -8,11 +8,24 @@ another type reads as absent (the turn goes on without it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TypedDict, cast
 
-from bot.agent import AgentEvent, JsonValue, TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
+from bot.agent import (
+    AgentEvent,
+    JsonValue,
+    Outage,
+    OutageKind,
+    TextDelta,
+    ToolRequest,
+    ToolUse,
+    TurnEnd,
+    Usage,
+)
 from bot.model import TurnStatus
 
 __all__ = [
@@ -86,6 +99,7 @@ class ResultLine(StreamLine, total=False):
     errors: list[str]
     total_cost_usd: float  # the running total of the process, not this turn's alone
     usage: _UsageCounts  # this turn's
+    api_error_status: int | None  # the API's HTTP status when it refused the turn (429, 529)
 
 
 class _CanUseTool(TypedDict, total=False):
@@ -129,6 +143,7 @@ class TurnParser:
         ``result`` line's ``total_cost_usd`` includes (it grows turn by turn)."""
         self.was_interrupted = False
         self._cost_before_usd = cost_before_usd
+        self._limit_resets_at: datetime | None = None  # a rejecting rate_limit_event's
         self._has_text = False
         self._needs_separator = False
 
@@ -142,7 +157,12 @@ class TurnParser:
                 return _tool_uses(cast(AssistantLine, line))
             case "result":
                 result = cast(ResultLine, line)
-                return [_turn_end(result, self.was_interrupted, self._cost_before_usd)]
+                end = _turn_end(result, self.was_interrupted, self._cost_before_usd)
+                outage = _outage(result, self._limit_resets_at)
+                return [dataclasses.replace(end, outage=outage) if outage else end]
+            case "rate_limit_event":
+                self._limit_resets_at = _rejected_until(line) or self._limit_resets_at
+                return []
             case "control_request":
                 return _tool_requests(cast(ControlRequestLine, line))
             case _:
@@ -207,6 +227,53 @@ def _turn_end(line: ResultLine, was_interrupted: bool, cost_before_usd: float) -
         error = detail or str(line.get("subtype", "error"))
         return TurnEnd(TurnStatus.ERROR, text, error, usage=usage)
     return TurnEnd(TurnStatus.SUCCESS, text, usage=usage)
+
+
+# "Claude AI usage limit reached|1767222000": the reset time of older CLIs' message.
+_USAGE_LIMIT_RESET = re.compile(r"usage limit reached\|(\d{9,11})", re.IGNORECASE)
+_USAGE_LIMIT_WORDS = ("usage limit", "hit your limit", "out of extra usage")
+
+
+def _rejected_until(line: Mapping[str, object]) -> datetime | None:
+    """When a ``rate_limit_event`` that rejects says the limit resets; None otherwise.
+
+    Seen as ``{"type":"rate_limit_event","rate_limit_info":{"status":"rejected",
+    "resetsAt":1778565600,"rateLimitType":"five_hour",...}}`` (subscription accounts;
+    "allowed" and "allowed_warning" events are informational)."""
+    info = line.get("rate_limit_info")
+    if not isinstance(info, dict) or info.get("status") != "rejected":
+        return None
+    return _epoch(info.get("resetsAt"))
+
+
+def _epoch(value: object) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _outage(line: ResultLine, limit_resets_at: datetime | None) -> Outage | None:
+    """Why the API would not answer this turn, if that is why it failed.
+
+    The CLI ends such a turn with ``is_error`` and ``api_error_status`` (429, 529) and the
+    API's message as ``result``; a subscription's usage limit comes with a rejecting
+    ``rate_limit_event`` (its reset time) or says so in the message."""
+    if not line.get("is_error"):
+        return None
+    text = str(line.get("result") or "")
+    legacy = _USAGE_LIMIT_RESET.search(text)
+    if limit_resets_at is not None or legacy or any(w in text.lower() for w in _USAGE_LIMIT_WORDS):
+        return Outage(OutageKind.USAGE_LIMIT, limit_resets_at or _epoch(legacy and legacy[1]))
+    match line.get("api_error_status"):
+        case 429:
+            return Outage(OutageKind.RATE_LIMITED)
+        case 529 | 503:
+            return Outage(OutageKind.OVERLOADED)
+        case _:
+            return None
 
 
 def _usage(line: ResultLine, cost_before_usd: float) -> Usage | None:

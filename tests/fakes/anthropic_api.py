@@ -7,6 +7,11 @@ Replies are chosen from the user's text (case-sensitive substrings, first match 
 
 - ``fail_next()`` pending: the queued HTTP error.
 - ``FAIL``: HTTP 500 ``api_error``.
+- ``LIMIT_429``, ``LIMIT_529``, ``LIMIT_USAGE``: the first request with this exact user text
+  is refused as the API refuses when it is out of capacity: 429 ``rate_limit_error`` with
+  ``retry-after: 20``; 529 ``overloaded_error``; 429 saying the usage limit is reached and
+  when it resets (``usage_reset_s`` from now, as ``…|<epoch seconds>``). Later requests
+  with the same text are answered (an echo), so a re-run after the hold succeeds.
 - ``SLOW``: the echo, then ``slow_steps`` deltas of ``" ."`` one every ``slow_interval_s``.
 - ``LONG``: ``long_reply`` (by default `LONG_REPLY`, about 12,000 characters with fenced
   Python blocks) in slices of 200 characters, ``long_interval_s`` apart.
@@ -161,6 +166,7 @@ class FakeAnthropic:
         slow_steps: int = 30,
         long_reply: str = LONG_REPLY,
         long_interval_s: float = 0.0,
+        usage_reset_s: float = 2.0,
     ) -> None:
         if slow_interval_s < 0:
             raise ValueError(f"slow_interval_s must be >= 0, got {slow_interval_s}")
@@ -174,6 +180,8 @@ class FakeAnthropic:
         self._slow_steps = slow_steps
         self._long_reply = long_reply
         self._long_interval_s = long_interval_s
+        self._usage_reset_s = usage_reset_s
+        self._limited: set[str] = set()  # user texts a LIMIT_* trigger has refused once
         self.requests: asyncio.Queue[RecordedRequest] = asyncio.Queue()
         self.turns: list[RecordedRequest] = []
         self.in_flight = 0
@@ -285,6 +293,9 @@ class FakeAnthropic:
             return _error_response(failure.status, failure.message)
         if "FAIL" in text:
             return _error_response(_FAIL_STATUS, _FAIL_MESSAGE)
+        limited = self._limit(text)
+        if limited is not None:
+            return limited
         if "SLOW" in text:
             deltas = self._slow_deltas(_echo(text))
         elif "LONG" in text:
@@ -298,6 +309,23 @@ class FakeAnthropic:
             return await self._stream(request, model, self._timed(deltas))
         finally:
             self.in_flight -= 1
+
+    def _limit(self, text: str) -> web.Response | None:
+        """The capacity refusal a ``LIMIT_*`` trigger asks for, the first time only."""
+        trigger = next((t for t in ("LIMIT_429", "LIMIT_529", "LIMIT_USAGE") if t in text), None)
+        if trigger is None or text in self._limited:
+            return None
+        self._limited.add(text)
+        if trigger == "LIMIT_529":
+            return _error_response(529, "Overloaded")
+        if trigger == "LIMIT_429":
+            return _error_response(
+                429,
+                "Number of request tokens has exceeded your per-minute rate limit",
+                headers={"retry-after": "20"},
+            )
+        resets = int(time.time() + self._usage_reset_s)
+        return _error_response(429, f"Claude AI usage limit reached|{resets}")
 
     async def _timed(self, deltas: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
         self.text_sent = []
@@ -552,9 +580,11 @@ def _user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def _error_response(status: int, message: str) -> web.Response:
+def _error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     error = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}
-    return web.json_response({"type": "error", "error": error}, status=status)
+    return web.json_response({"type": "error", "error": error}, status=status, headers=headers)
 
 
 def claude_env(home: Path, base_url: str) -> dict[str, str]:
