@@ -158,6 +158,10 @@ async def _main(reply_chars: int, chars_per_s: float, edit_interval_s: float) ->
                 f"{(outputs[0].arrived_at_s - first_text_at_s) * 1000:.0f}",
             ],
             ["first delta -> whole reply shown (s)", f"{shown_at_s - first_text_at_s:.2f}"],
+            [
+                "last delta -> whole reply shown (ms)",
+                f"{(shown_at_s - api.text_sent[-1][1]) * 1000:.0f}",
+            ],
         ],
     )
 

@@ -53,12 +53,13 @@ class OutputStream(OwnedTask):
     Use as ``async with OutputStream(...) as stream``: entering starts the owner task, the only
     caller of the sink for this stream. `feed` hands it text without waiting. The current
     message is posted as soon as it has something visible and then edited in place, at most
-    once per ``sink.edit_interval_s``, always with the newest text. When it would exceed
-    ``sink.max_message_chars`` it is finalised at a `split_message` boundary and the next one
-    begins, so the messages end up exactly ``split_message(all text fed)``. A text is written to
-    the outbox before the call that shows it and confirmed after. A failed call is retried
-    with whatever text is newest by then, after the platform's ``retry_after`` (or backoff);
-    message k+1 is never posted before message k.
+    once per ``sink.edit_interval_s``, always with the newest text; once the turn is over
+    (`close`), each message's final text goes out at once, without waiting for the interval.
+    When it would exceed ``sink.max_message_chars`` it is finalised at a `split_message`
+    boundary and the next one begins, so the messages end up exactly ``split_message(all text
+    fed)``. A text is written to the outbox before the call that shows it and confirmed after.
+    A failed call is retried with whatever text is newest by then, after the platform's
+    ``retry_after`` (or backoff); message k+1 is never posted before message k.
 
     Leaving the block normally is `close`. Leaving it with an exception (cancellation
     included) cancels the owner; what was written but not confirmed stays in the outbox for
@@ -167,8 +168,14 @@ class OutputStream(OwnedTask):
             message, due = step
             delay = due - time.monotonic()
             if delay > 0:
-                # Deliberate pacing (edit interval, retry_after); input keeps coalescing.
-                await asyncio.sleep(delay)
+                # Deliberate pacing (edit interval, retry_after). Input is taken as it comes,
+                # so the close ends the wait of a progress edit: the final text goes at once.
+                try:
+                    async with asyncio.timeout(delay):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    continue
+                self._take(item)
                 continue
             await self._send(message)
 
@@ -237,7 +244,10 @@ class OutputStream(OwnedTask):
             if message.shown == message.text:
                 continue
             due = self._hold_until
-            if message.ref is not None:
+            # Progress edits are paced; a turn's final text goes out at once (the platform's
+            # own limits still hold: its 429's retry_after sets `_hold_until`).
+            is_turn_over = self._is_closing and message.is_final
+            if message.ref is not None and not is_turn_over:
                 due = max(due, message.sent_at + self._interval_s)
             if best is None or due < best[1]:
                 best = (message, due)
