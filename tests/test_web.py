@@ -69,6 +69,7 @@ async def test_the_page_and_its_files_carry_the_security_headers(tmp_path: Path)
                 assert answer.status == 200, path
                 for name, value in SECURITY_HEADERS.items():
                     assert answer.headers[name] == value, (path, name)
+                assert answer.headers["Server"] == "concordia"
         async with http.get(base(r) + "/") as page:
             html = await page.text()
             assert page.headers["Cache-Control"] == "no-store"

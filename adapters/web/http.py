@@ -51,6 +51,7 @@ SECURITY_HEADERS: Final = {
 async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """`on_response_prepare`: every answer carries the headers, errors and files included."""
     response.headers.update(SECURITY_HEADERS)
+    response.headers["Server"] = "concordia"  # not the library and version to probe
     if response.content_type == "text/html":
         response.headers["Cache-Control"] = "no-store"
     elif request.path.startswith("/static/"):

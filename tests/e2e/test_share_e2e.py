@@ -8,6 +8,7 @@ it (a loopback forwarder that prints its URL, as cloudflared or bore print their
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -41,11 +42,11 @@ async def _shared_links(bot: BotProcess, count: int) -> list[str]:
 
 def _stand_in(bot: BotProcess) -> psutil.Process:
     assert bot.proc is not None
-    tunnels = [
-        child
-        for child in psutil.Process(bot.proc.pid).children(recursive=True)
-        if "tests.fakes.tunnel" in " ".join(child.cmdline())
-    ]
+    tunnels = []
+    for child in psutil.Process(bot.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # claude's short-lived helpers come and go
+            if "tests.fakes.tunnel" in " ".join(child.cmdline()):
+                tunnels.append(child)
     assert len(tunnels) == 1, tunnels
     return tunnels[0]
 
@@ -76,6 +77,19 @@ async def test_the_share_command_link_is_announced_restarted_and_stopped_with_th
         assert first != f"http://127.0.0.1:{bot.port}"  # the tunnel's address, not ours
         assert f"invite: {first}/#{bot.invite}" in "".join(bot.stdout)
         await _joins_through(first, bot.invite, "alice")
+        # `concordia invite` in another terminal shows the running bot's public link.
+        invite = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "invite",
+            "--config",
+            str(tmp_path / "config.toml"),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        shown, _ = await asyncio.wait_for(invite.communicate(), 30)
+        assert f"invite: {first}/#{bot.invite}" in shown.decode()
 
         stand_in = _stand_in(bot)
         os.killpg(stand_in.pid, signal.SIGKILL)  # the tunnel dies, whole group
