@@ -97,6 +97,11 @@ def test_payloads_are_present() -> None:
             "b_stream_json.jsonl.txt",
             "b_stream_json_interrupt.jsonl.txt",
             "b_stream_json_can_use_tool_2.1.331.jsonl.txt",
+            # 2.1.331 asking the group (questions and plans, below):
+            "b_stream_json_ask_answers_2.1.331.jsonl.txt",
+            "b_stream_json_ask_denied_2.1.331.jsonl.txt",
+            "b_stream_json_plan_approved_2.1.331.jsonl.txt",
+            "b_stream_json_plan_rejected_2.1.331.jsonl.txt",
             # 2.1.331 refused by the API (tests/test_outage.py):
             "b_stream_json_api_429.jsonl.txt",
             "b_stream_json_api_429_rate_limit_headers.jsonl.txt",
@@ -433,3 +438,40 @@ def test_only_json_objects_are_stream_lines() -> None:
         "type": "system",
         "session_id": "s",
     }
+
+
+# --------------------------------------------------------------------------- questions and plans
+# Recorded from 2.1.331 against the fake API's TOOL_ASK / TOOL_PLAN (`--permission-prompt-tool
+# stdio`; the plan ones with `--permission-mode plan`), answered as the file names say. What
+# the API then received as the tool's result:
+# - AskUserQuestion allowed with ``updatedInput = {**input, "answers": {question: label}}``:
+#   'Your questions have been answered: "Which database?"="SQLite". You can now continue
+#   with these answers in mind.'
+# - ExitPlanMode allowed: "User has approved exiting plan mode. You can now proceed."
+# - either denied with ``message``: that message, as an error result (a plan's feedback).
+
+
+def test_a_question_arrives_as_a_permission_request_carrying_its_options() -> None:
+    [turn] = _replay("b_stream_json_ask_answers_2.1.331.jsonl.txt")
+    [request] = [e for e in turn.events if isinstance(e, ToolRequest)]
+    assert request.tool == "AskUserQuestion"
+    [question] = request.input["questions"]
+    assert question["question"] == "Which database?"
+    assert [o["label"] for o in question["options"]] == ["SQLite", "Postgres"]
+    assert question["multiSelect"] is False
+    assert turn.end.status is TurnStatus.SUCCESS
+
+
+def test_a_plan_is_in_the_tool_call_not_in_its_permission_request() -> None:
+    """2.1.331 asks to exit plan mode with an empty input: the plan (Markdown) is only in
+    the assistant message's tool_use block, which the parser turns into a `ToolUse`."""
+    for name in (
+        "b_stream_json_plan_approved_2.1.331.jsonl.txt",
+        "b_stream_json_plan_rejected_2.1.331.jsonl.txt",
+    ):
+        [turn] = _replay(name)
+        [request] = [e for e in turn.events if isinstance(e, ToolRequest)]
+        assert (request.tool, request.input) == ("ExitPlanMode", {})
+        [use] = [e for e in turn.events if isinstance(e, ToolUse)]
+        assert use.name == "ExitPlanMode"
+        assert "add a users table" in use.detail

@@ -19,6 +19,9 @@ Replies are chosen from the user's text (case-sensitive substrings, first match 
   is back, ``"TOOL RESULT: "`` and the result's text (``"TOOL ERROR: "`` when refused).
 - ``TOOL_READ <path>``: a Read of the file, then the result line (2.1.331 has no Grep or
   Glob tool: it searches with Bash).
+- ``TOOL_ASK <question>``: an ``AskUserQuestion`` with two options (SQLite, Postgres);
+  ``TOOL_PLAN <step>``: an ``ExitPlanMode`` whose plan is Markdown naming the step. Each is
+  followed by the result line, as the other tools are.
 - ``TOOL_EDIT <absolute path>``: a Read of the file, then an Edit replacing ``old`` with
   ``new`` in it (the CLI refuses an Edit of a file not read first), then the result line.
   ``TOOL_*`` triggers start a line of the conversation's latest user text, so the follow-up
@@ -65,7 +68,9 @@ _SLOW_DELTA = " ."
 _LONG_DELTA_CHARS = 200
 _LONG_REPLY_TARGET_CHARS = 12_000
 _TITLE_REPLY = '{"title":"Fake"}'
-_TOOL_TRIGGER = re.compile(r"^(TOOL_BASH|TOOL_EDIT|TOOL_READ) (.+)$", re.MULTILINE)
+_TOOL_TRIGGER = re.compile(
+    r"^(TOOL_BASH|TOOL_EDIT|TOOL_READ|TOOL_ASK|TOOL_PLAN) (.+)$", re.MULTILINE
+)
 _FAIL_STATUS = 500
 _FAIL_MESSAGE = "fake internal error"
 # The real API's error "type" for each status; anything else is a generic api_error.
@@ -515,6 +520,19 @@ def _tool_step(body: dict[str, Any]) -> dict[str, Any] | None:
         steps = [("Bash", {"command": argument, "description": "Run the requested command"})]
     elif kind == "TOOL_READ":
         steps = [("Read", {"file_path": argument})]
+    elif kind == "TOOL_ASK":
+        question = {
+            "question": argument,
+            "header": "Choice",
+            "options": [
+                {"label": "SQLite", "description": "one file, no server"},
+                {"label": "Postgres", "description": "a server"},
+            ],
+            "multiSelect": False,
+        }
+        steps = [("AskUserQuestion", {"questions": [question]})]
+    elif kind == "TOOL_PLAN":
+        steps = [("ExitPlanMode", {"plan": f"# Plan\n\n1. {argument}\n2. Run the tests"})]
     else:
         steps = [
             ("Read", {"file_path": argument}),
