@@ -1,7 +1,9 @@
-"""Files attached to a chat prompt, folded into its text within the party's limit.
+"""Files attached to a chat prompt: text folded into it, images sent along, the rest named.
 
 Invariant: a text file is read into the prompt or, when it cannot fit, the whole prompt is
-refused (it was part of the ask); any other file is named in the prompt; nothing is dropped
+refused (it was part of the ask); an image the model reads (`bot.images`, told by its
+bytes) within ``party.max_image_bytes`` goes with the prompt as an image; any other file is
+named in the prompt and the sender is told why it was left out; nothing is dropped
 silently. The same rules and words on every chat platform.
 """
 
@@ -11,13 +13,35 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bot.model import Prompt, Rejected, RejectKind, Submission
+from bot.images import IMAGE_TYPES, image_refusal, sniff_image_type
+from bot.model import Image, Prompt, Rejected, RejectKind, Submission
 from bot.ports import PartyPort
 
-__all__ = ["Attachment", "Reader", "fold", "submit_with", "too_long"]
+__all__ = ["Attachment", "Folded", "Reader", "Submitted", "fold", "submit_with", "too_long"]
 
-Reader = Callable[["Attachment"], Awaitable[str | None]]
-"""Fetches a text attachment's content, or None when it cannot (having logged why)."""
+Reader = Callable[["Attachment"], Awaitable[bytes | None]]
+"""Fetches an attachment's bytes, or None when it cannot (having logged why)."""
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+_TAKEN = "Claude takes text files and PNG, JPEG, GIF or WebP images"
+
+
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """A prompt's text with its text files in, the images to send along, and one line per
+    file left out saying why (for the sender)."""
+
+    text: str
+    images: tuple[Image, ...] = ()
+    left_out: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What the party said to a chat prompt, and the files it left out (to tell the sender)."""
+
+    submission: Submission
+    left_out: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,52 +64,93 @@ def too_long(name: str, size: int, limit: int) -> str:
     )
 
 
+def _is_image(attachment: Attachment) -> bool:
+    return attachment.kind in IMAGE_TYPES or attachment.name.lower().endswith(_IMAGE_SUFFIXES)
+
+
 async def fold(
     text: str,
     attachments: Sequence[Attachment],
     *,
     limit: int,
+    max_image_bytes: int,
     read: Reader,
-) -> str | Rejected:
-    """``text`` with each text attachment appended under its name, and each other one named.
+) -> Folded | Rejected:
+    """``text`` with each text attachment appended under its name, each image the model
+    reads kept to send along, and each other file named.
 
-    ``read`` fetches a text file's content, or None when it cannot (it logs why): such a file
-    is named as unreadable. A text file that would take the prompt over ``limit`` characters
+    ``read`` fetches a file's bytes, or None when it cannot (it logs why): such a file is
+    named as unreadable. A text file that would take the prompt over ``limit`` characters
     refuses it, without downloading it when its size alone says so.
     """
     budget = limit - len(text)
     parts = [text] if text else []
+    images: list[Image] = []
+    left_out: list[str] = []
+
+    def leave_out(attachment: Attachment, why: str) -> None:
+        kind = attachment.kind or "unknown type"
+        parts.append(
+            f"[attachment {attachment.name} ({kind}, {attachment.size:,} bytes) not included]"
+        )
+        left_out.append(f"{attachment.name} was not included: {why}")
+
     for attachment in attachments:
+        if _is_image(attachment):
+            if refusal := image_refusal(attachment.name, attachment.size, max_image_bytes):
+                leave_out(attachment, refusal)
+                continue
+            data = await read(attachment)
+            if data is None:
+                parts.append(f"[attachment {attachment.name}: could not be read]")
+                left_out.append(f"{attachment.name} could not be downloaded")
+                continue
+            media_type = sniff_image_type(data)
+            if refusal := image_refusal(attachment.name, len(data), max_image_bytes):
+                leave_out(attachment, refusal)
+            elif media_type is None:
+                leave_out(attachment, f"it is not an image Claude reads ({_TAKEN})")
+            else:
+                images.append(Image(attachment.name, media_type, data))
+            continue
         if not attachment.is_text:
-            kind = attachment.kind or "unknown type"
-            parts.append(
-                f"[attachment {attachment.name} ({kind}, {attachment.size:,} bytes) not included]"
-            )
+            leave_out(attachment, _TAKEN)
             continue
         # UTF-8 takes 1-4 bytes a character: past 4x the budget it cannot fit.
         if attachment.size > budget * 4:
             return Rejected(too_long(attachment.name, attachment.size, limit), RejectKind.TOO_LONG)
-        body = await read(attachment)
+        raw = await read(attachment)
+        body = None if raw is None else raw.decode("utf-8", errors="replace")
         if body is None:
             parts.append(f"[attachment {attachment.name}: could not be read]")
+            left_out.append(f"{attachment.name} could not be downloaded")
             continue
         if len(body) > budget:
             return Rejected(too_long(attachment.name, attachment.size, limit), RejectKind.TOO_LONG)
         parts.append(f"--- {attachment.name} ---\n{body}")
         budget -= len(body)
-    return "\n\n".join(parts)
+    return Folded("\n\n".join(parts), tuple(images), tuple(left_out))
 
 
 async def submit_with(
     party: PartyPort, prompt: Prompt, attachments: Sequence[Attachment], read: Reader
-) -> Submission:
+) -> Submitted:
     """A chat mention handed to ``party`` with its attachments folded in.
 
     A stranger's files are not fetched: the party refuses the prompt anyway (and says why).
     """
     if not attachments or party.role_of(prompt.author) is None:
-        return await party.submit(prompt)
-    body = await fold(prompt.text, attachments, limit=party.max_prompt_chars, read=read)
-    if isinstance(body, Rejected):
-        return body
-    return await party.submit(dataclasses.replace(prompt, text=body))
+        return Submitted(await party.submit(prompt))
+    folded = await fold(
+        prompt.text,
+        attachments,
+        limit=party.max_prompt_chars,
+        max_image_bytes=party.max_image_bytes,
+        read=read,
+    )
+    if isinstance(folded, Rejected):
+        return Submitted(folded)
+    submission = await party.submit(
+        dataclasses.replace(prompt, text=folded.text, images=folded.images)
+    )
+    return Submitted(submission, folded.left_out)

@@ -9,21 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, TypeAlias
 
 from bot import ConcordiaError
-from bot.model import TurnStatus
+from bot.model import Image, QuestionOption, TurnStatus
 
 __all__ = [
     "AgentEvent",
     "AgentSession",
+    "AskedQuestion",
     "JsonValue",
     "Outage",
     "OutageKind",
+    "PlanRequest",
+    "QuestionRequest",
     "SessionDied",
     "SessionError",
     "TextDelta",
@@ -76,6 +79,36 @@ class ToolRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class AskedQuestion:
+    """One question the agent puts to its user, with the options it offers."""
+
+    question: str
+    header: str
+    options: tuple[QuestionOption, ...]
+    multi_select: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionRequest:
+    """The agent asks its user questions: the turn goes on once
+    `AgentSession.answer_questions` has answered them (or said nobody did)."""
+
+    request_id: str
+    questions: tuple[AskedQuestion, ...]
+    input: Mapping[str, JsonValue]  # as asked: the agent's own answer shape is built on it
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """The agent, planning, asks to carry out ``plan`` (Markdown): the turn goes on once
+    `AgentSession.answer_plan` has approved it or rejected it with feedback."""
+
+    request_id: str
+    plan: str
+    input: Mapping[str, JsonValue]
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
     """What a turn used, as the agent reported it: tokens, and this turn's cost in US dollars
     (None when the agent did not say)."""
@@ -113,7 +146,7 @@ class TurnEnd:
     outage: Outage | None = None
 
 
-AgentEvent: TypeAlias = TextDelta | ToolUse | ToolRequest | TurnEnd
+AgentEvent: TypeAlias = TextDelta | ToolUse | ToolRequest | QuestionRequest | PlanRequest | TurnEnd
 """What a turn yields; consume it with ``match`` and `typing.assert_never`."""
 
 
@@ -150,11 +183,15 @@ class AgentSession(Protocol):
         leaves the agent running (exiting the context stops it)."""
         ...
 
-    def run(self, prompt: str) -> AsyncIterator[AgentEvent]:
+    def run(
+        self, prompt: str, *, images: Sequence[Image] = (), plan: bool = False
+    ) -> AsyncIterator[AgentEvent]:
         """Send one turn and yield its events; the last one is always a `TurnEnd`.
 
-        Raises `SessionDied` when the agent exits mid-turn (it is restarting), and
-        `SessionError` when it cannot take the turn. One turn at a time."""
+        ``images`` go with the text; ``plan`` has the agent plan first and ask (a
+        `PlanRequest`) before it acts. Raises `SessionDied` when the agent exits mid-turn
+        (it is restarting), and `SessionError` when it cannot take the turn. One turn at
+        a time."""
         ...
 
     async def interrupt(self) -> bool:
@@ -164,6 +201,19 @@ class AgentSession(Protocol):
 
     async def answer_tool(self, request: ToolRequest, *, allow: bool, message: str = "") -> None:
         """Answer a `ToolRequest`: allow it as asked, or deny it telling the agent ``message``."""
+        ...
+
+    async def answer_questions(
+        self, request: QuestionRequest, answers: Mapping[str, str] | None, message: str = ""
+    ) -> None:
+        """Answer a `QuestionRequest` with each question's answer (keyed by its text), or,
+        with None, tell the agent ``message`` (nobody answered)."""
+        ...
+
+    async def answer_plan(
+        self, request: PlanRequest, *, approved: bool, feedback: str = ""
+    ) -> None:
+        """Approve a `PlanRequest` (the agent goes on to act), or reject it with ``feedback``."""
         ...
 
     async def restart(self, *, fresh: bool) -> None:

@@ -89,6 +89,8 @@ class CommandTarget(Protocol):
 
     async def forget_approval_rules(self) -> int: ...
 
+    async def answer(self, question_id: int, author: Author, text: str) -> CommandResult: ...
+
     async def decide(
         self, approval_id: int, author: Author, decision: Decision
     ) -> CommandResult: ...
@@ -273,6 +275,15 @@ async def _approve(target: CommandTarget, command: Command, role: Role) -> Comma
     return await target.decide(int(approval_id), command.author, Decision(decision.strip()))
 
 
+async def _answer(target: CommandTarget, command: Command, role: Role) -> CommandResult:
+    question_id, _, text = command.args.strip().partition(" ")
+    if not question_id.isdigit() or not text.strip():
+        return CommandResult(
+            command.name, False, "usage: answer <question id> <option number, label or your words>"
+        )
+    return await target.answer(int(question_id), command.author, text)
+
+
 async def _approvals(target: CommandTarget, command: Command, role: Role) -> CommandResult:
     if command.args.strip() == "reset":
         if role is not Role.HOST:
@@ -434,6 +445,7 @@ _HANDLERS: dict[str, _Handler] = {
     "cancel": _cancel,
     "shell": _shell,
     "approve": _approve,
+    "answer": _answer,
     "approvals": _approvals,
     "leave": _leave,
     "invite": _invite,

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bot import ConcordiaError
 from bot.confinement import SandboxMode
+from bot.model import Answerers
 from bot.state_dir import DATABASE_NAME, default_state_dir, inside
 
 __all__ = [
@@ -103,6 +104,13 @@ class PartySettings(_Section):
         "lone prompt does not wait the whole collect window",
     )
     max_prompt_chars: int = Field(default=256_000, ge=1, le=10_000_000)
+    max_image_bytes: int = Field(
+        default=3_750_000,
+        ge=1024,
+        le=3_750_000,
+        description="the largest image attachment sent to Claude (the API takes at most 5 MB "
+        "of base64, which is 3.75 MB of image)",
+    )
     member_burst: int = Field(default=20, ge=1)
     member_prompts_per_minute: float = Field(default=20.0, gt=0)
 
@@ -317,6 +325,18 @@ class ApprovalSettings(_Section):
     timeout_s: float = Field(default=120.0, gt=0, le=86_400)
 
 
+class QuestionSettings(_Section):
+    answerers: Answerers = Answerers.AUTHORS
+    timeout_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        description="how long a question waits for an answer; 0 waits as long as the turn may "
+        "run (claude.turn_timeout_s)",
+    )
+    remind_every_s: float = Field(default=300.0, ge=0, le=86_400, description="0 never reminds")
+
+
 class ShellSettings(_Section):
     enabled: bool = False
     allowed_users: tuple[str, ...] = ()
@@ -364,6 +384,7 @@ class Settings(_Section):
     discord: DiscordSettings = DiscordSettings()
     slack: SlackSettings = SlackSettings()
     approvals: ApprovalSettings = ApprovalSettings()
+    questions: QuestionSettings = QuestionSettings()
     shell: ShellSettings = ShellSettings()
     gemini: GeminiSettings = GeminiSettings()
     budget: BudgetSettings = BudgetSettings()

@@ -7,11 +7,12 @@ the boundary between an adapter and the core. Platform ids are opaque strings.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = [
     "Accepted",
+    "Answerers",
     "ApprovalOutcome",
     "ApprovalRequested",
     "ApprovalResolved",
@@ -25,6 +26,7 @@ __all__ = [
     "CostShare",
     "Decider",
     "Decision",
+    "Image",
     "Listener",
     "MergeGroup",
     "Notice",
@@ -32,6 +34,11 @@ __all__ = [
     "PartyEvent",
     "Prompt",
     "PromptState",
+    "QuestionAsked",
+    "QuestionClosed",
+    "QuestionKind",
+    "QuestionOption",
+    "QuestionOutcome",
     "RejectKind",
     "Rejected",
     "Role",
@@ -103,6 +110,30 @@ class ApprovalOutcome(enum.StrEnum):
     ABANDONED = "abandoned"  # the bot stopped while it waited
 
 
+class QuestionKind(enum.StrEnum):
+    """What Claude puts to the group."""
+
+    CHOICE = "choice"  # a question with options (AskUserQuestion); an own answer is welcome
+    PLAN = "plan"  # a plan to approve before Claude acts (ExitPlanMode)
+
+
+class Answerers(enum.StrEnum):
+    """Who may answer Claude's questions (``questions.answerers``); plans are for approvers."""
+
+    AUTHORS = "authors"  # the batch's authors, and approvers and the host
+    MEMBERS = "members"  # anyone who joined
+    APPROVERS = "approvers"  # approvers and the host
+
+
+class QuestionOutcome(enum.StrEnum):
+    """How a question ended, as the store records it."""
+
+    ANSWERED = "answered"
+    TIMED_OUT = "timed_out"  # nobody answered within questions.timeout_s
+    CANCELLED = "cancelled"  # the turn was cancelled or Claude restarted
+    ABANDONED = "abandoned"  # the bot stopped while it waited; the batch asks again
+
+
 class ShellOutcome(enum.StrEnum):
     """How a `/concordia shell` run ended, as the store records it."""
 
@@ -149,6 +180,18 @@ class Prompt:
     author: Author
     text: str
     thread: str = ""
+    images: tuple[Image, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image a participant attached to a prompt; it reaches Claude as an image block.
+
+    Adapters check it with `bot.images.check_image` before it gets here."""
+
+    name: str
+    media_type: str  # one the model's API accepts (bot.images.IMAGE_TYPES)
+    data: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +265,7 @@ class SourcePrompt:
     thread: str = ""
     platform: str = ""
     user_id: str = ""  # the author's id on ``platform``, to mention them
+    plan: bool = False  # sent as ``/plan <ask>``: Claude plans first, the group approves
 
     @property
     def author_id(self) -> Author:
@@ -264,6 +308,11 @@ class Batch:
     @property
     def is_rerun(self) -> bool:
         return self.attempt > 1
+
+    @property
+    def wants_plan(self) -> bool:
+        """A ``/plan`` prompt makes the whole turn plan first: acting waits for approval."""
+        return any(s.plan for s in self.sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,7 +372,54 @@ class ApprovalResolved:
     text: str
 
 
-PartyEvent = BatchStarted | OutputText | BatchDone | Notice | ApprovalRequested | ApprovalResolved
+@dataclass(frozen=True, slots=True)
+class QuestionOption:
+    label: str
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionAsked:
+    """Claude asks the group during ``batch_id``: a question with options, or a plan.
+
+    ``text`` is the question, or the plan in Markdown; redacted and capped. An answer is one
+    of ``options`` (by label or number) or, for a CHOICE, the answerer's own words; for a
+    PLAN the first option approves it and anything else rejects it, own words being the
+    feedback Claude gets. ``mention`` is who to mention once (the batch's authors, or the
+    approvers' side for a plan)."""
+
+    question_id: int
+    batch_id: int
+    kind: QuestionKind
+    header: str
+    text: str
+    options: tuple[QuestionOption, ...]
+    multi_select: bool
+    answerers: Answerers
+    mention: tuple[Author, ...]
+    timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionClosed:
+    """How a question ended; ``text`` is one line for the thread ("alice answered: SQLite")."""
+
+    question_id: int
+    batch_id: int
+    answered: bool
+    text: str
+
+
+PartyEvent = (
+    BatchStarted
+    | OutputText
+    | BatchDone
+    | Notice
+    | ApprovalRequested
+    | ApprovalResolved
+    | QuestionAsked
+    | QuestionClosed
+)
 
 
 class Listener(Protocol):

@@ -23,6 +23,8 @@ from bot import ConcordiaError, commands
 from bot.agent import (
     AgentSession,
     Outage,
+    PlanRequest,
+    QuestionRequest,
     SessionDied,
     SessionError,
     TextDelta,
@@ -33,6 +35,7 @@ from bot.agent import (
 from bot.approvals import Approvals
 from bot.commands import Overview, ShellQueue
 from bot.config import Settings
+from bot.images import IMAGE_TYPES, image_refusal, sniff_image_type
 from bot.invite import InviteBook
 from bot.lifecycle import first_of
 from bot.merge import Merger
@@ -51,6 +54,7 @@ from bot.model import (
     OutputText,
     PartyEvent,
     Prompt,
+    QuestionAsked,
     Rejected,
     RejectKind,
     Role,
@@ -59,6 +63,7 @@ from bot.model import (
     TurnStatus,
 )
 from bot.pace import AttemptThrottle, Backoff, MemberPace, OutageHold
+from bot.questions import Questions
 from bot.render import outage_notice
 from bot.safety import (
     ChatSafeStream,
@@ -83,6 +88,8 @@ _RERUN_NOTE = (
     "or its API refused the turn). Check what was already done before repeating it.)\n\n"
 )
 _MAX_ATTEMPTS = 2
+# A prompt starting with this asks Claude to plan first; the group approves the plan.
+_PLAN_PREFIX = "/plan "
 
 
 class IdentityTaken(ConcordiaError):
@@ -169,12 +176,22 @@ class Party:
         self._approvals = Approvals(
             settings.approvals, party=name, store=store, redactor=redactor, publish=self._publish
         )
+        self._questions = Questions(
+            settings.questions,
+            party=name,
+            store=store,
+            redactor=redactor,
+            publish=self._publish,
+            turn_timeout_s=settings.claude.turn_timeout_s,
+        )
         self._last_turn_at: float | None = None
+        self._abandoned_questions: list[int] = []
 
     async def load(self) -> None:
         """Read who has joined; call once before serving."""
         await self._store.ensure_party(self.name)
         await self._approvals.load()
+        self._abandoned_questions = await self._questions.load()
         for member in await self._store.participants(self.name):
             self._members[(member.platform, member.user_id)] = member
         if await self._store.pending_prompts(self.name) or await self._store.open_batches(
@@ -248,6 +265,10 @@ class Party:
     def max_prompt_chars(self) -> int:
         return self._settings.party.max_prompt_chars
 
+    @property
+    def max_image_bytes(self) -> int:
+        return self._settings.party.max_image_bytes
+
     def role_of(self, author: Author) -> Role | None:
         member = self._members.get((author.platform, author.user_id))
         return member.role if member else None
@@ -281,8 +302,13 @@ class Party:
             text = sanitize_prompt(prompt.text)
         except UnsafeInput as exc:
             return self._reject(RejectKind.UNSAFE, str(exc))
+        plan = text.lstrip().startswith(_PLAN_PREFIX) or text.strip() == _PLAN_PREFIX.strip()
+        if plan:
+            text = text.lstrip()[len(_PLAN_PREFIX) :]
         if not text.strip():
             return self._reject(RejectKind.EMPTY, "the prompt is empty")
+        if refusal := self._image_refusal(prompt):
+            return self._reject(RejectKind.UNSAFE, refusal)
         limit = self._settings.party.max_prompt_chars
         if len(text) > limit:
             return self._reject(
@@ -290,7 +316,7 @@ class Party:
                 f"the prompt has {len(text):,} characters; "
                 f"the limit is {limit:,} (party.max_prompt_chars)",
             )
-        accepted = await self._store.add_prompt(self.name, prompt, text)
+        accepted = await self._store.add_prompt(self.name, prompt, text, plan=plan)
         if accepted.is_duplicate:
             self.metrics.prompts_duplicate += 1
         else:
@@ -302,6 +328,19 @@ class Party:
                 extra={"party": self.name, "prompt_ids": [accepted.prompt_id]},
             )
         return accepted
+
+    def _image_refusal(self, prompt: Prompt) -> str:
+        """Adapters check images before they hand them in; this is the last line: an image
+        that is not what it claims, or too large, refuses the prompt."""
+        limit = self._settings.party.max_image_bytes
+        for image in prompt.images:
+            if refusal := image_refusal(image.name, len(image.data), limit):
+                return refusal
+            if image.media_type not in IMAGE_TYPES or sniff_image_type(image.data) != (
+                image.media_type
+            ):
+                return f"{image.name} is not a {image.media_type} image"
+        return ""
 
     def _reject(self, kind: RejectKind, reason: str) -> Rejected:
         self.metrics.prompts_rejected += 1
@@ -317,6 +356,18 @@ class Party:
     def waiting_approvals(self) -> list[ApprovalRequested]:
         """The tool-use requests waiting for a decision, oldest first (for late joiners)."""
         return self._approvals.waiting()
+
+    def waiting_questions(self) -> list[QuestionAsked]:
+        """Claude's questions waiting for an answer, oldest first (for late joiners)."""
+        return self._questions.waiting()
+
+    async def answer(self, question_id: int, author: Author, text: str) -> CommandResult:
+        """A participant's answer to one of Claude's questions (a button's option number or
+        label, or their own words)."""
+        role = self.role_of(author)
+        if role is None:
+            return CommandResult("answer", False, "you have not joined this party")
+        return self._questions.answer(question_id, _cleaned(author), role, text)
 
     async def decide(self, approval_id: int, author: Author, decision: Decision) -> CommandResult:
         """An approver's (or the host's) answer to a tool-use request; for buttons."""
@@ -395,6 +446,11 @@ class Party:
 
     async def run(self) -> None:
         """The runner: the only task that sends anything to Claude. Runs until cancelled."""
+        if self._abandoned_questions:
+            ids = ", ".join(map(str, self._abandoned_questions))
+            self._publish(
+                Notice(f"question {ids} was left unanswered by a restart; Claude will ask again")
+            )
         for open_batch in await self._store.open_batches(self.name):
             batch_id = open_batch.batch.batch_id
             note = f"batch {batch_id} was cut off by a restart; re-running it once"
@@ -540,6 +596,12 @@ class Party:
 
     async def _turn(self, batch: Batch, *, resent: bool) -> tuple[TurnStatus, str, Outage | None]:
         text = _RERUN_NOTE + batch.prompt if batch.is_rerun or resent else batch.prompt
+        images = await self._store.batch_images(batch.batch_id)
+        if images:
+            listed = "; ".join(
+                f"{n}. {image.name} from {author}" for n, (author, image) in enumerate(images, 1)
+            )
+            text += f"\n\n(Attached images, in order: {listed}.)"
         output = ChatSafeStream(self._redactor)
         started = time.monotonic()
         self._running = batch
@@ -549,7 +611,10 @@ class Party:
                 watcher = group.create_task(self._watch_controls(), name="turn-controls")
                 try:
                     await self._wait_ready()
-                    async for event in self.session.run(text):
+                    turn = self.session.run(
+                        text, images=[image for _, image in images], plan=batch.wants_plan
+                    )
+                    async for event in turn:
                         match event:
                             case TextDelta(text=delta):
                                 self._emit(batch, output.feed(delta))
@@ -564,6 +629,22 @@ class Party:
                                     requesters=[s.author_id for s in batch.sources],
                                 )
                                 await self.session.answer_tool(event, allow=allowed, message=why)
+                            case QuestionRequest():
+                                self._emit(batch, output.flush())
+                                answers = await self._questions.ask(event, batch=batch)
+                                if isinstance(answers, str):
+                                    await self.session.answer_questions(event, None, answers)
+                                else:
+                                    await self.session.answer_questions(event, answers)
+                            case PlanRequest(plan=plan):
+                                self._emit(batch, output.feed(f"\n\n{plan.strip()}\n\n"))
+                                self._emit(batch, output.flush())
+                                approved, feedback = await self._questions.review_plan(
+                                    event, batch=batch
+                                )
+                                await self.session.answer_plan(
+                                    event, approved=approved, feedback=feedback
+                                )
                             case TurnEnd():
                                 end = event
                             case _:
@@ -594,9 +675,11 @@ class Party:
                 case _Cancel():
                     await self.session.interrupt()
                     self._approvals.cancel_all("the turn was cancelled: denied")
+                    self._questions.cancel_all("the turn was cancelled")
                 case _Restart():
                     await self.session.interrupt()
                     self._approvals.cancel_all("Claude is restarting: denied")
+                    self._questions.cancel_all("Claude is restarting")
                     self._controls.put_nowait(control)  # applied once the turn has ended
                     return
                 case _:

@@ -20,6 +20,8 @@ from bot.model import (
     Decision,
     Listener,
     Prompt,
+    QuestionAsked,
+    QuestionClosed,
     Role,
     Submission,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "Outbox",
     "OutboxEntry",
     "PartyPort",
+    "QuestionSink",
 ]
 
 
@@ -80,6 +83,13 @@ class PartyPort(Protocol):
 
     def waiting_approvals(self) -> list[ApprovalRequested]: ...
 
+    async def answer(self, question_id: int, author: Author, text: str) -> CommandResult: ...
+
+    def waiting_questions(self) -> list[QuestionAsked]: ...
+
+    @property
+    def max_image_bytes(self) -> int: ...
+
     def subscribe(self, listener: Listener) -> Callable[[], None]: ...
 
     def chat_safe(self, text: str) -> str: ...
@@ -124,6 +134,25 @@ class ApprovalSink(Protocol):
         self, ref: str, approval: ApprovalRequested, resolved: ApprovalResolved
     ) -> None:
         """Show how it ended and take its controls away."""
+        ...
+
+
+@runtime_checkable
+class QuestionSink(Protocol):
+    """A sink that shows Claude's question with its own controls (a button per option).
+
+    Sinks without it get the question as a plain message naming
+    `/concordia answer <id> <number or words>`. Both calls raise `AdapterError`.
+    """
+
+    async def post_question(self, thread: str, question: QuestionAsked) -> str:
+        """Post the question (mentioning ``question.mention`` once); return the message ref."""
+        ...
+
+    async def close_question(
+        self, ref: str, question: QuestionAsked, closed: QuestionClosed
+    ) -> None:
+        """Show who answered what and take its controls away."""
         ...
 
 

@@ -21,9 +21,19 @@ from bot.model import (
     Notice,
     OutputText,
     PartyEvent,
+    QuestionAsked,
+    QuestionClosed,
 )
-from bot.ports import AdapterError, ApprovalSink, MessageSink, Outbox
-from bot.render import Markup, approval_text, batch_header, closed_approval_text, status_line
+from bot.ports import AdapterError, ApprovalSink, MessageSink, Outbox, QuestionSink
+from bot.render import (
+    Markup,
+    approval_text,
+    batch_header,
+    closed_approval_text,
+    closed_question_text,
+    question_text,
+    status_line,
+)
 from bot.stream import OutputStream
 
 __all__ = ["ThreadRelay"]
@@ -76,6 +86,8 @@ class ThreadRelay(OwnedTask):
         self._queue: asyncio.Queue[PartyEvent | _Stop] = asyncio.Queue()
         # Approvals shown and not yet resolved: their message ref, request and plain text.
         self._approvals: dict[int, tuple[str, ApprovalRequested, str]] = {}
+        # Questions likewise.
+        self._questions: dict[int, tuple[str, QuestionAsked, str]] = {}
         super().__init__()
         # The latest batch's thread; the owner task's alone.
         self._thread: str | None = home_thread or None
@@ -147,6 +159,9 @@ class ThreadRelay(OwnedTask):
                 case ApprovalRequested() | ApprovalResolved():
                     await self._relay_approval(event, self._thread)
                     event = None
+                case QuestionAsked() | QuestionClosed():
+                    await self._relay_question(event, self._thread)
+                    event = None
                 case OutputText() | BatchDone():
                     log.warning(
                         "dropping %s for batch %d: no batch is open",
@@ -196,6 +211,8 @@ class ThreadRelay(OwnedTask):
                 seq = stream.next_seq
                 if isinstance(event, ApprovalRequested):
                     await self._relay_approval(event, thread)
+                elif isinstance(event, QuestionAsked):
+                    await self._relay_question(event, thread)
                 else:
                     ending = event
             if isinstance(ending, BatchDone):
@@ -213,9 +230,10 @@ class ThreadRelay(OwnedTask):
 
     async def _pump(
         self, batch_id: int, stream: OutputStream | None, thread: str | None = None
-    ) -> BatchDone | BatchStarted | _Stop | ApprovalRequested:
+    ) -> BatchDone | BatchStarted | _Stop | ApprovalRequested | QuestionAsked:
         """Feed this batch's output to ``stream`` (or drop it) until something ends the batch,
-        or, with a stream, until an approval request (returned: it goes below the output)."""
+        or, with a stream, until an approval request or a question (returned: it goes below
+        the output)."""
         while True:
             event = await self._queue.get()
             match event:
@@ -228,10 +246,12 @@ class ThreadRelay(OwnedTask):
                     return event
                 case Notice(message=message):
                     await self._post_notice(message)
-                case ApprovalRequested() if stream is not None:
+                case ApprovalRequested() | QuestionAsked() if stream is not None:
                     return event
                 case ApprovalRequested() | ApprovalResolved():
                     await self._relay_approval(event, thread)
+                case QuestionAsked() | QuestionClosed():
+                    await self._relay_question(event, thread)
                 case OutputText() | BatchDone():
                     log.warning(
                         "dropping %s for batch %d while batch %d is open",
@@ -299,6 +319,52 @@ class ThreadRelay(OwnedTask):
                     assert_never(event)
         except AdapterError:
             log.error("could not show an approval", exc_info=True, extra=extra)
+
+    async def _relay_question(
+        self, event: QuestionAsked | QuestionClosed, thread: str | None
+    ) -> None:
+        """Show Claude's question (buttons where the sink has them), then who answered."""
+        extra = {"platform": self._platform, "batch_id": event.batch_id}
+        sink = self._sink
+        try:
+            match event:
+                case QuestionAsked():
+                    if thread is None:
+                        return
+                    text = (
+                        ""
+                        if isinstance(sink, QuestionSink)
+                        else question_text(event, sink.max_message_chars)
+                    )
+                    ref = await call_with_retry(
+                        self._policy,
+                        lambda: (
+                            sink.post_question(thread, event)
+                            if isinstance(sink, QuestionSink)
+                            else sink.post(thread, text)
+                        ),
+                        what=f"question to {self._platform}",
+                    )
+                    self._questions[event.question_id] = (ref, event, text)
+                case QuestionClosed():
+                    shown = self._questions.pop(event.question_id, None)
+                    if shown is None:
+                        return
+                    ref, asked, text = shown
+                    closed = closed_question_text(text, event, sink.max_message_chars)
+                    await call_with_retry(
+                        self._policy,
+                        lambda: (
+                            sink.close_question(ref, asked, event)
+                            if isinstance(sink, QuestionSink)
+                            else sink.edit(ref, closed)
+                        ),
+                        what=f"question update on {self._platform}",
+                    )
+                case _:
+                    assert_never(event)
+        except AdapterError:
+            log.error("could not show a question", exc_info=True, extra=extra)
 
     async def _post_notice(self, message: str) -> None:
         thread = self._thread

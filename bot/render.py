@@ -12,7 +12,17 @@ from datetime import datetime
 from typing import assert_never
 
 from bot.agent import Outage, OutageKind
-from bot.model import ApprovalRequested, ApprovalResolved, Batch, BatchDone, TurnStatus
+from bot.model import (
+    Answerers,
+    ApprovalRequested,
+    ApprovalResolved,
+    Batch,
+    BatchDone,
+    QuestionAsked,
+    QuestionClosed,
+    QuestionKind,
+    TurnStatus,
+)
 from bot.safety import neutralize_mentions
 
 __all__ = [
@@ -155,6 +165,51 @@ def closed_approval_text(text: str, resolved: ApprovalResolved, max_chars: int) 
     mark = "✅" if resolved.allowed else "⛔"
     line = neutralize_mentions(f"{mark} {resolved.text}")
     return (request[: max_chars - len(line) - 1] + "\n" + line)[:max_chars]
+
+
+_ANSWERERS = {
+    Answerers.AUTHORS: "the batch's authors, approvers and the host",
+    Answerers.MEMBERS: "anyone in the party",
+    Answerers.APPROVERS: "approvers and the host",
+}
+
+
+def question_lines(question: QuestionAsked) -> tuple[str, list[str], str]:
+    """(head, one line per option, how to answer) of a question, for any sink."""
+    if question.kind is QuestionKind.PLAN:
+        head = f"📋 **Plan {question.question_id}**: {question.text}"
+    else:
+        label = f" ({question.header})" if question.header else ""
+        head = f"❓ **Question {question.question_id}**{label}: {question.text}"
+    options = [
+        f"{n}. {o.label}" + (f": {o.description}" if o.description else "")
+        for n, o in enumerate(question.options, 1)
+    ]
+    several = " (several: 1,3)" if question.multi_select else ""
+    words = "reject with your feedback" if question.kind is QuestionKind.PLAN else "your own words"
+    how = (
+        f"{_ANSWERERS[question.answerers].capitalize()} answer with "
+        f"`/concordia answer {question.question_id} <number{several} or {words}>`; "
+        "the first answer counts."
+    )
+    return head, options, how
+
+
+def question_text(question: QuestionAsked, max_chars: int) -> str:
+    """A question as a plain message: what Claude asks, its options, and how to answer."""
+    head, options, how = question_lines(question)
+    body = "\n".join([head, *options])
+    room = max_chars - len(how) - 1
+    if len(body) > room:
+        body = body[: max(0, room - 1)] + "…"
+    return neutralize_mentions(f"{body}\n{how}")
+
+
+def closed_question_text(text: str, closed: QuestionClosed, max_chars: int) -> str:
+    """The question's message once settled: the question, then who answered what."""
+    asked = text.rsplit("\n", 1)[0]
+    line = neutralize_mentions(f"{'✅' if closed.answered else '⌛'} {closed.text}")
+    return (asked[: max_chars - len(line) - 1] + "\n" + line)[:max_chars]
 
 
 def status_line(done: BatchDone, *, has_output: bool) -> str | None:

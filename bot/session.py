@@ -13,6 +13,7 @@ The party's runner is the only caller of `run`, `interrupt` and `restart`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Self
@@ -31,6 +32,8 @@ import pexpect.fdpexpect
 
 from bot.agent import (
     AgentEvent,
+    PlanRequest,
+    QuestionRequest,
     SessionDied,
     SessionError,
     ToolRequest,
@@ -38,7 +41,7 @@ from bot.agent import (
 )
 from bot.config import ClaudeSettings
 from bot.confinement import Confinement
-from bot.model import TurnStatus
+from bot.model import Image, TurnStatus
 from bot.pace import Backoff, Jitter
 from bot.stream_json import StreamLine, TurnParser, parse_line
 
@@ -123,9 +126,10 @@ class ClaudeSession:
         self._is_stopping = False
         self._planned_restart: asyncio.Event = asyncio.Event()
         self._start_fresh = False
-        self._interrupts = 0
         self._parser = TurnParser()
         self._process_cost_usd = 0.0  # what this process's turns cost so far
+        self._mode = self._configured_mode  # the process's permission mode, as it last said
+        self._controls_sent = 0
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
 
     @property
@@ -184,8 +188,13 @@ class ClaudeSession:
 
     # -- the process ----------------------------------------------------------------------
 
+    @property
+    def _configured_mode(self) -> str:
+        return self._settings.permission_mode or "default"
+
     def _spawn(self) -> None:
         self._process_cost_usd = 0.0  # a new process counts its cost from zero
+        self._mode = self._configured_mode
         if self._start_fresh:
             self.session_id = None
             self._start_fresh = False
@@ -280,6 +289,8 @@ class ClaudeSession:
             return
         if message.get("session_id"):
             self.session_id = str(message["session_id"])
+        if isinstance(mode := message.get("permissionMode"), str):
+            self._mode = mode  # it changes by itself: an approved plan leaves plan mode
         if self._is_turn_active:
             self._lines.put_nowait(message)
         elif message.get("type") not in ("control_response",):
@@ -321,8 +332,13 @@ class ClaudeSession:
 
     # -- turns ----------------------------------------------------------------------------
 
-    async def run(self, prompt: str) -> AsyncIterator[AgentEvent]:
+    async def run(
+        self, prompt: str, *, images: Sequence[Image] = (), plan: bool = False
+    ) -> AsyncIterator[AgentEvent]:
         """Send one user turn and yield its events; the last one is always a `TurnEnd`.
+
+        ``images`` follow the text as image blocks. ``plan`` runs the turn in plan mode
+        (as every turn is with ``claude.permission_mode = "plan"``).
 
         Raises `SessionDied` if the process exits before the turn ends (the supervisor is
         already restarting it). A turn longer than ``claude.turn_timeout_s`` is interrupted
@@ -340,7 +356,8 @@ class ClaudeSession:
         parser = self._parser = TurnParser(cost_before_usd=self._process_cost_usd)
         timed_out = False
         try:
-            await self._write({"type": "user", "message": {"role": "user", "content": prompt}})
+            await self._set_mode("plan" if plan else self._configured_mode)
+            await self._write(_user_message(prompt, images))
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 and not timed_out:
@@ -394,12 +411,12 @@ class ClaudeSession:
         """
         if not self._is_turn_active:
             return False
-        self._interrupts += 1
+        self._controls_sent += 1
         self._parser.was_interrupted = True
         await self._write(
             {
                 "type": "control_request",
-                "request_id": f"interrupt-{self._interrupts}",
+                "request_id": f"interrupt-{self._controls_sent}",
                 "request": {"subtype": "interrupt"},
             }
         )
@@ -407,17 +424,51 @@ class ClaudeSession:
 
     async def answer_tool(self, request: ToolRequest, *, allow: bool, message: str = "") -> None:
         """Answer a `ToolRequest`: allow it as asked, or deny it telling Claude ``message``."""
+        await self._answer(request.request_id, dict(request.input) if allow else None, message)
+
+    async def answer_questions(
+        self, request: QuestionRequest, answers: Mapping[str, str] | None, message: str = ""
+    ) -> None:
+        """AskUserQuestion's answer is its input plus ``answers`` (question → label or own
+        words, several labels joined by ", "), as the CLI's own dialog gives it."""
+        updated = None if answers is None else {**request.input, "answers": dict(answers)}
+        await self._answer(request.request_id, updated, message)
+
+    async def answer_plan(
+        self, request: PlanRequest, *, approved: bool, feedback: str = ""
+    ) -> None:
+        """Approved, ExitPlanMode goes ahead (the CLI leaves plan mode); rejected, Claude
+        reads ``feedback`` as the tool's error and plans again."""
+        await self._answer(request.request_id, dict(request.input) if approved else None, feedback)
+
+    async def _set_mode(self, mode: str) -> None:
+        if mode == self._mode:
+            return
+        self._controls_sent += 1
+        await self._write(
+            {
+                "type": "control_request",
+                "request_id": f"mode-{self._controls_sent}",
+                "request": {"subtype": "set_permission_mode", "mode": mode},
+            }
+        )
+        self._mode = mode
+
+    async def _answer(
+        self, request_id: str, updated_input: Mapping[str, object] | None, message: str
+    ) -> None:
+        """A permission answer: allow with ``updated_input``, or (None) deny with ``message``."""
         decision: dict[str, object] = (
-            {"behavior": "allow", "updatedInput": dict(request.input)}
-            if allow
-            else {"behavior": "deny", "message": message or "denied"}
+            {"behavior": "deny", "message": message or "denied"}
+            if updated_input is None
+            else {"behavior": "allow", "updatedInput": dict(updated_input)}
         )
         await self._write(
             {
                 "type": "control_response",
                 "response": {
                     "subtype": "success",
-                    "request_id": request.request_id,
+                    "request_id": request_id,
                     "response": decision,
                 },
             }
@@ -427,6 +478,18 @@ class ClaudeSession:
         return (
             f"the turn took longer than claude.turn_timeout_s ({self._settings.turn_timeout_s:g} s)"
         )
+
+
+def _user_message(prompt: str, images: Sequence[Image]) -> dict[str, object]:
+    """A stream-json user message: the text alone, or the text then one block per image."""
+    if not images:
+        return {"type": "user", "message": {"role": "user", "content": prompt}}
+    blocks: list[dict[str, object]] = [{"type": "text", "text": prompt}]
+    for image in images:
+        data = base64.b64encode(image.data).decode("ascii")
+        source = {"type": "base64", "media_type": image.media_type, "data": data}
+        blocks.append({"type": "image", "source": source})
+    return {"type": "user", "message": {"role": "user", "content": blocks}}
 
 
 def _write_all(stdin: IO[bytes], data: bytes) -> None:

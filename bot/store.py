@@ -37,9 +37,12 @@ from bot.model import (
     BatchState,
     CostShare,
     Decider,
+    Image,
     MergeGroup,
     Prompt,
     PromptState,
+    QuestionKind,
+    QuestionOutcome,
     Role,
     ShellOutcome,
     SourcePrompt,
@@ -127,11 +130,20 @@ def _by_party(group: Sequence[_PendingInsert]) -> dict[str, list[str]]:
     return parties
 
 
+_SOURCE_COLUMNS = "id, author, text, thread, platform, user_id, plan"
+
+
+def _source(row: Sequence[object]) -> SourcePrompt:
+    i, a, t, th, p, u, plan = row
+    return SourcePrompt(int(str(i)), str(a), str(t), str(th), str(p), str(u), bool(plan))
+
+
 @dataclass(slots=True, eq=False)
 class _PendingInsert:
     party: str
     prompt: Prompt
     text: str
+    plan: bool
     done: asyncio.Future[Accepted]
 
 
@@ -404,15 +416,18 @@ class Store:
 
     # -- prompts ------------------------------------------------------------------------
 
-    async def add_prompt(self, party: str, prompt: Prompt, text: str) -> Accepted:
-        """Durably record an accepted prompt: its id, its queue position, whether it was known.
+    async def add_prompt(
+        self, party: str, prompt: Prompt, text: str, *, plan: bool = False
+    ) -> Accepted:
+        """Durably record an accepted prompt (``text`` as it goes to Claude, ``plan`` when it
+        asked for a plan first) with its images: its id, queue position, whether it was known.
 
         Returns once the row is committed. A prompt whose ``source_id`` is already known
         is not written again: the earlier id comes back with ``is_duplicate`` True and
         position 0.
         """
         done: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        self._inserts.put_nowait(_PendingInsert(party, prompt, text, done))
+        self._inserts.put_nowait(_PendingInsert(party, prompt, text, plan, done))
         return await done
 
     async def _write_inserts(self) -> None:
@@ -451,7 +466,7 @@ class Store:
             positions = {party: await self._pending_count(db, party) for party in _by_party(fresh)}
             await db.executemany(
                 "INSERT INTO prompts (party, source_id, platform, user_id, author, text,"
-                " thread, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
+                " thread, plan, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)",
                 [
                     (
                         item.party,
@@ -461,6 +476,7 @@ class Store:
                         item.prompt.author.name,
                         item.text,
                         item.prompt.thread,
+                        item.plan,
                         now,
                     )
                     for item in fresh
@@ -468,6 +484,14 @@ class Store:
             )
             for party, source_ids in _by_party(fresh).items():
                 known.update(await self._ids_of(db, party, source_ids))
+            await db.executemany(
+                "INSERT INTO prompt_images (prompt_id, name, media_type, data) VALUES (?, ?, ?, ?)",
+                [
+                    (known[(item.party, item.prompt.source_id)], i.name, i.media_type, i.data)
+                    for item in fresh
+                    for i in item.prompt.images
+                ],
+            )
         results = []
         for item in group:
             key = (item.party, item.prompt.source_id)
@@ -507,16 +531,21 @@ class Store:
 
     async def pending_prompts(self, party: str) -> list[SourcePrompt]:
         async with self.db.execute(
-            "SELECT id, author, text, thread, platform, user_id FROM prompts"
-            " WHERE party = ? AND state = 'pending'"
+            f"SELECT {_SOURCE_COLUMNS} FROM prompts WHERE party = ? AND state = 'pending'"
             " ORDER BY id",
             (party,),
         ) as cur:
+            return [_source(row) for row in await cur.fetchall()]
+
+    async def batch_images(self, batch_id: int) -> list[tuple[str, Image]]:
+        """The images of a batch's prompts, with each one's author, in the prompts' order."""
+        async with self.db.execute(
+            "SELECT p.author, i.name, i.media_type, i.data FROM prompt_images i"
+            " JOIN prompts p ON p.id = i.prompt_id WHERE p.batch_id = ? ORDER BY p.id, i.id",
+            (batch_id,),
+        ) as cur:
             rows = await cur.fetchall()
-        return [
-            SourcePrompt(int(i), str(a), str(t), str(th), str(p), str(u))
-            for i, a, t, th, p, u in rows
-        ]
+        return [(str(a), Image(str(n), str(m), bytes(d))) for a, n, m, d in rows]
 
     async def prompt_state(self, prompt_id: int) -> PromptState:
         async with self.db.execute("SELECT state FROM prompts WHERE id = ?", (prompt_id,)) as cur:
@@ -618,6 +647,63 @@ class Store:
                 "UPDATE approvals SET outcome = ?, deciders = ?, decided_at = ? WHERE id = ?",
                 (str(outcome), json.dumps(list(deciders), default=asdict), _now(), approval_id),
             )
+
+    # -- questions ----------------------------------------------------------------------------
+
+    async def open_question(
+        self, party: str, batch_id: int, kind: QuestionKind, text: str, options: Sequence[str]
+    ) -> int:
+        """Record a question Claude puts to the group; returns its id."""
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "INSERT INTO questions (party, batch_id, kind, text, options_json, asked_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (party, batch_id, kind.value, text, json.dumps(list(options)), _now()),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def close_question(
+        self,
+        question_id: int,
+        outcome: QuestionOutcome,
+        answer: str | None = None,
+        by: Author | None = None,
+    ) -> None:
+        answered_by = None if by is None else json.dumps(asdict(by))
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE questions SET outcome = ?, answer = ?, answered_by = ?, closed_at = ?"
+                " WHERE id = ?",
+                (outcome.value, answer, answered_by, _now(), question_id),
+            )
+
+    async def abandon_open_questions(self, party: str) -> list[int]:
+        """Close the questions a bot that died left waiting; their ids (the batch re-runs,
+        so Claude asks again)."""
+        async with (
+            self._transaction() as db,
+            db.execute(
+                "UPDATE questions SET outcome = ?, closed_at = ?"
+                " WHERE party = ? AND outcome IS NULL RETURNING id",
+                (QuestionOutcome.ABANDONED.value, _now(), party),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return sorted(int(r[0]) for r in rows)
+
+    async def question_outcome(self, question_id: int) -> tuple[QuestionOutcome | None, str | None]:
+        """(outcome, answer) of a question; (None, None) while it waits."""
+        async with self.db.execute(
+            "SELECT outcome, answer FROM questions WHERE id = ?", (question_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return None, None
+        return QuestionOutcome(row[0]), None if row[1] is None else str(row[1])
 
     async def abandon_open_approvals(self, party: str) -> int:
         """Close approvals left open by a bot that died while they waited."""
@@ -790,14 +876,10 @@ class Store:
         found = []
         for batch_id, prompt, groups_json, state, attempts in rows:
             async with self.db.execute(
-                "SELECT id, author, text, thread, platform, user_id FROM prompts"
-                " WHERE batch_id = ? ORDER BY id",
+                f"SELECT {_SOURCE_COLUMNS} FROM prompts WHERE batch_id = ? ORDER BY id",
                 (batch_id,),
             ) as cur:
-                sources = tuple(
-                    SourcePrompt(int(i), str(a), str(t), str(th), str(p), str(u))
-                    for i, a, t, th, p, u in await cur.fetchall()
-                )
+                sources = tuple(_source(row) for row in await cur.fetchall())
             batch = Batch(
                 int(batch_id),
                 str(prompt),

@@ -17,16 +17,19 @@ from typing import TypedDict, cast
 
 from bot.agent import (
     AgentEvent,
+    AskedQuestion,
     JsonValue,
     Outage,
     OutageKind,
+    PlanRequest,
+    QuestionRequest,
     TextDelta,
     ToolRequest,
     ToolUse,
     TurnEnd,
     Usage,
 )
-from bot.model import TurnStatus
+from bot.model import QuestionOption, TurnStatus
 
 __all__ = [
     "AssistantLine",
@@ -41,6 +44,9 @@ __all__ = [
 # Tool input keys whose value, first line only, says what a call does (in this order).
 _SUMMARY_KEYS = ("command", "file_path", "path", "pattern", "url", "description")
 _SUMMARY_CHARS = 200
+# Tools that ask the user rather than act: their calls come as questions, not as tool use.
+_ASK_TOOL = "AskUserQuestion"
+_PLAN_TOOL = "ExitPlanMode"
 
 
 # -- the shapes (only the fields we read) --------------------------------------------------
@@ -71,6 +77,7 @@ class StreamEventLine(StreamLine, total=False):
 
 class _ContentBlock(TypedDict, total=False):
     type: str  # "tool_use" is read; "text" repeats what the deltas streamed
+    id: str
     name: str
     input: JsonValue
 
@@ -146,6 +153,8 @@ class TurnParser:
         self._limit_resets_at: datetime | None = None  # a rejecting rate_limit_event's
         self._has_text = False
         self._needs_separator = False
+        # ExitPlanMode's permission request comes without the plan: its tool_use block has it.
+        self._plans: dict[str, str] = {}
 
     def feed(self, line: Mapping[str, object]) -> list[AgentEvent]:
         """The events of one decoded line (a `StreamLine`; any JSON object will do)."""
@@ -154,7 +163,7 @@ class TurnParser:
             case "stream_event":
                 return self._stream_event(cast(StreamEventLine, line))
             case "assistant":
-                return _tool_uses(cast(AssistantLine, line))
+                return self._tool_uses(cast(AssistantLine, line))
             case "result":
                 result = cast(ResultLine, line)
                 end = _turn_end(result, self.was_interrupted, self._cost_before_usd)
@@ -164,9 +173,42 @@ class TurnParser:
                 self._limit_resets_at = _rejected_until(line) or self._limit_resets_at
                 return []
             case "control_request":
-                return _tool_requests(cast(ControlRequestLine, line))
+                return self._tool_requests(cast(ControlRequestLine, line))
             case _:
                 return []
+
+    def _tool_uses(self, line: AssistantLine) -> list[AgentEvent]:
+        message = line.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            return []
+        events: list[AgentEvent] = []
+        for block in content:
+            if not isinstance(block, dict) or block.get("type") != "tool_use":
+                continue
+            name, tool_input = str(block.get("name", "?")), block.get("input")
+            if name == _PLAN_TOOL and isinstance(tool_input, dict):
+                self._plans[str(block.get("id", ""))] = str(tool_input.get("plan") or "")
+            elif name != _ASK_TOOL:
+                events.append(ToolUse(name, _summarize(tool_input)))
+        return events
+
+    def _tool_requests(self, line: ControlRequestLine) -> list[AgentEvent]:
+        request = line.get("request")
+        if not isinstance(request, dict) or request.get("subtype") != "can_use_tool":
+            return []
+        request_id = str(line.get("request_id", ""))
+        tool = str(request.get("tool_name", "?"))
+        raw_input = request.get("input")
+        tool_input: dict[str, JsonValue] = raw_input if isinstance(raw_input, dict) else {}
+        tool_use_id = str(request.get("tool_use_id", ""))
+        if tool == _PLAN_TOOL:
+            plan = str(tool_input.get("plan") or self._plans.get(tool_use_id, ""))
+            return [PlanRequest(request_id, plan, tool_input)]
+        if tool == _ASK_TOOL and (questions := _questions(tool_input)):
+            return [QuestionRequest(request_id, questions, tool_input)]
+        # A question we cannot read is still a tool call: the approvers decide on it.
+        return [ToolRequest(request_id, tool, tool_input, tool_use_id)]
 
     def _stream_event(self, line: StreamEventLine) -> list[AgentEvent]:
         event = line.get("event")
@@ -189,31 +231,32 @@ class TurnParser:
         return [TextDelta(text)]
 
 
-def _tool_uses(line: AssistantLine) -> list[AgentEvent]:
-    message = line.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list):
-        return []
-    return [
-        ToolUse(str(block.get("name", "?")), _summarize(block.get("input")))
-        for block in content
-        if isinstance(block, dict) and block.get("type") == "tool_use"
-    ]
-
-
-def _tool_requests(line: ControlRequestLine) -> list[AgentEvent]:
-    request = line.get("request")
-    if not isinstance(request, dict) or request.get("subtype") != "can_use_tool":
-        return []
-    tool_input = request.get("input")
-    return [
-        ToolRequest(
-            request_id=str(line.get("request_id", "")),
-            tool=str(request.get("tool_name", "?")),
-            input=tool_input if isinstance(tool_input, dict) else {},
-            tool_use_id=str(request.get("tool_use_id", "")),
+def _questions(tool_input: Mapping[str, JsonValue]) -> tuple[AskedQuestion, ...]:
+    """AskUserQuestion's ``questions``, or () when any of them is not the shape we know."""
+    raw = tool_input.get("questions")
+    if not isinstance(raw, list) or not raw:
+        return ()
+    asked = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+            return ()
+        options = item.get("options")
+        if not isinstance(options, list):
+            return ()
+        choices = tuple(
+            QuestionOption(str(o.get("label", "")), str(o.get("description") or ""))
+            for o in options
+            if isinstance(o, dict) and o.get("label")
         )
-    ]
+        asked.append(
+            AskedQuestion(
+                question=str(item["question"]),
+                header=str(item.get("header") or ""),
+                options=choices,
+                multi_select=item.get("multiSelect") is True,
+            )
+        )
+    return tuple(asked)
 
 
 def _turn_end(line: ResultLine, was_interrupted: bool, cost_before_usd: float) -> TurnEnd:
