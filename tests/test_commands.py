@@ -169,7 +169,7 @@ async def test_an_unknown_command_lists_the_known_ones_in_order() -> None:
     assert not result.ok
     assert result.text == (
         "unknown command `frobnicate`; try one of: status, queue, cost, budget, cancel, shell, "
-        "approve, approvals, leave, invite, restart, new"
+        "approve, answer, approvals, leave, invite, restart, new"
     )
 
 

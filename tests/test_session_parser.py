@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot.agent import AgentEvent as Event
-from bot.agent import TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
+from bot.agent import PlanRequest, QuestionRequest, TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
 from bot.config import ClaudeSettings
 from bot.model import TurnStatus
 from bot.session import stream_json_command
@@ -451,27 +451,50 @@ def test_only_json_objects_are_stream_lines() -> None:
 # - either denied with ``message``: that message, as an error result (a plan's feedback).
 
 
-def test_a_question_arrives_as_a_permission_request_carrying_its_options() -> None:
+def test_a_question_arrives_as_a_question_request_carrying_its_options() -> None:
     [turn] = _replay("b_stream_json_ask_answers_2.1.331.jsonl.txt")
-    [request] = [e for e in turn.events if isinstance(e, ToolRequest)]
-    assert request.tool == "AskUserQuestion"
-    [question] = request.input["questions"]
-    assert question["question"] == "Which database?"
-    assert [o["label"] for o in question["options"]] == ["SQLite", "Postgres"]
-    assert question["multiSelect"] is False
+    [request] = [e for e in turn.events if isinstance(e, QuestionRequest)]
+    [question] = request.questions
+    assert question.question == "Which database?"
+    assert question.header == "Choice"
+    assert [o.label for o in question.options] == ["SQLite", "Postgres"]
+    assert [o.description for o in question.options] == ["one file, no server", "a server"]
+    assert question.multi_select is False
+    assert request.input["questions"], "the input as asked, for the answer to build on"
+    assert not [e for e in turn.events if isinstance(e, ToolRequest | ToolUse)]
     assert turn.end.status is TurnStatus.SUCCESS
 
 
-def test_a_plan_is_in_the_tool_call_not_in_its_permission_request() -> None:
+def test_a_plan_request_carries_the_plan_from_its_tool_call() -> None:
     """2.1.331 asks to exit plan mode with an empty input: the plan (Markdown) is only in
-    the assistant message's tool_use block, which the parser turns into a `ToolUse`."""
+    the assistant message's tool_use block, which the parser joins to the request."""
     for name in (
         "b_stream_json_plan_approved_2.1.331.jsonl.txt",
         "b_stream_json_plan_rejected_2.1.331.jsonl.txt",
     ):
         [turn] = _replay(name)
-        [request] = [e for e in turn.events if isinstance(e, ToolRequest)]
-        assert (request.tool, request.input) == ("ExitPlanMode", {})
-        [use] = [e for e in turn.events if isinstance(e, ToolUse)]
-        assert use.name == "ExitPlanMode"
-        assert "add a users table" in use.detail
+        [request] = [e for e in turn.events if isinstance(e, PlanRequest)]
+        assert request.input == {}, "echoed back as it came"
+        assert request.plan == "# Plan\n\n1. add a users table\n2. Run the tests"
+        assert not [e for e in turn.events if isinstance(e, ToolRequest | ToolUse)]
+
+
+@pytest.mark.parametrize(
+    "questions",
+    [None, [], ["not an object"], [{"options": []}], [{"question": "Q?", "options": "x"}]],
+)
+def test_a_question_of_an_unknown_shape_is_left_to_the_approvers(questions: object) -> None:
+    """Fail closed: a question the parser cannot read is an ordinary tool call."""
+    line = {
+        "type": "control_request",
+        "request_id": "r1",
+        "request": {
+            "subtype": "can_use_tool",
+            "tool_name": "AskUserQuestion",
+            "input": {"questions": questions},
+            "tool_use_id": "t1",
+        },
+    }
+    [event] = TurnParser().feed(line)
+    assert isinstance(event, ToolRequest)
+    assert event.tool == "AskUserQuestion"

@@ -10,6 +10,11 @@ prompt (case-sensitive substrings, first match wins):
 - ``TOOL_BASH <command>`` (starting a line): a `ToolUse`, then a `ToolRequest` for Bash that
   waits for `answer_tool`. Allowed, the command runs (``sh -c``) in ``workdir`` and the reply
   is ``"TOOL RESULT: "`` and its output; denied, ``"TOOL ERROR: "`` and the denial.
+- ``TOOL_ASK <question>``: a `QuestionRequest` (options SQLite and Postgres) that waits for
+  `answer_questions`; the reply is ``"TOOL RESULT: "`` and the answers as JSON, or
+  ``"TOOL ERROR: "`` and the message.
+- ``TOOL_PLAN <step>``: a `PlanRequest` for a two-step plan that waits for `answer_plan`;
+  ``"TOOL RESULT: approved"`` or ``"TOOL ERROR: "`` and the feedback.
 - otherwise: ``"ECHO: " + prompt[:200]`` in three deltas.
 """
 
@@ -17,16 +22,28 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from bot.agent import AgentEvent, SessionError, TextDelta, ToolRequest, ToolUse, TurnEnd, Usage
-from bot.model import TurnStatus
+from bot.agent import (
+    AgentEvent,
+    AskedQuestion,
+    PlanRequest,
+    QuestionRequest,
+    SessionError,
+    TextDelta,
+    ToolRequest,
+    ToolUse,
+    TurnEnd,
+    Usage,
+)
+from bot.model import Image, QuestionOption, TurnStatus
 
 __all__ = ["COST_PER_WORD_USD", "FakeAgent", "FakeTurn"]
 
@@ -36,6 +53,8 @@ _ECHO_DELTAS = 3
 _SLOW_DELTA = " ."
 _FAIL_MESSAGE = "API Error: 500 fake internal error"
 _TOOL_BASH = re.compile(r"^TOOL_BASH (.+)$", re.MULTILINE)
+_TOOL_ASK = re.compile(r"^TOOL_ASK (.+)$", re.MULTILINE)
+_TOOL_PLAN = re.compile(r"^TOOL_PLAN (.+)$", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +63,8 @@ class FakeTurn:
 
     user_text: str
     session_id: str
+    images: tuple[Image, ...] = ()
+    plan: bool = False
 
 
 class FakeAgent:
@@ -105,7 +126,26 @@ class FakeAgent:
             raise RuntimeError(f"no tool request {request.request_id} is waiting")
         answer.set_result((allow, message))
 
-    async def run(self, prompt: str) -> AsyncIterator[AgentEvent]:
+    async def answer_questions(
+        self, request: QuestionRequest, answers: Mapping[str, str] | None, message: str = ""
+    ) -> None:
+        said = message if answers is None else json.dumps(dict(answers))
+        await self._settle(request.request_id, answers is not None, said)
+
+    async def answer_plan(
+        self, request: PlanRequest, *, approved: bool, feedback: str = ""
+    ) -> None:
+        await self._settle(request.request_id, approved, feedback)
+
+    async def _settle(self, request_id: str, allow: bool, message: str) -> None:
+        answer = self._answers.pop(request_id, None)
+        if answer is None:
+            raise RuntimeError(f"no request {request_id} is waiting")
+        answer.set_result((allow, message))
+
+    async def run(
+        self, prompt: str, *, images: Sequence[Image] = (), plan: bool = False
+    ) -> AsyncIterator[AgentEvent]:
         if self._is_turn_active:
             raise RuntimeError("a turn is already running: only the runner sends turns")
         if not self.ready.is_set():
@@ -113,9 +153,10 @@ class FakeAgent:
         self._is_turn_active = True
         self._interrupted.clear()
         self.session_id = self.session_id or f"fake-{uuid.uuid4()}"
-        self.turns.append(FakeTurn(prompt, self.session_id))
+        self.turns.append(FakeTurn(prompt, self.session_id, tuple(images), plan))
         try:
             tool = _TOOL_BASH.search(prompt)
+            ask, step = _TOOL_ASK.search(prompt), _TOOL_PLAN.search(prompt)
             if "FAIL" in prompt:
                 yield TurnEnd(TurnStatus.ERROR, _FAIL_MESSAGE, _FAIL_MESSAGE)
             elif "SLOW" in prompt:
@@ -123,6 +164,12 @@ class FakeAgent:
                     yield event
             elif tool is not None:
                 async for event in self._bash(tool.group(1)):
+                    yield event
+            elif ask is not None:
+                async for event in self._ask(ask.group(1)):
+                    yield event
+            elif step is not None:
+                async for event in self._plan(step.group(1)):
                     yield event
             else:
                 text = _ECHO_PREFIX + prompt[:_ECHO_MAX_CHARS]
@@ -158,6 +205,34 @@ class FakeAgent:
         text = "TOOL RESULT: " + await self._sh(command) if allow else "TOOL ERROR: " + message
         yield TextDelta(text)
         yield _success(command, text)
+
+    async def _ask(self, question: str) -> AsyncIterator[AgentEvent]:
+        options = (QuestionOption("SQLite", "one file"), QuestionOption("Postgres", "a server"))
+        asked = AskedQuestion(question, "Choice", options)
+        request_id = f"fake-request-{next(self._request_ids)}"
+        async for event in self._wait_for(QuestionRequest(request_id, (asked,), {}), question):
+            yield event
+
+    async def _plan(self, step: str) -> AsyncIterator[AgentEvent]:
+        request_id = f"fake-request-{next(self._request_ids)}"
+        plan = f"# Plan\n\n1. {step}\n2. Run the tests"
+        async for event in self._wait_for(PlanRequest(request_id, plan, {}), step):
+            yield event
+
+    async def _wait_for(
+        self, request: QuestionRequest | PlanRequest, prompt: str
+    ) -> AsyncIterator[AgentEvent]:
+        answer = self._answers[request.request_id] = asyncio.get_running_loop().create_future()
+        yield request
+        allow, said = await answer
+        if self._interrupted.is_set():
+            yield TurnEnd(TurnStatus.INTERRUPTED, "")
+            return
+        if isinstance(request, PlanRequest) and allow:
+            said = "approved"
+        text = ("TOOL RESULT: " if allow else "TOOL ERROR: ") + said
+        yield TextDelta(text)
+        yield _success(prompt, text)
 
     async def _sh(self, command: str) -> str:
         proc = await asyncio.create_subprocess_exec(

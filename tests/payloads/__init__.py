@@ -1,0 +1,1 @@
+"""Recorded payloads and small sample files the tests read."""
