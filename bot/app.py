@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -33,11 +34,12 @@ from bot.lifecycle import first_of
 from bot.merge import Merger
 from bot.merge_gemini import GeminiMerger
 from bot.merge_local import LocalMerger
+from bot.on_demand import OnDemandAgent
 from bot.party import Party
 from bot.ports import Adapter, ChatAdapter, ChatOutput, Outbox, PartyPort
 from bot.relay import ThreadRelay
 from bot.safety import Redactor
-from bot.session import ClaudeSession
+from bot.session import ClaudeSession, find_command
 from bot.state_dir import (
     ADDRESS_NAME,
     DATABASE_NAME,
@@ -282,7 +284,7 @@ class App:
         self._environ = os.environ if environ is None else environ
         self._stack = contextlib.AsyncExitStack()
         self.parties: dict[str, Party] = {}
-        self.sessions: dict[str, AgentSession] = {}
+        self.sessions: dict[str, OnDemandAgent] = {}
         self.invites: dict[str, Invites] = {}
         self.adapters: list[Adapter] = []
         self._store: Store | None = None
@@ -344,8 +346,15 @@ class App:
         merger = build_merger(settings, self._environ)
         if isinstance(merger, GeminiMerger):
             stack.push_async_callback(merger.aclose)
+        if self._agent_factory == self._claude:
+            find_command(settings.claude)  # a wrong claude.command is said at start, not later
         for name in settings.party_names():
-            agent = self._agent_factory(name, await store.session_id(name))
+            agent = OnDemandAgent(
+                functools.partial(self._agent_factory, name),
+                session_id=await store.session_id(name),
+                idle_stop_s=settings.agent.idle_stop_s,
+                name=f"agent of party {name!r}",
+            )
             session = await stack.enter_async_context(agent)
             self.sessions[name] = session
             self.parties[name] = Party(

@@ -57,6 +57,7 @@ class Overview:
     participants: int
     metrics: tuple[str, ...]  # lines of counters and timings
     held_until: datetime | None = None  # the API refused a turn: the queue waits until then
+    agent_running: bool = True  # False while the agent is stopped for want of use
 
 
 class CommandTarget(Protocol):
@@ -140,7 +141,9 @@ async def _status(target: CommandTarget, command: Command, role: Role) -> Comman
     shells = target.shells
     runs = None if shells is None else await shells.recent(_STATUS_SHELL_RUNS)
     state = f"running batch {seen.running.batch_id}" if seen.running else "idle"
-    if not seen.is_ready:
+    if not seen.agent_running and seen.running is None:
+        state = "not running (it starts with the next prompt, in the same conversation)"
+    elif not seen.is_ready:
         state = "starting" if not seen.restarts else "restarting"
     if seen.held_until is not None:
         until = seen.held_until.astimezone().strftime("%H:%M:%S")

@@ -325,6 +325,16 @@ class ApprovalSettings(_Section):
     timeout_s: float = Field(default=120.0, gt=0, le=86_400)
 
 
+class AgentSettings(_Section):
+    idle_stop_s: float = Field(
+        default=900.0,
+        ge=0,
+        le=7 * 86_400,
+        description="a party's agent is stopped after this long without a turn, and resumes "
+        "the same conversation when next needed; 0 keeps it running once started",
+    )
+
+
 class QuestionSettings(_Section):
     answerers: Answerers = Answerers.AUTHORS
     timeout_s: float = Field(
@@ -379,6 +389,7 @@ class Settings(_Section):
     store: StoreSettings = StoreSettings()
     party: PartySettings = PartySettings()
     claude: ClaudeSettings = ClaudeSettings()
+    agent: AgentSettings = AgentSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     share: ShareSettings = ShareSettings()
     discord: DiscordSettings = DiscordSettings()

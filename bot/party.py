@@ -1,6 +1,7 @@
 """Party: the people sharing one agent session, their queue, and the one runner.
 
-Only the runner task writes to the agent (a `bot.agent.AgentSession`: Claude, in a run).
+Only the runner task writes to the agent (a `bot.agent.AgentSession`: Claude, in a run,
+kept up only while used by `bot.on_demand.OnDemandAgent`).
 Everyone else (adapters submitting prompts, commands such as cancel or restart) asks it
 through the store, its wake-up event and its control queue. Every accepted prompt is in
 SQLite before `submit` returns, and the runner resumes whatever a previous process left
@@ -21,7 +22,6 @@ from typing import assert_never
 
 from bot import ConcordiaError, commands
 from bot.agent import (
-    AgentSession,
     Outage,
     PlanRequest,
     QuestionRequest,
@@ -62,6 +62,7 @@ from bot.model import (
     Submission,
     TurnStatus,
 )
+from bot.on_demand import OnDemandAgent
 from bot.pace import AttemptThrottle, Backoff, MemberPace, OutageHold
 from bot.questions import Questions
 from bot.render import outage_notice
@@ -127,7 +128,7 @@ class Party:
         *,
         name: str,
         store: Store,
-        session: AgentSession,
+        session: OnDemandAgent,
         merger: Merger,
         invites: InviteBook,
         redactor: Redactor,
@@ -237,6 +238,7 @@ class Party:
         await self._store.join(self.name, member)
         self._members[(author.platform, author.user_id)] = member
         log.info("%s joined as %s", author.name, role.value, extra={"party": self.name})
+        self.session.wake()  # they will prompt soon: the agent starts meanwhile
         return role
 
     async def admit(self, token: str, author: Author) -> CommandResult:
@@ -321,6 +323,7 @@ class Party:
             self.metrics.prompts_duplicate += 1
         else:
             self.metrics.prompts_accepted += 1
+            self.session.wake()  # starts while the prompt waits for others to merge with
             self._wake.set()
             log.debug(
                 "accepted prompt %d",
@@ -397,6 +400,7 @@ class Party:
             participants=len(self._members),
             metrics=tuple(self.metrics.lines()),
             held_until=self._outages.until,
+            agent_running=self.session.is_running,
         )
 
     def approval_rules(self) -> list[str]:

@@ -141,6 +141,7 @@ async def open_rig(
         app.add(chat)
         book = InviteBook(app.store, name, settings.state_dir / TOKENS_NAME)
         async with serving(app):
+            await party.session.start()  # as if someone had joined: the tests read its agent
             yield Rig(
                 app=app,
                 party=party,

@@ -24,7 +24,7 @@ from tests.conftest import NO_CONFINEMENT, make_settings
 from tests.e2e.harness import BotProcess, Client
 from tests.fakes.agent import FakeAgent
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command
-from tests.rigs import open_rig
+from tests.rigs import open_rig, serving
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -121,18 +121,22 @@ async def test_each_party_gets_its_agent_from_the_factory_with_its_stored_sessio
 ) -> None:
     settings = make_settings(tmp_path, None)
     calls, agents = _fake_agents(settings.claude.workdir)
-    async with App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents):
-        pass
+    name = settings.party.name
+    app = App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents)
+    async with app, serving(app):
+        assert calls == [], "no agent before the party needs one"
+        await app.sessions[name].start()
     async with open_rig(settings) as rig:
         assert await rig.chat.join("alice", rig.invites.prompter)
         await rig.chat.push_prompt("alice", "hello")
         done = await rig.events.done()
         assert done.status is TurnStatus.SUCCESS
         first = rig.party.session.session_id
-    async with App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents):
-        pass
+    app = App(settings, agent_env={}, confinement=NO_CONFINEMENT, agent_factory=agents)
+    async with app, serving(app):
+        await app.sessions[name].start()
     assert first is not None
-    assert calls == [(settings.party.name, None), (settings.party.name, first)]
+    assert calls == [(name, None), (name, first)]
 
 
 @pytest.mark.claude
@@ -148,6 +152,8 @@ async def test_a_claude_that_cannot_be_restarted_ends_concordia_run(
     async with BotProcess(tmp_path / "config.toml", tmp_path) as bot:
         async with Client(bot.port, bot.host_token, "host") as host:
             await host.expect("welcome")
+            await host.prompt("p1", "hello")  # Claude starts when first needed
+            await host.expect("done")
         assert bot.proc is not None
         (claude,) = psutil.Process(bot.proc.pid).children()
         script.unlink()
