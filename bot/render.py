@@ -146,16 +146,17 @@ def approval_text(approval: ApprovalRequested, max_chars: int) -> str:
         if approval.needed > 1
         else "needs one approver"
     )
-    detail = escape_fences(approval.detail)
+    detail = neutralize_mentions(escape_fences(approval.detail))  # before the cut: it adds text
     answer = (
         f"Approvers answer with `/concordia approve {approval.approval_id} allow`, "
         f"`always` or `deny`; {quorum}; no answer in {approval.timeout_s:g} s denies it."
     )
-    head = f"🔐 **Approval {approval.approval_id}**: Claude wants to {approval.summary}"
+    summary = neutralize_mentions(approval.summary)
+    head = f"🔐 **Approval {approval.approval_id}**: Claude wants to {summary}"
     room = max_chars - len(head) - len(answer) - 12
     if len(detail) > room:
         detail = detail[: max(0, room - 1)] + "…"
-    return neutralize_mentions(f"{head}\n```\n{detail}\n```\n{answer}")
+    return f"{head}\n```\n{detail}\n```\n{answer}"
 
 
 def closed_approval_text(text: str, resolved: ApprovalResolved, max_chars: int) -> str:
@@ -198,11 +199,11 @@ def question_lines(question: QuestionAsked) -> tuple[str, list[str], str]:
 def question_text(question: QuestionAsked, max_chars: int) -> str:
     """A question as a plain message: what Claude asks, its options, and how to answer."""
     head, options, how = question_lines(question)
-    body = "\n".join([head, *options])
+    body = neutralize_mentions("\n".join([head, *options]))  # before the cut: it adds text
     room = max_chars - len(how) - 1
     if len(body) > room:
         body = body[: max(0, room - 1)] + "…"
-    return neutralize_mentions(f"{body}\n{how}")
+    return f"{body}\n{how}"
 
 
 def closed_question_text(text: str, closed: QuestionClosed, max_chars: int) -> str:

@@ -6,8 +6,27 @@ import re
 
 import pytest
 
-from bot.model import Batch, SourcePrompt
-from bot.render import Markup, batch_header, escape_fences, fenced, shell_output
+from bot.model import (
+    Answerers,
+    ApprovalRequested,
+    Author,
+    Batch,
+    QuestionAsked,
+    QuestionClosed,
+    QuestionKind,
+    QuestionOption,
+    SourcePrompt,
+)
+from bot.render import (
+    Markup,
+    approval_text,
+    batch_header,
+    closed_question_text,
+    escape_fences,
+    fenced,
+    question_text,
+    shell_output,
+)
 
 FENCE_LINE = re.compile(r"^(?:>\s*)?```", re.MULTILINE)
 
@@ -55,3 +74,64 @@ def test_a_header_with_a_whole_code_block_is_left_as_it_is() -> None:
 )
 def test_the_header_is_bold_in_each_platforms_markup(markup: Markup, title: str) -> None:
     assert batch_header(_batch("fix it"), 2000, markup).startswith(f"{title} — alice\n")
+
+
+def _question(
+    kind: QuestionKind = QuestionKind.CHOICE, text: str = "Which database?"
+) -> QuestionAsked:
+    return QuestionAsked(
+        question_id=7,
+        batch_id=3,
+        kind=kind,
+        header="Choice",
+        text=text,
+        options=(QuestionOption("SQLite", "one file"), QuestionOption("Postgres")),
+        multi_select=False,
+        answerers=Answerers.AUTHORS,
+        mention=(Author("chat", "alice", "alice"),),
+        timeout_s=600.0,
+    )
+
+
+def test_a_question_as_a_plain_message_lists_its_options_and_how_to_answer() -> None:
+    text = question_text(_question(), 2000)
+    assert text.splitlines() == [
+        "❓ **Question 7** (Choice): Which database?",
+        "1. SQLite: one file",
+        "2. Postgres",
+        "The batch's authors, approvers and the host answer with "
+        "`/concordia answer 7 <number or your own words>`; the first answer counts.",
+    ]
+    closed = closed_question_text(text, QuestionClosed(7, 3, True, "alice answered: SQLite"), 2000)
+    assert closed.splitlines()[-1] == "✅ alice answered: SQLite"
+    assert "/concordia answer" not in closed
+
+
+def test_a_long_question_is_cut_but_keeps_how_to_answer_and_pings_nobody() -> None:
+    text = question_text(_question(text="@everyone " + "x" * 5000), 500)
+    assert len(text) <= 500
+    assert text.endswith("the first answer counts.")
+    assert "@everyone" not in text
+
+
+def test_a_plan_says_feedback_rejects_it() -> None:
+    text = question_text(_question(QuestionKind.PLAN, "Claude's plan is above."), 2000)
+    assert text.startswith("📋 **Plan 7**: Claude's plan is above.")
+    assert "<number or reject with your feedback>" in text
+
+
+def test_an_approval_with_mass_mentions_stays_within_the_limit() -> None:
+    approval = ApprovalRequested(
+        approval_id=4,
+        batch_id=1,
+        tool="Bash",
+        summary="run `echo @everyone`",
+        detail="echo @everyone @here " * 200,
+        needed=1,
+        requesters=(),
+        timeout_s=120.0,
+    )
+    text = approval_text(approval, 500)
+    assert len(text) <= 500
+    assert "@everyone" not in text
+    assert "@here" not in text
