@@ -398,6 +398,10 @@ class Driver(abc.ABC):
     def texts(self) -> list[str]:
         """Every text the bot has shown: one per message, or per batch on a terminal."""
 
+    def notices(self) -> list[str]:
+        """What the bot told everyone outside a batch's answer (a hold, a restart)."""
+        return self.texts()
+
     def marks(self, sent: Sent) -> list[str]:
         """Every mark the bot put on ``sent``, in order (a chat's reactions)."""
         return []
@@ -660,6 +664,9 @@ class WebSocketDriver(Driver):
                 batches.setdefault(frame["batch_id"], []).append(frame["text"])
         return ["".join(parts) for parts in batches.values()]
 
+    def notices(self) -> list[str]:
+        return [str(f["message"]) for f in self.watcher.all if f["type"] == "system"]
+
     def queued_marks(self, sent: Sent) -> int:
         # Queued again, a prompt is answered with its first prompt id (and duplicate: true).
         return len({a["prompt_id"] for a in self._answers(sent) if a["type"] == "queued"})
@@ -687,14 +694,15 @@ class WebSocketDriver(Driver):
                     await self._transmit(sent)
 
     def rule_problems(self) -> list[str]:
-        """Batches do not overlap as a terminal sees them, and each ends once."""
+        """Batches do not overlap as a terminal sees them, and each ends once. A batch that
+        begins again while it runs is its re-run (after an outage or a dead agent)."""
         problems = []
         for watcher in self.watchers:
             running: int | None = None
             ended: Counter[int] = Counter()
             for frame in watcher.all:
                 if frame["type"] == "batch":
-                    if running is not None:
+                    if running is not None and running != frame["batch_id"]:
                         problems.append(f"batch {frame['batch_id']} began in batch {running}")
                     running = frame["batch_id"]
                 elif frame["type"] == "done":

@@ -317,3 +317,32 @@ async def test_kill_9_mid_stream_reruns_the_batch_once_and_answers_every_prompt_
             assert told, "the thread says the batch was cut off and re-run"
             assert any("re-run" in h for h in d.headers(first)), d.headers(first)
         assert d.rule_problems() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_usage_limit_holds_the_queue_and_everything_is_answered_once_after_it(
+    transport: str, fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    """The API says the usage limit is reached (and when it resets): the party says so, keeps
+    taking prompts, and at the reset runs the refused batch again, then what came meanwhile."""
+    async with open_driver(transport, fake_api, tmp_path) as d:
+        assert await d.join("alice")
+        assert await d.join("bob")
+        limited = await d.prompt("alice", "LIMIT_USAGE write the changelog")
+        await d.until(
+            lambda: any("usage limit is reached" in t for t in d.notices()), "the hold announced"
+        )
+        during = await d.prompt("bob", "and bump the version")
+        assert (limited.accepted, during.accepted) == (True, True)
+        await d.until(lambda: d.prompt_states() == ["done", "done"], "both answered", 60)
+
+        turns = [t.user_text for t in fake_api.turns]
+        assert turns[0] == "LIMIT_USAGE write the changelog", "refused once"
+        assert "re-sent" in turns[1], "the same batch again, said to be a re-send"
+        assert sum("bump the version" in t for t in turns) == 1
+        held = [t for t in d.notices() if "usage limit is reached" in t]
+        assert "the queue is held until" in held[0]
+        await d.until(lambda: echo(turns[-1]) in d.answer(during), "the later prompt's answer")
+        assert sum(echo(turns[-1]) in t for t in d.texts()) == 1, "answered once"
+        assert d.rule_problems() == []
