@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from bot.images import IMAGE_TYPES, image_refusal, sniff_image_type
+from bot.images import IMAGE_TYPES, check_image, image_refusal
 from bot.model import Image, Prompt, Rejected, RejectKind, Submission
 from bot.ports import PartyPort
 
@@ -89,32 +89,31 @@ async def fold(
     left_out: list[str] = []
 
     def leave_out(attachment: Attachment, why: str) -> None:
+        """Name the file in the prompt; ``why`` is one sentence for its sender."""
         kind = attachment.kind or "unknown type"
         parts.append(
             f"[attachment {attachment.name} ({kind}, {attachment.size:,} bytes) not included]"
         )
-        left_out.append(f"{attachment.name} was not included: {why}")
+        left_out.append(why)
 
     for attachment in attachments:
         if _is_image(attachment):
             if refusal := image_refusal(attachment.name, attachment.size, max_image_bytes):
-                leave_out(attachment, refusal)
+                leave_out(attachment, refusal)  # not even fetched
                 continue
             data = await read(attachment)
             if data is None:
                 parts.append(f"[attachment {attachment.name}: could not be read]")
                 left_out.append(f"{attachment.name} could not be downloaded")
                 continue
-            media_type = sniff_image_type(data)
-            if refusal := image_refusal(attachment.name, len(data), max_image_bytes):
-                leave_out(attachment, refusal)
-            elif media_type is None:
-                leave_out(attachment, f"it is not an image Claude reads ({_TAKEN})")
+            checked = check_image(attachment.name, data, max_image_bytes)
+            if checked.refusal:
+                leave_out(attachment, checked.refusal)
             else:
-                images.append(Image(attachment.name, media_type, data))
+                images.append(Image(attachment.name, checked.media_type, data))
             continue
         if not attachment.is_text:
-            leave_out(attachment, _TAKEN)
+            leave_out(attachment, f"{attachment.name} was not included: {_TAKEN}")
             continue
         # UTF-8 takes 1-4 bytes a character: past 4x the budget it cannot fit.
         if attachment.size > budget * 4:

@@ -1,4 +1,4 @@
-"""The Slack bridge over Socket Mode: app_mention, /concordia and approval buttons in,
+"""The Slack bridge over Socket Mode: app_mention, /concordia, approval and answer buttons in,
 answers into the thread.
 
 Only this module imports slack_bolt and slack_sdk. Socket Mode because the host usually sits
@@ -7,8 +7,8 @@ event only after our listener returns, and the listener returns once the prompt 
 store, so an ack never covers a prompt a crash could lose (Slack does not resend acked
 events). Everything posted is escaped (``&``, ``<``, ``>``), which also disarms
 ``<!channel>``, ``<@U…>`` and ``<#C…>`` written by Claude; links are never unfurled. The one
-ping the bot sends is built here, not taken from text: an approval request mentions the
-Slack users whose prompts are in the batch.
+ping the bot sends is built here, not taken from text: an approval request or one of Claude's
+questions mentions the Slack users whose prompts are in the batch.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.attachments import Attachment, submit_with
+from adapters.attachments import Attachment, Submitted, submit_with
 from bot.config import SlackSettings
 from bot.model import (
     Accepted,
@@ -37,12 +37,15 @@ from bot.model import (
     Command,
     Decision,
     Prompt,
+    QuestionAsked,
+    QuestionClosed,
+    QuestionKind,
     Rejected,
     RejectKind,
 )
 from bot.party import Party
 from bot.ports import AdapterError, ChatOutput
-from bot.render import FENCE, Markup, escape_fences
+from bot.render import FENCE, Markup, escape_fences, question_lines
 
 __all__ = ["PLATFORM", "SlackAdapter", "SlackSink", "escape"]
 
@@ -59,6 +62,11 @@ _CLICK_HINT = (
     "You have not joined this party yet, so your answer was not counted. "
     "Ask the host for an approver invite token and run `/concordia join <token>`."
 )
+_ANSWER_HINT = (
+    "You have not joined this party yet, so your answer was not counted. "
+    "Ask the host for the invite token and run `/concordia join <token>`."
+)
+_LEFT_OUT = "Queued, but not every file went to Claude:"
 _NOT_SERVED = "This channel is not served by Concordia."
 # Approval buttons: one action_id per decision, the approval id as the value.
 _APPROVAL_ACTION_PREFIX = "concordia_approval_"
@@ -68,6 +76,14 @@ _APPROVAL_BUTTONS = (
     (Decision.ALWAYS, "Always allow", None),
     (Decision.DENY, "Deny", "danger"),
 )
+# Answer buttons: one action_id per option number (Slack wants them unique within a block),
+# the question id as the value.
+_QUESTION_ACTION_PREFIX = "concordia_question_"
+_QUESTION_ACTION = re.compile(rf"^{_QUESTION_ACTION_PREFIX}([1-9][0-9]?)$")
+_MAX_BUTTONS = 25  # Block Kit's limit for an actions block's elements
+_BUTTON_MAX_CHARS = 75  # and for a button's text
+# A plan's two options are Approve and Reject, in that order (bot.questions).
+_PLAN_STYLES = ("primary", "danger")
 # A Slack user id as mention syntax needs it; anything else is never put inside <@…>.
 _SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,}$")
 # Block Kit's limit for a section's or a context element's text; the fallback text (shown in
@@ -149,6 +165,29 @@ class SlackSink:
         outcome = _cut(escape(f"{mark} {resolved.text}"), _OUTCOME_MAX_CHARS)
         head = _cut(_approval_head(approval, mark_up=False), _TEXT_MAX_CHARS - len(outcome) - 1)
         blocks = [*_request_blocks(approval), _context(outcome, "concordia_approval_outcome")]
+        await self._update(ref, f"{head} {outcome}", blocks)
+
+    async def post_question(self, thread: str, question: QuestionAsked) -> str:
+        """Post Claude's question (or plan) with a button per option, mentioning the batch's
+        Slack authors once."""
+        mentions = _mentions(question.mention)
+        suffix = f" ({', '.join(mentions)})" if mentions else ""
+        text = _cut(_question_head(question, mark_up=False), _TEXT_MAX_CHARS - len(suffix))
+        blocks = [
+            *_question_blocks(question),
+            _context(_how_to_answer(question, mentions), "concordia_question_how"),
+            *_option_buttons(question),
+        ]
+        return await self._post(thread, text + suffix, blocks)
+
+    async def close_question(
+        self, ref: str, question: QuestionAsked, closed: QuestionClosed
+    ) -> None:
+        """Keep the question, drop the buttons, say who answered what; mentions no one."""
+        mark = "✅" if closed.answered else "⌛"
+        outcome = _cut(escape(f"{mark} {closed.text}"), _OUTCOME_MAX_CHARS)
+        head = _cut(_question_head(question, mark_up=False), _TEXT_MAX_CHARS - len(outcome) - 1)
+        blocks = [*_question_blocks(question), _context(outcome, "concordia_question_outcome")]
         await self._update(ref, f"{head} {outcome}", blocks)
 
     async def _post(
@@ -236,6 +275,64 @@ def _buttons(approval_id: int) -> dict[str, Any]:
     return {"type": "actions", "block_id": "concordia_approval_buttons", "elements": elements}
 
 
+# -- question messages (Block Kit) -------------------------------------------------------
+
+
+def _question_head(question: QuestionAsked, *, mark_up: bool) -> str:
+    """ "❓ Question N (header): <question>" or "📋 Plan N: <what to do>", escaped; the
+    number in bold for blocks."""
+    is_plan = question.kind is QuestionKind.PLAN
+    number = f"{'Plan' if is_plan else 'Question'} {question.question_id}"
+    title = f"*{number}*" if mark_up else number
+    header = f" ({escape(question.header)})" if question.header and not is_plan else ""
+    return f"{'📋' if is_plan else '❓'} {title}{header}: {escape(question.text)}"
+
+
+def _question_blocks(question: QuestionAsked) -> list[dict[str, Any]]:
+    """What Claude asks: the question, then its options one a line (a plan's two options are
+    its buttons alone: the plan itself is the output just above)."""
+    head = _cut(_question_head(question, mark_up=True), _TEXT_MAX_CHARS)
+    blocks = [_section(head, "concordia_question_request")]
+    _, options, _ = question_lines(question)
+    if options and question.kind is not QuestionKind.PLAN:
+        listed = _cut(escape("\n".join(options)), _TEXT_MAX_CHARS)
+        blocks.append(_section(listed, "concordia_question_options"))
+    return blocks
+
+
+def _how_to_answer(question: QuestionAsked, mentions: list[str]) -> str:
+    parts = [f"Prompted by {', '.join(mentions)}"] if mentions else []
+    if question.kind is QuestionKind.PLAN:
+        how = (
+            "Approvers and the host decide with the buttons; to reject it with feedback for "
+            f"Claude: `/concordia answer {question.question_id} <your feedback>`. "
+            "The first answer counts."
+        )
+    else:
+        _, _, how = question_lines(question)
+    parts.append(escape(how))
+    return " · ".join(parts)
+
+
+def _option_buttons(question: QuestionAsked) -> list[dict[str, Any]]:
+    """An actions block with a button per option (the first 25: Block Kit's limit; the rest
+    are answered with the command), or nothing when there is no option."""
+    elements = []
+    for number, option in enumerate(question.options[:_MAX_BUTTONS], start=1):
+        button: dict[str, Any] = {
+            "type": "button",
+            "action_id": f"{_QUESTION_ACTION_PREFIX}{number}",
+            "text": {"type": "plain_text", "text": _cut(escape(option.label), _BUTTON_MAX_CHARS)},
+            "value": str(question.question_id),
+        }
+        if question.kind is QuestionKind.PLAN and number <= len(_PLAN_STYLES):
+            button["style"] = _PLAN_STYLES[number - 1]
+        elements.append(button)
+    if not elements:
+        return []
+    return [{"type": "actions", "block_id": "concordia_question_buttons", "elements": elements}]
+
+
 def _section(text: str, block_id: str) -> dict[str, Any]:
     return {"type": "section", "block_id": block_id, "text": {"type": "mrkdwn", "text": text}}
 
@@ -258,26 +355,28 @@ def _cut(text: str, max_chars: int) -> str:
     return cut + "…"
 
 
-# -- inbound: approval clicks --------------------------------------------------------------
+# -- inbound: button clicks --------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _ApprovalClick:
-    """A participant's click on an approval button, as the core needs it."""
+class _Click:
+    """A participant's click on one of our buttons, as the core needs it: ``target_id`` is the
+    approval or question id (the button's value), ``choice`` what the action id names (a
+    decision, an option number)."""
 
     channel: str
-    thread_ts: str | None  # the thread the request was posted in, to answer there
+    thread_ts: str | None  # the thread the buttons were posted in, to answer there
     author: Author
-    approval_id: int
-    decision: Decision
+    target_id: int
+    choice: str
 
 
-def _approval_click(body: Mapping[str, Any]) -> _ApprovalClick | None:
-    """The ``block_actions`` payload of a click on one of our buttons; None when it is not one
-    (another action, no user or channel, a value that is no approval id)."""
+def _click(body: Mapping[str, Any], action_ids: re.Pattern[str]) -> _Click | None:
+    """The ``block_actions`` payload of a click on one of our ``action_ids``; None when it is
+    not one (another action, no user or channel, a value that is no id)."""
     actions = body.get("actions") or []
     action = actions[0] if actions and isinstance(actions[0], Mapping) else {}
-    match = _APPROVAL_ACTION.match(str(action.get("action_id", "")))
+    match = action_ids.match(str(action.get("action_id", "")))
     value = str(action.get("value", ""))
     user = body.get("user") or {}
     container = body.get("container") or {}
@@ -287,12 +386,12 @@ def _approval_click(body: Mapping[str, Any]) -> _ApprovalClick | None:
     if match is None or not (value.isascii() and value.isdigit()) or not user_id or not channel:
         return None
     thread_ts = container.get("thread_ts") or message.get("thread_ts")
-    return _ApprovalClick(
+    return _Click(
         channel=channel,
         thread_ts=str(thread_ts) if thread_ts else None,
         author=Author(PLATFORM, user_id, str(user.get("username") or user.get("name") or user_id)),
-        approval_id=int(value),
-        decision=Decision(match.group(1)),
+        target_id=int(value),
+        choice=match.group(1),
     )
 
 
@@ -328,6 +427,7 @@ class SlackAdapter:
         self._app.event("app_mention")(self._on_mention)
         self._app.command("/concordia")(self._on_command)
         self._app.action(_APPROVAL_ACTION)(self._on_approval_click)
+        self._app.action(_QUESTION_ACTION)(self._on_question_click)
 
     async def start(self) -> None:
         try:
@@ -398,20 +498,23 @@ class SlackAdapter:
             text,
             thread=f"{channel}/{event.get('thread_ts') or ts}",
         )
-        submission = await submit_with(
+        submitted = await submit_with(
             party, prompt, _attachments(event.get("files") or []), self._read
         )
-        self._in_background(self._acknowledge(party, prompt, submission, channel, ts))
+        self._in_background(self._acknowledge(prompt, submitted, channel, ts))
 
     async def _acknowledge(
-        self, party: Party, prompt: Prompt, submission: Accepted | Rejected, channel: str, ts: str
+        self, prompt: Prompt, submitted: Submitted, channel: str, ts: str
     ) -> None:
+        """Mark a queued prompt, or tell its sender alone why it was not queued; then tell
+        them which files did not go with it, and why."""
+        submission = submitted.submission
         try:
             match submission:
                 case Accepted(is_duplicate=False):
                     await self._client.reactions_add(channel=channel, timestamp=ts, name=_QUEUED)
                 case Accepted():
-                    pass  # a redelivered event: already queued and marked
+                    pass  # a redelivered event: already queued, marked and told
                 case Rejected(kind=RejectKind.NOT_MEMBER):
                     if prompt.author.user_id not in self._hinted:
                         self._hinted.add(prompt.author.user_id)
@@ -428,6 +531,17 @@ class SlackAdapter:
                     assert_never(submission)
         except SlackApiError:
             log.warning("could not acknowledge a prompt on Slack", exc_info=True)
+        if not submitted.left_out or not isinstance(submission, Accepted):
+            return  # a prompt not queued: what it said is all its sender needs
+        if submission.is_duplicate:
+            return  # told when it was first queued
+        lines = "\n".join(f"• {reason}" for reason in submitted.left_out)
+        try:
+            await self._client.chat_postEphemeral(
+                channel=channel, user=prompt.author.user_id, text=escape(f"{_LEFT_OUT}\n{lines}")
+            )
+        except SlackApiError:
+            log.warning("could not tell a sender which files were left out", exc_info=True)
 
     def _in_background(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """The ack waits for our listener: work that may be slow (a rate-limited reaction)
@@ -449,13 +563,13 @@ class SlackAdapter:
         """A click on an approval button: ack at once (Slack wants it within 3 s, and a click
         is not resent, so there is nothing to make durable first), decide after."""
         await ack()
-        click = _approval_click(body)
+        click = _click(body, _APPROVAL_ACTION)
         if click is None:
             log.warning("ignoring an approval click without a usable payload")
             return
         self._in_background(self._decide(click))
 
-    async def _decide(self, click: _ApprovalClick) -> None:
+    async def _decide(self, click: _Click) -> None:
         """Hand the click to the party; answer the clicker alone, in the request's thread."""
         party = self._channels.get(click.channel)
         if party is None:
@@ -463,8 +577,33 @@ class SlackAdapter:
         elif party.role_of(click.author) is None:
             text = _CLICK_HINT
         else:
-            result = await party.decide(click.approval_id, click.author, click.decision)
-            text = result.text
+            decision = Decision(click.choice)
+            text = (await party.decide(click.target_id, click.author, decision)).text
+        await self._tell_clicker(click, text)
+
+    async def _on_question_click(self, ack: Any, body: dict[str, Any]) -> None:
+        """A click on one of a question's option buttons: ack at once, answer after (as for
+        approvals)."""
+        await ack()
+        click = _click(body, _QUESTION_ACTION)
+        if click is None:
+            log.warning("ignoring an answer click without a usable payload")
+            return
+        self._in_background(self._answer(click))
+
+    async def _answer(self, click: _Click) -> None:
+        """Hand the option's number to the party as the clicker's answer; tell the clicker
+        alone what came of it (the reason, when they may not answer)."""
+        party = self._channels.get(click.channel)
+        if party is None:
+            text = _NOT_SERVED
+        elif party.role_of(click.author) is None:
+            text = _ANSWER_HINT
+        else:
+            text = (await party.answer(click.target_id, click.author, click.choice)).text
+        await self._tell_clicker(click, text)
+
+    async def _tell_clicker(self, click: _Click, text: str) -> None:
         try:
             await self._client.chat_postEphemeral(
                 channel=click.channel,
@@ -473,12 +612,12 @@ class SlackAdapter:
                 text=escape(text),
             )
         except SlackApiError:
-            log.warning("could not answer an approval click on Slack", exc_info=True)
+            log.warning("could not answer a button click on Slack", exc_info=True)
 
-    async def _read(self, attachment: Attachment) -> str | None:
+    async def _read(self, attachment: Attachment) -> bytes | None:
         return await self._download(attachment.ref) if attachment.ref else None
 
-    async def _download(self, url: str) -> str | None:
+    async def _download(self, url: str) -> bytes | None:
         """A file shared in Slack, fetched with the bot token (files are private)."""
         headers = {"Authorization": f"Bearer {self._client.token}"}
         timeout = aiohttp.ClientTimeout(total=self._settings.download_timeout_s)
@@ -493,9 +632,8 @@ class SlackAdapter:
                     # page (200, HTML), not an error: that page is not the file.
                     log.warning("Slack redirected a file download (missing files:read?)")
                     return None
-                data = await response.read()
-            return data.decode("utf-8")
-        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+                return await response.read()
+        except (aiohttp.ClientError, TimeoutError):
             log.warning("could not read a file shared with a mention", exc_info=True)
             return None
 

@@ -1,33 +1,57 @@
-"""Which images reach Claude: the types its API reads, told by their bytes, not their name.
+"""Which images reach Claude: the types its API reads, as Pillow finds them, within limits.
 
-Invariant: an image goes to the agent only when its first bytes are one of `IMAGE_TYPES`
-and it is within ``party.max_image_bytes``; what a platform claims the type is does not
-count. Everything else is named in the prompt instead, with the reason.
+Invariant: an image goes to the agent only when Pillow opens it as one of `IMAGE_TYPES`,
+verifies it, and it is within ``party.max_image_bytes`` and `MAX_SIDE_PX` a side; what a
+platform or a client claims the type is does not count. Everything else is named in the
+prompt instead, with the reason.
 """
 
 from __future__ import annotations
 
-__all__ = ["IMAGE_TYPES", "image_refusal", "sniff_image_type"]
+import io
+import warnings
+from dataclasses import dataclass
 
-# The media types the Messages API accepts in an image block.
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+from PIL import Image as Pillow
 
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
+__all__ = ["IMAGE_TYPES", "MAX_SIDE_PX", "ImageCheck", "check_image", "image_refusal"]
+
+# The media types the Messages API accepts in an image block, by Pillow's format name.
+_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
+IMAGE_TYPES = tuple(_FORMATS.values())
+# The API refuses larger images outright.
+MAX_SIDE_PX = 8000
 
 
-def sniff_image_type(data: bytes) -> str | None:
-    """The media type ``data`` starts like, or None when it is none the API reads."""
-    for signature, media_type in _SIGNATURES:
-        if data.startswith(signature):
-            return media_type
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+@dataclass(frozen=True, slots=True)
+class ImageCheck:
+    """What `check_image` found: the media type, or why the bytes are not sent."""
+
+    media_type: str = ""
+    refusal: str = ""
+
+
+def check_image(name: str, data: bytes, limit: int) -> ImageCheck:
+    """The media type of the image ``data`` is, or why it will not be sent to Claude."""
+    if refusal := image_refusal(name, len(data), limit):
+        return ImageCheck(refusal=refusal)
+    unreadable = ImageCheck(refusal=f"{name} is not an image Claude reads (PNG, JPEG, GIF or WebP)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Pillow.DecompressionBombWarning)
+            with Pillow.open(io.BytesIO(data)) as image:
+                media_type = _FORMATS.get(str(image.format))
+                width, height = image.size
+                image.verify()
+    except Exception:  # noqa: BLE001 - hostile bytes raise many kinds; each is "not an image"
+        return unreadable
+    if media_type is None:
+        return unreadable
+    if max(width, height) > MAX_SIDE_PX:
+        return ImageCheck(
+            refusal=f"{name} is {width}x{height} pixels; Claude takes at most {MAX_SIDE_PX} a side"
+        )
+    return ImageCheck(media_type=media_type)
 
 
 def image_refusal(name: str, size: int, limit: int) -> str | None:

@@ -35,7 +35,7 @@ from bot.agent import (
 from bot.approvals import Approvals
 from bot.commands import Overview, ShellQueue
 from bot.config import Settings
-from bot.images import IMAGE_TYPES, image_refusal, sniff_image_type
+from bot.images import check_image
 from bot.invite import InviteBook
 from bot.lifecycle import first_of
 from bot.merge import Merger
@@ -337,12 +337,11 @@ class Party:
         that is not what it claims, or too large, refuses the prompt."""
         limit = self._settings.party.max_image_bytes
         for image in prompt.images:
-            if refusal := image_refusal(image.name, len(image.data), limit):
-                return refusal
-            if image.media_type not in IMAGE_TYPES or sniff_image_type(image.data) != (
-                image.media_type
-            ):
-                return f"{image.name} is not a {image.media_type} image"
+            checked = check_image(image.name, image.data, limit)
+            if checked.refusal:
+                return checked.refusal
+            if checked.media_type != image.media_type:
+                return f"{image.name} is a {checked.media_type}, not a {image.media_type}"
         return ""
 
     def _reject(self, kind: RejectKind, reason: str) -> Rejected:

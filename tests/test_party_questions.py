@@ -247,7 +247,7 @@ async def test_an_image_reaches_the_model_as_an_image_block(
 @pytest.mark.parametrize(
     ("image", "reason"),
     [
-        (Image("evil.png", "image/png", b"#!/bin/sh\nrm -rf /\n"), "is not a image/png image"),
+        (Image("evil.png", "image/png", b"#!/bin/sh\nrm -rf /\n"), "not an image Claude reads"),
         (Image("big.png", "image/png", PNG_1PX + b"\0" * 5000), "party.max_image_bytes"),
     ],
 )

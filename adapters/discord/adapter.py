@@ -2,8 +2,9 @@
 
 Only this package imports discord.py. It translates: a mention becomes a `Prompt`, a
 `/concordia …` application command becomes a `Command`, a click on an approval's button a
-`Party.decide`; each party's events reach Discord through the relay the composition root
-puts in front of `DiscordSink` (adapters/discord/sink.py).
+`Party.decide`, on a question's button a `Party.answer`; each party's events reach Discord
+through the relay the composition root puts in front of `DiscordSink`
+(adapters/discord/sink.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import PurePosixPath
 from typing import Any, Literal, assert_never
 
@@ -27,6 +28,7 @@ from adapters.discord.sink import (
     PLATFORM,
     ApprovalButton,
     DiscordSink,
+    QuestionButton,
     author_of,
     strip_mention,
 )
@@ -34,9 +36,11 @@ from bot.config import DiscordSettings
 from bot.lifecycle import first_of
 from bot.model import (
     Accepted,
+    Author,
     Batch,
     BatchStarted,
     Command,
+    CommandResult,
     Decision,
     PartyEvent,
     Prompt,
@@ -84,10 +88,10 @@ def _attachments(attachments: list[discord.Attachment]) -> tuple[list[Attachment
         for a in attachments
     ]
 
-    async def read(attachment: Attachment) -> str | None:
+    async def read(attachment: Attachment) -> bytes | None:
         try:
-            return (await by_id[attachment.ref].read()).decode("utf-8")
-        except (discord.HTTPException, UnicodeDecodeError):
+            return await by_id[attachment.ref].read()
+        except discord.HTTPException:
             log.warning("could not read the attachment %s", attachment.name, exc_info=True)
             return None
 
@@ -148,9 +152,9 @@ class _Client(discord.Client):
         self.tree.add_command(_concordia_group(adapter))
 
     async def setup_hook(self) -> None:
-        # Approval buttons are routed by custom_id alone, so those posted before a restart
-        # still answer.
-        self.add_dynamic_items(ApprovalButton)
+        # Approval and question buttons are routed by custom_id alone, so those posted
+        # before a restart still answer.
+        self.add_dynamic_items(ApprovalButton, QuestionButton)
         await self.adapter.setup(self)
 
     async def on_ready(self) -> None:
@@ -337,11 +341,14 @@ class DiscordAdapter:
             thread=f"{message.channel.id}/{message.id}",
         )
         attachments, read = _attachments(message.attachments)
-        submission = await submit_with(party, prompt, attachments, read)
+        submitted = await submit_with(party, prompt, attachments, read)
+        submission = submitted.submission
         try:
             match submission:
                 case Accepted(is_duplicate=False):
                     await message.add_reaction(_QUEUED)
+                    if submitted.left_out:
+                        await self._tell_left_out(message, submitted.left_out)
                 case Accepted():
                     pass  # a redelivered event: already queued and marked
                 case Rejected(kind=RejectKind.NOT_MEMBER, reason=reason):
@@ -355,6 +362,17 @@ class DiscordAdapter:
                     assert_never(submission)
         except discord.HTTPException:
             log.warning("could not acknowledge a prompt on Discord", exc_info=True)
+
+    async def _tell_left_out(self, message: discord.Message, left_out: tuple[str, ...]) -> None:
+        """Tell the sender which of their files Claude does not get and why: a reply to their
+        message, which pings nobody (as every other answer to a mention)."""
+        lines = "\n".join(f"- {self._clean(' '.join(reason.split()))}" for reason in left_out)
+        text = f"Queued without some of your files:\n{lines}"
+        await message.reply(
+            text[:MAX_MESSAGE_CHARS],
+            allowed_mentions=discord.AllowedMentions.none(),  # a reply they see; no ping
+            suppress_embeds=True,
+        )
 
     async def _hint_once(self, message: discord.Message) -> None:
         """One hint per person, by DM, else as a reply (which cannot ping)."""
@@ -400,10 +418,38 @@ class DiscordAdapter:
     async def decide(
         self, interaction: discord.Interaction[Any], approval_id: int, decision: Decision
     ) -> None:
-        """Answer a click on an approval's button: deferred at once (Discord wants an answer
-        within 3 s), then the party's verdict on it, shown only to the clicker. The party
-        refuses what is not theirs to decide (a prompter's click, an approval no longer
-        waiting) and says why; the buttons go only when the relay closes the request."""
+        """Answer a click on an approval's button: the party's verdict on it, shown only to
+        the clicker. The party refuses what is not theirs to decide (a prompter's click, an
+        approval no longer waiting) and says why; the buttons go only when the relay closes
+        the request."""
+
+        async def decided(party: Party, author: Author) -> CommandResult:
+            return await party.decide(approval_id, author, decision)
+
+        await self._click(interaction, f"approval {approval_id} with {decision.value}", decided)
+
+    async def answer(
+        self, interaction: discord.Interaction[Any], question_id: int, option: int
+    ) -> None:
+        """Answer a click on a question's button (a plan's Approve or Reject): option
+        ``option`` given as the clicker's answer, and the party's reply shown only to them.
+        The party refuses who may not answer (a prompter not in the batch, a prompter on a
+        plan) or a question no longer waiting, and says why; the buttons go only when the
+        relay closes the question."""
+
+        async def answered(party: Party, author: Author) -> CommandResult:
+            return await party.answer(question_id, author, str(option))
+
+        await self._click(interaction, f"question {question_id} with {option}", answered)
+
+    async def _click(
+        self,
+        interaction: discord.Interaction[Any],
+        what: str,
+        act: Callable[[Party, Author], Awaitable[CommandResult]],
+    ) -> None:
+        """A button click: deferred at once (Discord wants an answer within 3 s), then
+        ``act`` for a member (a stranger is told how to join), answered only to the clicker."""
         await interaction.response.defer(ephemeral=True, thinking=True)
         party = self._party_of(interaction)
         author = author_of(interaction.user)
@@ -412,13 +458,12 @@ class DiscordAdapter:
         elif party.role_of(author) is None:
             text = _COMMAND_HINT
         else:
-            result = await party.decide(approval_id, author, decision)
+            result = await act(party, author)
             text = result.text
             log.info(
-                "%s answered approval %d with %s: %s",
+                "%s answered %s: %s",
                 author.name,
-                approval_id,
-                decision.value,
+                what,
                 "taken" if result.ok else "refused",
                 extra={"party": party.name, "platform": PLATFORM},
             )
@@ -436,7 +481,8 @@ class DiscordAdapter:
 
 
 def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
-    """/concordia join|leave|status|queue|cancel|shell|invite|restart|new|approve|approvals."""
+    """/concordia join|leave|status|queue|cancel|shell|invite|restart|new|approve|answer|
+    approvals."""
     group = app_commands.Group(name="concordia", description="Drive the shared Claude session")
 
     def simple(name: str, description: str) -> None:
@@ -478,6 +524,18 @@ def _concordia_group(adapter: DiscordAdapter) -> app_commands.Group:
         decision: Literal["allow", "always", "deny"],
     ) -> None:
         await adapter.command(interaction, "approve", f"{approval_id} {decision}")
+
+    @group.command(name="answer", description="Answer Claude's question or plan (❓/📋 N)")
+    @app_commands.describe(
+        question_id="the number in the question (❓ Question N or 📋 Plan N)",
+        answer="an option's number or label, or your own words (for a plan: your feedback)",
+    )
+    async def answer(
+        interaction: discord.Interaction[Any],
+        question_id: app_commands.Range[int, 1],
+        answer: app_commands.Range[str, 1, 2000],
+    ) -> None:
+        await adapter.command(interaction, "answer", f"{question_id} {answer}")
 
     @group.command(name="approvals", description="The tool calls allowed always in this party")
     @app_commands.describe(reset="forget them all: every call asks again")

@@ -4,20 +4,25 @@ the real `claude` CLI against the fake Anthropic API.
 What every chat does alike (mentions merged into a thread, hints, inert mass mentions, files,
 429s, a dropped gateway, kill -9) is told once in `test_scenarios.py`; this file keeps what
 only Discord does: a channel bound to the terminals' party, doctor, an invalidated session,
-fatal close codes, ephemeral slash-command answers."""
+fatal close codes, ephemeral slash-command answers, images and how a sender is told which
+files were left out."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import struct
 import sys
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import make_settings
 from tests.e2e.drivers import (
     DISCORD_PARTY,
     DiscordDriver,
@@ -30,7 +35,7 @@ from tests.e2e.drivers import (
     party_tokens,
 )
 from tests.e2e.harness import BotProcess, Client
-from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.anthropic_api import FakeAnthropic, RecordedRequest
 from tests.fakes.discord_api import (
     ALICE_ID,
     BOB_ID,
@@ -46,6 +51,19 @@ pytestmark = [pytest.mark.claude, pytest.mark.timeout(120)]
 
 PARTY = DISCORD_PARTY
 EPHEMERAL = 1 << 6
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+# A real 1x1 RGBA PNG: signature, IHDR, one filtered scanline, IEND.
+TINY_PNG = (
+    b"\x89PNG\r\n\x1a\n"
+    + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0))
+    + _png_chunk(b"IDAT", zlib.compress(b"\x00\xff\x80\x00\xff"))
+    + _png_chunk(b"IEND", b"")
+)
 
 
 @pytest.fixture
@@ -69,6 +87,24 @@ async def running_bot(
         yield bot
 
 
+def config_with(
+    tmp_path: Path, api: FakeAnthropic, discord: FakeDiscord, **sections: dict[str, object]
+) -> Path:
+    """config.toml for the Discord bridge against ``discord``, with more ``sections``."""
+    make_settings(
+        tmp_path,
+        api,
+        discord={
+            "channels": [str(CHANNEL_ID)],
+            "api_base": discord.api_base,
+            "gateway_url": discord.gateway_url,
+            "edit_interval_s": 0.05,
+        },
+        **sections,
+    )
+    return tmp_path / "config.toml"
+
+
 async def party_token(bot: BotProcess) -> str:
     prompter, _ = await party_tokens(bot, PARTY)
     return prompter
@@ -85,6 +121,26 @@ async def join(discord: FakeDiscord, user_id: int, token: str) -> str:
 def bot_messages(discord: FakeDiscord, channel_id: int) -> list[dict[str, Any]]:
     """The bot's messages in a channel or thread, oldest first (none if it does not exist)."""
     return [m for m in discord.messages(channel_id) if int(m["author"]["id"]) == BOT_USER_ID]
+
+
+def replies_to(discord: FakeDiscord, message_id: int) -> list[dict[str, Any]]:
+    """The bot's replies to a message in the channel, oldest first."""
+    return [
+        m
+        for m in bot_messages(discord, CHANNEL_ID)
+        if int((m.get("message_reference") or {}).get("message_id", 0)) == message_id
+    ]
+
+
+def blocks(turn: RecordedRequest, kind: str) -> list[dict[str, Any]]:
+    """The ``kind`` blocks ("text", "image") of a request's last user message."""
+    content = [m for m in turn.body["messages"] if m["role"] == "user"][-1]["content"]
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def prompt_text(turn: RecordedRequest) -> str:
+    """All the text of a request's last user message (the CLI adds a line after an image)."""
+    return "\n".join(b["text"] for b in blocks(turn, "text"))
 
 
 # -- the cases ------------------------------------------------------------------------------------
@@ -248,3 +304,68 @@ async def test_status_and_queue_answer_ephemerally_and_a_stranger_is_told_to_joi
     assert stranger["flags"] & EPHEMERAL
     assert "/concordia join" in stranger["content"], stranger["content"]
     assert f"party {PARTY}" not in stranger["content"], "a stranger sees no party state"
+
+
+async def test_an_image_reaches_claude_as_an_image_block(
+    fake_api: FakeAnthropic, fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    async with running_bot(tmp_path, fake_api, fake_discord) as bot:
+        assert "Welcome" in await join(fake_discord, ALICE_ID, await party_token(bot))
+        mention = await fake_discord.send_message(
+            ALICE_ID, "what colour is this dot?", attachments=[("dot.png", TINY_PNG)]
+        )
+        turn = await asyncio.wait_for(fake_api.requests.get(), 60)
+        thread = int(mention["id"])
+        await until(
+            lambda: any("ECHO:" in m["content"] for m in bot_messages(fake_discord, thread)),
+            fake_discord.requests,
+            within_s=60,
+            what="the answer shown in the thread",
+        )
+
+    (image,) = blocks(turn, "image")
+    assert image["source"] == {
+        "type": "base64",
+        "media_type": "image/png",
+        "data": base64.b64encode(TINY_PNG).decode("ascii"),
+    }
+    assert "what colour is this dot?" in prompt_text(turn)
+    assert "dot.png from Alice" in prompt_text(turn), "Claude is told whose image it is"
+    assert replies_to(fake_discord, int(mention["id"])) == [], "nothing was left out"
+
+
+async def test_an_oversize_image_and_an_unsupported_file_are_named_and_the_sender_told_why(
+    fake_api: FakeAnthropic, fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    big = b"\x89PNG\r\n\x1a\n" + bytes(2000)
+    config = config_with(tmp_path, fake_api, fake_discord, party={"max_image_bytes": 1024})
+    async with BotProcess(config, tmp_path, env={"DISCORD_BOT_TOKEN": TOKEN}) as bot:
+        token = await party_token(bot)
+        assert "Welcome" in await join(fake_discord, ALICE_ID, token)
+        assert "Welcome" in await join(fake_discord, BOB_ID, token)
+        mention = await fake_discord.send_message(
+            ALICE_ID,
+            "look at these",
+            attachments=[("big.png", big), ("build.zip", b"PK\x03\x04" + bytes(100))],
+        )
+        turn = await asyncio.wait_for(fake_api.requests.get(), 60)
+        (told,) = await until(
+            lambda: replies_to(fake_discord, int(mention["id"])),
+            fake_discord.requests,
+            within_s=30,
+            what="the sender told what was left out",
+        )
+
+    assert "look at these" in turn.user_text
+    assert "[attachment big.png (image/png, 2,008 bytes) not included]" in turn.user_text
+    assert "[attachment build.zip (application/zip, 104 bytes) not included]" in turn.user_text
+    assert blocks(turn, "image") == []
+    assert told["content"] == (
+        "Queued without some of your files:\n"
+        "- big.png (2,008 bytes) is larger than the 1,024 bytes "
+        "an image may have (party.max_image_bytes)\n"
+        "- build.zip was not included: Claude takes text files and PNG, JPEG, GIF or WebP images"
+    )
+    assert told["mentions"] == [], "a reply the sender sees, pinging nobody"
+    assert told["allowed_mentions_history"] == [{"parse": []}], "a reply that pings nobody"
+    assert told["mention_everyone"] is False

@@ -41,7 +41,7 @@ SLOW_DELTA = " ."
 PACING_TOLERANCE_S = 0.05
 PASTED = "line one of the paste\nPASTED-MARKER-7f3 and the rest of it\n"
 SNIPPET = "def snippet():\n    return 'SNIPPET-MARKER-9c1'\n"
-PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+ZIP = b"PK\x03\x04" + bytes(range(256))  # images go to Claude as images (test_*_e2e.py)
 
 
 @pytest.mark.timeout(120)
@@ -116,7 +116,7 @@ async def test_text_files_are_read_into_the_prompt_and_other_files_named(
     files = [
         File("notes.txt", PASTED.encode()),
         File("snippet.py", SNIPPET.encode(), is_snippet=True),
-        File("diagram.png", PNG),
+        File("bundle.zip", ZIP),
     ]
     async with open_driver(transport, fake_api, tmp_path) as d:
         assert await d.join("alice")
@@ -126,8 +126,8 @@ async def test_text_files_are_read_into_the_prompt_and_other_files_named(
         assert "summarise the attached" in turn.user_text
         assert "PASTED-MARKER-7f3" in turn.user_text, "the text file was read into the prompt"
         assert "SNIPPET-MARKER-9c1" in turn.user_text, "the snippet was read into the prompt"
-        assert "diagram.png" in turn.user_text, "the image is named"
-        assert "\x89PNG" not in turn.user_text
+        assert "bundle.zip" in turn.user_text, "the other file is named"
+        assert "PK\x03\x04" not in turn.user_text
         downloads = d.downloads()  # None where the fake cannot see them
         if downloads is not None:
             assert downloads == [200, 200], "only the text files were fetched"
