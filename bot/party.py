@@ -449,15 +449,16 @@ class Party:
 
     async def run(self) -> None:
         """The runner: the only task that sends anything to Claude. Runs until cancelled."""
-        if self._abandoned_questions:
-            ids = ", ".join(map(str, self._abandoned_questions))
-            self._publish(
-                Notice(f"question {ids} was left unanswered by a restart; Claude will ask again")
-            )
+        unanswered = ", ".join(map(str, self._abandoned_questions))
         for open_batch in await self._store.open_batches(self.name):
             batch_id = open_batch.batch.batch_id
             note = f"batch {batch_id} was cut off by a restart; re-running it once"
+            if unanswered and open_batch.was_sent:
+                note += f" (question {unanswered} was left unanswered: Claude will ask again)"
+                unanswered = ""
             await self._run_batch(open_batch.batch, note=note if open_batch.was_sent else "")
+        if unanswered:  # its batch had ended after all: nothing will ask it again
+            self._publish(Notice(f"question {unanswered} was left unanswered by a restart"))
         # Prompts left from a previous run have waited long enough.
         skip_window = bool(await self._store.pending_prompts(self.name))
         while True:

@@ -86,7 +86,7 @@ _DISCORD_POST = "POST /channels/{channel_id}/messages"
 _DISCORD_PATCH = "PATCH /channels/{channel_id}/messages/{message_id}"
 _DISCORD_REACTION = "PUT /channels/{channel_id}/messages/{message_id}/reactions/{emoji}/@me"
 _DISCORD_LINK = re.compile(rf"/channels/{discord_api.GUILD_ID}/(\d+)")
-_SLACK_SPECIAL = re.compile(r"<[!@#]")
+_SLACK_SPECIAL = re.compile(r"<[!@#][^>]*>?")
 _SLACK_METHODS = {"create": "chat.postMessage", "edit": "chat.update"}
 # Escaping & < > may make a Slack text this much longer than max_message_chars.
 _SLACK_ESCAPING_CHARS = 200
@@ -368,6 +368,14 @@ class Driver(abc.ABC):
     async def redeliver(self, sent: Sent) -> None:
         """Deliver ``sent`` once more, as an at-least-once transport may."""
 
+    @abc.abstractmethod
+    async def answer_question(self, user: str, question_id: int, text: str) -> str:
+        """Answer Claude's question with `/concordia answer`; the bot's reply to ``user``."""
+
+    def open_questions(self) -> list[int]:
+        """The ids of Claude's questions waiting for an answer, as the store has them."""
+        return [int(i) for (i,) in self.rows("SELECT id FROM questions WHERE outcome IS NULL")]
+
     # -- what the transport showed --------------------------------------------------------
 
     @abc.abstractmethod
@@ -621,6 +629,19 @@ class WebSocketDriver(Driver):
         assert self.state_of(sent), f"{sent.key} was answered queued before it was stored"
         return dataclasses.replace(sent, accepted=True)
 
+    async def answer_question(self, user: str, question_id: int, text: str) -> str:
+        if user not in self.clients:  # the bot restarted: the terminal connects again
+            assert await self.join(user, self._tokens.get(user))
+        client = self.clients[user][-1]
+        before = len(client.all)
+        args = f"{question_id} {text}"
+        await client.send({"type": "command", "name": "answer", "args": args})
+        reply = await self.until(
+            lambda: next((f for f in client.all[before:] if f["type"] == "command_result"), None),
+            f"the answer to {user}'s answer",
+        )
+        return str(reply["text"])
+
     async def redeliver(self, sent: Sent) -> None:
         # Sent again on the same connection: stored concurrently, either answer may come first.
         await self._transmit(sent)
@@ -793,6 +814,15 @@ class DiscordDriver(Driver):
             assert self.state_of(sent), f"{sent.key} was marked queued before it was stored"
         return decision
 
+    async def answer_question(self, user: str, question_id: int, text: str) -> str:
+        interaction = await self.fake.send_interaction(
+            self.users[user],
+            subcommand="answer",
+            options={"question_id": question_id, "answer": text},
+        )
+        reply = await interaction_reply(self.fake, interaction, self.wake, within_s=WAIT_S)
+        return str(reply["content"])
+
     async def redeliver(self, sent: Sent) -> None:
         # Discord is at-least-once: the same MESSAGE_CREATE (same seq) arrives twice.
         frame = await self.fake.redeliver_last_dispatch()
@@ -916,7 +946,12 @@ class DiscordDriver(Driver):
             where, content = f"{call.method} {call.path}", str(call.json["content"])
             if len(content) > self.max_message_chars:
                 problems.append(f"{where}: {len(content)} characters")
-            if call.json.get("allowed_mentions") != {"parse": []}:
+            # The one ping allowed: a batch's authors, on Claude's request or question to them.
+            mentions = dict(call.json.get("allowed_mentions") or {})
+            pinged = {int(u) for u in mentions.pop("users", [])}
+            if mentions.get("replied_user") is False:
+                del mentions["replied_user"]
+            if mentions != {"parse": []} or not pinged <= set(self.users.values()):
                 problems.append(f"{where}: allowed_mentions {call.json.get('allowed_mentions')}")
             if re.search(r"@(everyone|here)", content):
                 problems.append(f"{where}: a mass mention as is: {content[:120]!r}")
@@ -1024,6 +1059,20 @@ class SlackDriver(Driver):
 
         reasons = await self.until(refusals, f"{sent.user}'s mention stored by its ack")
         return dataclasses.replace(sent, accepted=False, reason=reasons[-1])
+
+    async def answer_question(self, user: str, question_id: int, text: str) -> str:
+        start = len(self.fake.calls)
+        envelope = await self.fake.send_slash_command(
+            self.users[user], f"answer {question_id} {text}"
+        )
+        self.envelopes[envelope["envelope_id"]] = envelope
+        reply = await self.until(
+            lambda: next(
+                (c for c in self.fake.calls[start:] if c.method == slack_api.RESPONSE_URL), None
+            ),
+            f"the answer to {user}'s answer",
+        )
+        return html.unescape(str(reply.params.get("text", "")))
 
     async def redeliver(self, sent: Sent) -> None:
         again = await self.fake.redeliver(self._envelope(sent))
@@ -1139,7 +1188,9 @@ class SlackDriver(Driver):
                 problems.append(f"{call.method}: {len(shown)} characters")
             if len(raw) > self.max_message_chars + _SLACK_ESCAPING_CHARS:
                 problems.append(f"{call.method}: {len(raw)} characters, escaped")
-            if _SLACK_SPECIAL.search(raw):
+            # The one ping allowed: a batch's authors, on Claude's request or question to them.
+            authors = {f"<@{user_id}>" for user_id in self.users.values()}
+            if [m for m in _SLACK_SPECIAL.findall(raw) if m not in authors]:
                 problems.append(f"{call.method}: posted unescaped: {raw[:120]!r}")
             unfurls = str(call.params.get("unfurl_links")).lower() != "false"
             if call.method == "chat.postMessage" and unfurls:

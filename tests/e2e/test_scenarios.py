@@ -9,6 +9,7 @@ everything the bot posted (`Driver.rule_problems`).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -345,4 +346,40 @@ async def test_a_usage_limit_holds_the_queue_and_everything_is_answered_once_aft
         assert "the queue is held until" in held[0]
         await d.until(lambda: echo(turns[-1]) in d.answer(during), "the later prompt's answer")
         assert sum(echo(turns[-1]) in t for t in d.texts()) == 1, "answered once"
+        assert d.rule_problems() == []
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_question_open_when_the_bot_is_killed_is_asked_again_and_answered_once(
+    transport: str, fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    async with open_driver(transport, fake_api, tmp_path) as d:
+        assert await d.join("alice")
+        asked = await d.prompt("alice", "TOOL_ASK Which database?")
+        assert asked.accepted
+        (first,) = await d.until(d.open_questions, "Claude's question")
+        await d.kill()
+        await d.restart()
+
+        def asked_again() -> list[int]:
+            return [q for q in d.open_questions() if q != first]
+
+        (second,) = await d.until(asked_again, "the question asked again after the restart")
+        outcome = d.rows("SELECT outcome FROM questions WHERE id = ?", (first,))
+        assert outcome == [("abandoned",)]
+        told = await d.answer_question("alice", second, "2")
+        assert f"question {second}: alice answered: postgres" in told.lower(), told
+        await d.until(lambda: d.prompt_states() == ["done"], "the batch answered", 60)
+
+        answered = [
+            t
+            for t in fake_api.turns
+            if '\\"Which database?\\"=\\"Postgres\\"' in json.dumps(t.body)
+        ]
+        assert len(answered) == 1, "the answer reached Claude once"
+        assert d.open_questions() == []
+        if d.keeps_history:  # a chat thread says why Claude asks again
+            said = f"question {first} was left unanswered: Claude will ask again"
+            assert any(said in n for n in d.notices()), d.notices()
         assert d.rule_problems() == []
