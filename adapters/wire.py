@@ -1,6 +1,6 @@
 """WebSocket protocol v1 (README "The WebSocket protocol (v1)"): every frame both ways, typed.
 
-The one definition of v1, shared by the server (`adapters.websocket`), the `concordia join`
+The one definition of v1, shared by the server (`adapters.web`), the `concordia join`
 client (`adapters.terminal`) and the tests. Parsing never raises, whatever arrives: a frame
 that is not v1 comes back as an `Invalid` value saying why, for the server to answer and the
 client to log. Formatting writes every field of a frame, in the order the README lists them.
@@ -8,19 +8,29 @@ client to log. Formatting writes every field of a frame, in the order the README
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Final, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, PlainValidator, Strict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    PlainSerializer,
+    PlainValidator,
+    Strict,
+    ValidationError,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
 from bot.model import Decision
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "Answer",
     "Approval",
     "ApprovalDone",
     "Approve",
@@ -39,6 +49,10 @@ __all__ = [
     "Join",
     "Output",
     "Prompt",
+    "PromptImage",
+    "Question",
+    "QuestionDone",
+    "QuestionOption",
     "Queued",
     "Rejected",
     "ServerFrame",
@@ -84,6 +98,7 @@ class ClientKind(enum.StrEnum):
     PROMPT = "prompt"
     COMMAND = "command"
     APPROVE = "approve"
+    ANSWER = "answer"
 
 
 class ServerKind(enum.StrEnum):
@@ -99,6 +114,8 @@ class ServerKind(enum.StrEnum):
     SYSTEM = "system"
     APPROVAL = "approval"
     APPROVAL_DONE = "approval_done"
+    QUESTION = "question"
+    QUESTION_DONE = "question_done"
     COMMAND_RESULT = "command_result"
 
 
@@ -124,6 +141,28 @@ def _token(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _base64(value: object) -> bytes:
+    if isinstance(value, bytes):  # built in code, not parsed: already the bytes
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("base64_type", "must be a base64 string")
+    try:
+        # validate: a character outside the alphabet is an error, not skipped.
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):  # ValueError: a character that is not ASCII
+        raise PydanticCustomError(
+            "base64", "is not base64 (A-Z, a-z, 0-9, + and /, padded with =; no data: prefix)"
+        ) from None
+
+
+def _to_base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+Base64Data = Annotated[bytes, PlainValidator(_base64), PlainSerializer(_to_base64, return_type=str)]
+"""Bytes that travel as standard base64 text; anything else in the field is malformed."""
+
+
 # --- client -> server ----------------------------------------------------------------------
 
 
@@ -137,12 +176,23 @@ class Join(_Frame):
     catch_up: bool = False
 
 
+class PromptImage(_Frame):
+    """An image sent with a prompt (pasted into the page). The server checks its bytes are
+    the ``media_type`` they claim and within ``party.max_image_bytes``."""
+
+    name: str
+    media_type: str  # image/png, image/jpeg, image/gif or image/webp
+    data: Base64Data
+
+
 class Prompt(_Frame):
     """A prompt; resending one with the same ``id`` is answered, not stored twice."""
 
     type: Literal[ClientKind.PROMPT] = ClientKind.PROMPT
     id: ClientId
     text: str
+    # None: no images (the field is left out, as every client before images sent it).
+    images: Annotated[tuple[PromptImage, ...], Strict(False)] | None = None
 
 
 class Command(_Frame):
@@ -162,7 +212,17 @@ class Approve(_Frame):
     decision: Annotated[Decision, Strict(False)]
 
 
-ClientFrame = Join | Prompt | Command | Approve
+class Answer(_Frame):
+    """An answer to one of Claude's questions: an option's number, its label or one's own
+    words (for a plan: 1 or Approve approves, anything else rejects, words as feedback).
+    Answered by a `CommandResult` named answer."""
+
+    type: Literal[ClientKind.ANSWER] = ClientKind.ANSWER
+    question_id: int
+    text: str
+
+
+ClientFrame = Join | Prompt | Command | Approve | Answer
 
 # --- server -> client ----------------------------------------------------------------------
 
@@ -175,6 +235,10 @@ class Welcome(_Frame):
     party: str
     name: str  # the name as the party shows it
     role: str  # a Role's value: prompter, approver or host
+    # The limits a prompt's images meet (party.max_image_bytes, websocket.max_frame_bytes),
+    # so a client can refuse one before sending it; None: left out (an older server).
+    max_image_bytes: int | None = None
+    max_frame_bytes: int | None = None
 
 
 class Error(_Frame):
@@ -278,8 +342,41 @@ class ApprovalDone(_Frame):
     text: str
 
 
+class QuestionOption(_Frame):
+    """One answer Claude offers; a `Question`'s options are numbered from 1."""
+
+    label: str
+    description: str
+
+
+class Question(_Frame):
+    """Claude asks the group (a question with options, or to approve its plan, shown just
+    before in the output); also sent on joining while one waits. Answered by `Answer`."""
+
+    type: Literal[ServerKind.QUESTION] = ServerKind.QUESTION
+    question_id: int
+    batch_id: int
+    kind: str  # a QuestionKind value, choice or plan; a reader may meet one it does not know
+    header: str
+    text: str
+    options: Annotated[tuple[QuestionOption, ...], Strict(False)]
+    multi_select: bool  # several options may be chosen: "1, 3"
+    answerers: str  # an Answerers value: authors, members or approvers (plans: approvers)
+    timeout_s: float  # then Claude is told nobody answered
+
+
+class QuestionDone(_Frame):
+    """A question was answered, or nobody answered in time; sent to everyone."""
+
+    type: Literal[ServerKind.QUESTION_DONE] = ServerKind.QUESTION_DONE
+    question_id: int
+    batch_id: int
+    answered: bool
+    text: str  # one line: "alice answered: SQLite"
+
+
 class CommandResult(_Frame):
-    """The answer to a `Command` or an `Approve`."""
+    """The answer to a `Command`, an `Approve` or an `Answer`."""
 
     type: Literal[ServerKind.COMMAND_RESULT] = ServerKind.COMMAND_RESULT
     name: str
@@ -299,6 +396,8 @@ ServerFrame = (
     | System
     | Approval
     | ApprovalDone
+    | Question
+    | QuestionDone
     | CommandResult
 )
 
@@ -313,10 +412,11 @@ class Invalid:
     message: str  # one line, fit to send back or to log
     kind: ClientKind | ServerKind | None = None  # the frame's type, when it is a known one
     field: str = ""  # where its first bad field is, e.g. "sources[0].author"
+    id: str | int | None = None  # a malformed prompt's own id, so its answer can name it
 
     def as_error(self) -> Error:
-        """The error frame that answers it."""
-        return Error(code=self.code, message=self.message)
+        """The error frame that answers it (naming the prompt, when it was one with an id)."""
+        return Error(code=self.code, message=self.message, id=self.id)
 
 
 _CLIENT_FRAMES: Final[Mapping[str, type[ClientFrame]]] = {
@@ -324,6 +424,7 @@ _CLIENT_FRAMES: Final[Mapping[str, type[ClientFrame]]] = {
     ClientKind.PROMPT: Prompt,
     ClientKind.COMMAND: Command,
     ClientKind.APPROVE: Approve,
+    ClientKind.ANSWER: Answer,
 }
 _SERVER_FRAMES: Final[Mapping[str, type[ServerFrame]]] = {
     ServerKind.WELCOME: Welcome,
@@ -336,6 +437,8 @@ _SERVER_FRAMES: Final[Mapping[str, type[ServerFrame]]] = {
     ServerKind.SYSTEM: System,
     ServerKind.APPROVAL: Approval,
     ServerKind.APPROVAL_DONE: ApprovalDone,
+    ServerKind.QUESTION: Question,
+    ServerKind.QUESTION_DONE: QuestionDone,
     ServerKind.COMMAND_RESULT: CommandResult,
 }
 # What the server answers a malformed frame of each kind with.
@@ -345,7 +448,12 @@ _CLIENT_NEEDS: Final[Mapping[ClientKind, str]] = {
     ClientKind.COMMAND: "command needs a name and string args",
     ClientKind.APPROVE: "approve needs an integer approval_id and a decision: "
     "allow, always or deny",
+    ClientKind.ANSWER: "answer needs an integer question_id and a text: an option's number, "
+    "its label or your own words",
 }
+# A prompt's images get the field's own problem, and what an image is.
+_IMAGES_FIELD = "images"
+_IMAGE_SHAPE = "images is a list of {name, media_type, data (base64)}"
 _NOT_AN_OBJECT: Final = "a frame must be one JSON object"
 _SHOWN_TYPE_CHARS: Final = 64
 _PROBLEMS: Final[Mapping[str, str]] = {
@@ -366,7 +474,10 @@ def parse_client_frame(raw: str | bytes) -> ClientFrame | Invalid:
     answer, saying what a frame of its kind needs. Never raises."""
     frame = _parse(raw, _CLIENT_FRAMES)
     if isinstance(frame, Invalid) and isinstance(frame.kind, ClientKind):
-        return Invalid(frame.code, _CLIENT_NEEDS[frame.kind], frame.kind, frame.field)
+        message = _CLIENT_NEEDS[frame.kind]
+        if frame.kind is ClientKind.PROMPT and frame.field.startswith(_IMAGES_FIELD):
+            message = f"{frame.message}; {_IMAGE_SHAPE}"
+        return Invalid(frame.code, message, frame.kind, frame.field, frame.id)
     return frame
 
 
@@ -412,7 +523,17 @@ def _parse(raw: str | bytes, frames: Mapping[str, type[_F]]) -> _F | Invalid:
         error = exc.errors(include_url=False, include_context=False, include_input=False)[0]
         where = _where(error)
         what = _PROBLEMS.get(error["type"], error["msg"])
-        return Invalid(ErrorCode.MALFORMED, f"{known} frame: field {where!r} {what}", known, where)
+        message = f"{known} frame: field {where!r} {what}"
+        return Invalid(ErrorCode.MALFORMED, message, known, where, _prompt_id(known, decoded))
+
+
+def _prompt_id(kind: object, frame: dict[str, object]) -> str | int | None:
+    """A malformed prompt's id when it is a good one: the error answering it names it, so
+    the client can stop waiting for that prompt (one with a bad image, say)."""
+    client_id = frame.get("id")
+    if kind is not ClientKind.PROMPT or isinstance(client_id, bool):
+        return None
+    return client_id if isinstance(client_id, str | int) else None
 
 
 def _unknown_type(kind: object) -> str:

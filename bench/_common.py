@@ -83,7 +83,9 @@ def claude_child(bot: BotProcess) -> psutil.Process | None:
     assert bot.proc is not None
     for child in psutil.Process(bot.proc.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if "claude" in " ".join(child.cmdline()):
+            command = child.cmdline()
+            # The CLI itself, not its helpers (the sandbox's socat proxy names claude too).
+            if command and command[0].endswith("claude"):
                 return child
     return None
 

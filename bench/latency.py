@@ -10,8 +10,9 @@ the fake Anthropic API, WebSocket clients:
   the claude process gone before each prompt): its start is in the figure.
 - bursts: K clients (3-5) each send one prompt within 200 ms, M times; printed is the share
   of bursts that became one batch (the goal: all).
-- footprint: 10 configured parties, one of them used: the claude processes running and the
-  RSS of the bot plus all its children (the goal: one agent process).
+- footprint: 10 configured parties (the terminals' and nine Slack channels', on the fake
+  Slack), one of them used: the claude processes running and the RSS of the bot plus all
+  its children (the goal: one agent process).
 
     python -m bench.latency [--lone 20] [--cold 10] [--bursts 10] [--collect-window-s 1.5]
         [--quiet-gap-s 0.25]
@@ -37,6 +38,7 @@ from bench._common import (
 )
 from tests.e2e.harness import BotProcess, Client
 from tests.fakes.anthropic_api import FakeAnthropic
+from tests.fakes.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack
 
 _TURN_TIMEOUT_S = 60.0
 _BURST_SPREAD_S = 0.2
@@ -66,6 +68,8 @@ async def _cold(bot: BotProcess, api: FakeAnthropic, count: int) -> list[float]:
     waits = []
     try:
         for i in range(count):
+            while not api.requests.empty():  # what earlier runs left: not this prompt's
+                api.requests.get_nowait()
             if (agent := claude_child(bot)) is not None:  # the idle stop ends it
                 await asyncio.to_thread(agent.wait, _TURN_TIMEOUT_S)
             await client.prompt(f"cold-{i}", f"cold prompt {i}")
@@ -84,7 +88,8 @@ def _footprint(bot: BotProcess) -> tuple[int, float]:
     assert bot.proc is not None
     root = psutil.Process(bot.proc.pid)
     processes = [root, *root.children(recursive=True)]
-    agents = sum(1 for p in processes[1:] if "claude" in " ".join(p.cmdline()))
+    # The CLI's own helpers (the sandbox's socat proxy) name claude too: count the CLI alone.
+    agents = sum(1 for p in processes[1:] if p.cmdline()[:1] and p.cmdline()[0].endswith("claude"))
     return agents, sum(p.memory_info().rss for p in processes) / 2**20
 
 
@@ -121,11 +126,12 @@ async def _bursts(bot: BotProcess, api: FakeAnthropic, count: int) -> tuple[int,
 async def _bench(lone: int, cold: int, bursts: int, window_s: float, gap_s: float) -> None:
     party = {"collect_window_s": window_s, "quiet_gap_s": gap_s}
     channels = {f"C{i}": f"team{i}" for i in range(_PARTIES - 1)}  # + the default party
-    async with FakeAnthropic() as api:
+    async with FakeAnthropic() as api, FakeSlack() as slack_api:
         with scratch("concordia-bench-latency-") as root:
-            slack = {"channels": list(channels), "parties": channels}
+            slack = {"channels": list(channels), "parties": channels, "api_url": slack_api.api_url}
             config = bot_config(root, api, party=party, slack=slack)
-            async with BotProcess(config, root) as bot:
+            env = {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_APP_TOKEN": APP_TOKEN}
+            async with BotProcess(config, root, env=env) as bot:
                 waits = await _lone(bot, api, lone)
                 agents, rss_mib = _footprint(bot)
                 whole, sent = await _bursts(bot, api, bursts)

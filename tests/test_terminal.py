@@ -44,6 +44,10 @@ class FakeHost:
       error for "fail…", interrupted for "stop…", else success. After "last words" the
       host closes the connection (1001).
     - "ask…": as otherwise, with an approval and its outcome before the output.
+    - "question…": queued, batch, Claude's question 4 (SQLite or Postgres); the batch goes on
+      once an answer frame comes: its command_result, question_done, the output, done.
+    - "plan…": as otherwise, with plan question 5 and its question_done (nobody answered)
+      before the output.
     - commands: command_result "<name> ok: <args>"; ok is false for /fail.
 
     Every frame received goes to ``received``; the end of a connection puts ``_CLOSED``.
@@ -55,6 +59,7 @@ class FakeHost:
         self._next_prompt_id = 100
         self._next_batch_id = 0
         self._held: list[dict[str, Any]] = []
+        self._asking: tuple[int, str] | None = None  # the batch and prompt a question holds
 
     def url(self, token: str = TOKEN) -> str:
         return f"concordia://127.0.0.1:{self.port}/{token}"
@@ -99,6 +104,28 @@ class FakeHost:
                 )
             elif frame["type"] == "prompt":
                 await self._answer(ws, frame, author=join["name"])
+            elif frame["type"] == "answer":
+                await self._answered(ws, frame, author=join["name"])
+
+    async def _answered(self, ws: ServerConnection, frame: dict[str, Any], author: str) -> None:
+        if self._asking is None or frame["question_id"] != 4:
+            text = f"question {frame['question_id']} is not waiting"
+            await _send(ws, type="command_result", name="answer", ok=False, text=text, public=False)
+            return
+        (batch_id, prompt), self._asking = self._asking, None
+        line = f"{author} answered: {frame['text']}"
+        await _send(
+            ws,
+            type="command_result",
+            name="answer",
+            ok=True,
+            text=f"question 4: {line}",
+            public=False,
+        )
+        await _send(
+            ws, type="question_done", question_id=4, batch_id=batch_id, answered=True, text=line
+        )
+        await self._finish(ws, batch_id, prompt)
 
     async def _answer(self, ws: ServerConnection, frame: dict[str, Any], author: str) -> None:
         text: str = frame["text"]
@@ -155,6 +182,24 @@ class FakeHost:
                 allowed=False,
                 text="denied by bo",
             )
+        if text.startswith("question"):
+            await _send(ws, **_QUESTION, batch_id=batch_id)
+            self._asking = (batch_id, text)
+            return
+        if text.startswith("plan"):
+            await _send(ws, **_PLAN, batch_id=batch_id)
+            line = "nobody answered within 2 s"
+            await _send(
+                ws,
+                type="question_done",
+                question_id=5,
+                batch_id=batch_id,
+                answered=False,
+                text=line,
+            )
+        await self._finish(ws, batch_id, text)
+
+    async def _finish(self, ws: ServerConnection, batch_id: int, text: str) -> None:
         await _send(ws, type="output", batch_id=batch_id, text="echo: ")
         await _send(ws, type="output", batch_id=batch_id, text=text)
         status = "success"
@@ -165,6 +210,36 @@ class FakeHost:
         await _send(ws, type="done", batch_id=batch_id, status=status, detail="")
         if text == "last words":
             await ws.close(1001, "host shutting down")
+
+
+_QUESTION: dict[str, Any] = {
+    "type": "question",
+    "question_id": 4,
+    "kind": "choice",
+    "header": "Database",
+    "text": "Which database?",
+    "options": [
+        {"label": "SQLite", "description": "one file"},
+        {"label": "Postgres", "description": ""},
+    ],
+    "multi_select": False,
+    "answerers": "authors",
+    "timeout_s": 300,
+}
+_PLAN: dict[str, Any] = {
+    "type": "question",
+    "question_id": 5,
+    "kind": "plan",
+    "header": "Plan",
+    "text": "Claude's plan is above.",
+    "options": [
+        {"label": "Approve", "description": "Claude carries out the plan"},
+        {"label": "Reject", "description": "Claude plans again"},
+    ],
+    "multi_select": False,
+    "answerers": "approvers",
+    "timeout_s": 2,
+}
 
 
 async def _send(ws: ServerConnection, **frame: Any) -> None:
@@ -307,6 +382,86 @@ async def test_approvals_are_shown_with_how_to_answer(host: FakeHost) -> None:
     assert "⛔ approval 9: denied by bo" in out
     frames = await host.frames_until_closed()
     assert {"type": "command", "name": "approve", "args": "9 deny"} in frames
+
+
+@pytest.mark.timeout(10)
+async def test_a_question_is_shown_numbered_and_answer_sends_an_answer_frame(
+    host: FakeHost,
+) -> None:
+    console = _console()
+
+    # Piped: the prompt waits for its batch, which waits for the answer sent after it.
+    code = await _join(host.url(), "question db", "/answer 4  Postgres, with WAL ", console=console)
+
+    assert code == EXIT_OK
+    frames = await host.frames_until_closed()
+    assert frames[2] == {"type": "answer", "question_id": 4, "text": "Postgres, with WAL"}
+    out = _printed(console)
+    assert (
+        "❓ question 4 · Database: Which database?\n"
+        "   1. SQLite — one file\n"
+        "   2. Postgres\n"
+        "   answer with /answer 4 <number> or /answer 4 <your own words> (the batch's authors, "
+        "approvers and the host may answer)\n"
+    ) in out
+    assert "question 4: ada answered: Postgres, with WAL\n" in out  # the command_result
+    assert "✅ question 4: ada answered: Postgres, with WAL\n" in out
+    assert "echo: question db\n✓ done" in out
+
+
+@pytest.mark.timeout(10)
+async def test_an_answer_that_is_refused_exits_1(host: FakeHost) -> None:
+    console = _console()
+
+    code = await _join(host.url(), "/answer 12 1", console=console)
+
+    assert code == EXIT_UNANSWERED
+    assert "question 12 is not waiting" in _printed(console)
+
+
+@pytest.mark.timeout(10)
+async def test_an_answer_line_without_an_id_and_words_goes_as_the_command(host: FakeHost) -> None:
+    console = _console()
+
+    code = await _join(host.url(), "/answer soon", "/answer 4", "/ANSWER", console=console)
+
+    assert code == EXIT_OK
+    frames = await host.frames_until_closed()
+    assert frames[1:] == [  # the host's answer command says how to use it
+        {"type": "command", "name": "answer", "args": "soon"},
+        {"type": "command", "name": "answer", "args": "4"},
+        {"type": "command", "name": "answer", "args": ""},
+    ]
+
+
+@pytest.mark.timeout(10)
+async def test_slash_plan_goes_as_a_prompt_for_the_host_to_read(host: FakeHost) -> None:
+    code = await _join(host.url(), "/plan add a users table", "/PLAN", console=_console())
+
+    assert code == EXIT_OK
+    frames = await host.frames_until_closed()
+    assert [(f["type"], f["text"]) for f in frames[1:]] == [
+        ("prompt", "/plan add a users table"),
+        ("prompt", "/PLAN"),
+    ]
+
+
+@pytest.mark.timeout(10)
+async def test_a_plan_says_how_to_approve_or_reject_and_nobody_answering(host: FakeHost) -> None:
+    console = _console()
+
+    code = await _join(host.url(), "plan the schema", console=console)
+
+    assert code == EXIT_OK
+    out = _printed(console)
+    assert (
+        "📋 question 5 · Plan: Claude's plan is above.\n"
+        "   1. Approve — Claude carries out the plan\n"
+        "   2. Reject — Claude plans again\n"
+        "   answer with /answer 5 1 approves; /answer 5 <what to change> rejects it "
+        "(approvers and the host may answer)\n"
+        "⌛ question 5: nobody answered within 2 s\n"
+    ) in out
 
 
 @pytest.mark.timeout(10)

@@ -1,10 +1,12 @@
-"""The built-in transport's HTTP side, served by the real `App` (a `FakeAgent` behind it):
-the page and its headers, `/healthz`, the Origin check, catch-up after a reconnect, TLS,
-and the join throttle by forwarded address and by token attempt."""
+"""The built-in transport, served by the real `App` (a `FakeAgent` behind it): the page and
+its headers, `/healthz`, the Origin check, catch-up after a reconnect, TLS, the join
+throttle by forwarded address and by token attempt, Claude's questions as frames and
+answers, and images in a prompt frame."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -19,24 +21,40 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp.test_utils import make_mocked_request
+from PIL import Image as Pillow
 from rich.console import Console
 from websockets.asyncio.client import connect
 
 from adapters import wire
 from adapters.terminal import EXIT_NOT_JOINED, EXIT_OK, run_join
+from adapters.web.adapter import event_frame, prompt_images
 from adapters.web.http import SECURITY_HEADERS, local_base, origin_allowed
 from bot.config import WebSocketSettings
-from bot.model import BatchStarted, OutputText
+from bot.model import (
+    Answerers,
+    Author,
+    BatchStarted,
+    Image,
+    OutputText,
+    QuestionAsked,
+    QuestionClosed,
+    QuestionKind,
+    QuestionOption,
+)
 from tests.conftest import make_settings
+from tests.fakes.agent import FakeAgent
+from tests.payloads.images import PNG_1PX, PNG_1PX_B64
 from tests.rigs import Rig, open_rig
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp_path: Path, **websocket: object) -> AsyncIterator[Rig]:
+async def rig(
+    tmp_path: Path, /, *, sections: dict[str, dict[str, object]] | None = None, **websocket: object
+) -> AsyncIterator[Rig]:
     settings = make_settings(
-        tmp_path, None, websocket={"host": "127.0.0.1", "port": 0, **websocket}
+        tmp_path, None, websocket={"host": "127.0.0.1", "port": 0, **websocket}, **(sections or {})
     )
     async with open_rig(settings) as opened:
         yield opened
@@ -245,13 +263,13 @@ async def test_concordia_join_over_tls_with_the_ca_and_refused_without(
         joined = await run_join(
             link, "ada", lines=_no_lines(), console=console, interactive=False, cafile=ca_pem
         )
-        assert joined == EXIT_OK, console.file.getvalue()
+        assert joined == EXIT_OK, _printed(console)
         refused_console = Console(file=io.StringIO(), force_terminal=False, width=400)
         refused = await run_join(
             link, "ada", lines=_no_lines(), console=refused_console, interactive=False
         )
         assert refused == EXIT_NOT_JOINED
-        said = refused_console.file.getvalue()
+        said = _printed(refused_console)
         assert "certificate was refused" in said
         assert "--cafile" in said
         assert r.invites.prompter not in said
@@ -268,6 +286,11 @@ async def test_concordia_join_over_tls_with_the_ca_and_refused_without(
 async def _no_lines() -> AsyncIterator[str]:
     return
     yield
+
+
+def _printed(console: Console) -> str:
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
 
 
 @pytest.mark.parametrize(
@@ -313,3 +336,234 @@ def test_only_our_own_page_may_open_the_websocket(
     headers = {"Host": host, **({"Origin": origin} if origin else {})}
     request = make_mocked_request("GET", "/", headers=headers)
     assert origin_allowed(request, {"abc.ngrok.app"}) is allowed
+
+
+# -- Claude's questions and images over the socket ------------------------------------------------
+
+
+ASKED = QuestionAsked(
+    question_id=3,
+    batch_id=2,
+    kind=QuestionKind.PLAN,
+    header="Plan",
+    text="Claude's plan is above.",
+    options=(QuestionOption("Approve", "go"), QuestionOption("Reject")),
+    multi_select=False,
+    answerers=Answerers.APPROVERS,
+    mention=(Author("websocket", "ann", "ann", is_verified=False),),
+    timeout_s=90.0,
+)
+
+
+def test_questions_become_their_frames() -> None:
+    assert event_frame(ASKED) == wire.Question(
+        question_id=3,
+        batch_id=2,
+        kind="plan",
+        header="Plan",
+        text="Claude's plan is above.",
+        options=(
+            wire.QuestionOption(label="Approve", description="go"),
+            wire.QuestionOption(label="Reject", description=""),
+        ),
+        multi_select=False,
+        answerers="approvers",
+        timeout_s=90.0,
+    )
+    closed = QuestionClosed(3, 2, answered=False, text="nobody answered within 90 s")
+    assert event_frame(closed) == wire.QuestionDone(
+        question_id=3, batch_id=2, answered=False, text="nobody answered within 90 s"
+    )
+
+
+def _image(data: bytes, media_type: str = "image/png", name: str = "dot.png") -> wire.PromptImage:
+    return wire.PromptImage(name=name, media_type=media_type, data=data)
+
+
+def _made(kind: str) -> bytes:
+    """A real 2x2 image in Pillow's format ``kind`` (the server opens what it is sent)."""
+    out = io.BytesIO()
+    Pillow.new("RGB", (2, 2), (200, 30, 30)).save(out, format=kind)
+    return out.getvalue()
+
+
+def test_prompt_images_takes_what_its_bytes_say_it_is() -> None:
+    gif, webp = _made("GIF"), _made("WEBP")
+    mislabelled = (_image(PNG_1PX), _image(gif, "image/gif", "a\x1b[31m\n  b.gif"), _image(webp))
+
+    refused = prompt_images(mislabelled, max_image_bytes=1024, max_frame_bytes=4096)
+
+    assert refused == "dot.png is not a image/png image: its bytes are image/webp"
+    labelled = (*mislabelled[:2], _image(webp, "image/webp", ""))
+    taken = prompt_images(labelled, max_image_bytes=1024, max_frame_bytes=4096)
+    assert taken == (
+        Image("dot.png", "image/png", PNG_1PX),
+        Image("a b.gif", "image/gif", gif),  # one plain line: no escape, no line break
+        Image("image 3", "image/webp", webp),  # no name: its place
+    )
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        pytest.param(
+            _image(PNG_1PX + b"\0" * 1024),
+            "dot.png (1,092 bytes) is larger than the 1,024 bytes an image may have "
+            "(party.max_image_bytes); and the whole prompt frame, its images in base64, must "
+            "fit in 4,096 bytes (websocket.max_frame_bytes)",
+            id="too-large",
+        ),
+        pytest.param(_image(b""), "dot.png is empty", id="empty"),
+        pytest.param(
+            _image(b"BM" + b"\0" * 30, "image/bmp"),
+            "dot.png: 'image/bmp' is not an image type Claude reads "
+            "(image/png, image/jpeg, image/gif, image/webp)",
+            id="unknown-type",
+        ),
+        pytest.param(
+            _image(_made("JPEG")),
+            "dot.png is not a image/png image: its bytes are image/jpeg",
+            id="another-type-than-claimed",
+        ),
+        pytest.param(
+            _image(b"<svg onload=alert(1)>", "image/gif"),
+            "dot.png is not an image Claude reads (PNG, JPEG, GIF or WebP)",
+            id="no-image-at-all",
+        ),
+        pytest.param(
+            _image(PNG_1PX[:40]),
+            "dot.png is not an image Claude reads (PNG, JPEG, GIF or WebP)",
+            id="a-png-cut-short",
+        ),
+    ],
+)
+def test_prompt_images_refuses_the_prompt_for_one_bad_image(
+    image: wire.PromptImage, reason: str
+) -> None:
+    assert prompt_images((_image(PNG_1PX), image), max_image_bytes=1024, max_frame_bytes=4096) == (
+        reason
+    )
+
+
+async def expect(ws: Any, kind: str, within_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+    """The next frame of ``kind`` with ``fields``; the frames before it are dropped."""
+    async with asyncio.timeout(within_s):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+                return dict(frame)
+
+
+async def output_until_done(ws: Any, within_s: float = 30.0) -> tuple[str, dict[str, Any]]:
+    """The output text up to the next done frame, and that frame."""
+    said = ""
+    async with asyncio.timeout(within_s):
+        while (frame := json.loads(await ws.recv()))["type"] != "done":
+            said += frame["text"] if frame["type"] == "output" else ""
+    return said, frame
+
+
+def ws_url(r: Rig) -> str:
+    return f"ws://127.0.0.1:{r.app.websocket_port}/"
+
+
+async def test_a_question_is_answered_over_the_socket_first_answer_wins(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        assert isinstance(r.api, FakeAgent)
+        ann, _ = await join(ws_url(r), r.invites.prompter, "ann")
+        bob, _ = await join(ws_url(r), r.invites.prompter, "bob")
+        await ann.send(wire.format_frame(wire.Prompt(id="p1", text="TOOL_ASK Which database?")))
+        asked = await expect(ann, "question")
+        assert asked == {
+            "type": "question",
+            "question_id": asked["question_id"],
+            "batch_id": asked["batch_id"],
+            "kind": "choice",
+            "header": "Choice",
+            "text": "Which database?",
+            "options": [
+                {"label": "SQLite", "description": "one file"},
+                {"label": "Postgres", "description": "a server"},
+            ],
+            "multi_select": False,
+            "answerers": "authors",
+            "timeout_s": 60.0,  # questions.timeout_s 0: as long as the turn may run
+        }
+        assert (await expect(bob, "question"))["question_id"] == asked["question_id"]
+        # A late joiner is shown the question still waiting, right after its welcome.
+        cy, _ = await join(ws_url(r), r.invites.host, "cy")
+        assert json.loads(await asyncio.wait_for(cy.recv(), 10)) == asked
+
+        answer = wire.Answer(question_id=asked["question_id"], text="2")
+        await bob.send(wire.format_frame(answer))  # not an author of this batch
+        refused = await expect(bob, "command_result", name="answer")
+        assert not refused["ok"]
+        assert "only the authors of this batch, approvers and the host" in refused["text"]
+        await ann.send('{"type": "answer", "question_id": "one", "text": "2"}')
+        assert (await expect(ann, "error"))["code"] == "malformed"
+        await ann.send(wire.format_frame(answer))
+        taken = await expect(ann, "command_result", name="answer")
+        assert taken["ok"]
+        assert taken["text"] == f"question {asked['question_id']}: ann answered: Postgres"
+        for ws in (ann, bob, cy):
+            closed = await expect(ws, "question_done")
+            assert closed == {
+                "type": "question_done",
+                "question_id": asked["question_id"],
+                "batch_id": asked["batch_id"],
+                "answered": True,
+                "text": "ann answered: Postgres",
+            }
+        await cy.send(wire.format_frame(wire.Answer(question_id=asked["question_id"], text="1")))
+        late = await expect(cy, "command_result", name="answer")
+        assert (late["ok"], late["text"]) == (
+            False,
+            f"question {asked['question_id']} is not waiting",
+        )
+        said, done = await output_until_done(ann)
+        assert said.endswith('TOOL RESULT: {"Which database?": "Postgres"}')
+        assert (done["batch_id"], done["status"]) == (asked["batch_id"], "success")
+        for ws in (ann, bob, cy):
+            await ws.close()
+
+
+async def test_the_welcome_gives_the_image_limits_and_images_reach_the_agent(
+    tmp_path: Path,
+) -> None:
+    sections: dict[str, dict[str, object]] = {"party": {"max_image_bytes": 1024}}
+    async with rig(tmp_path, sections=sections, max_frame_bytes=8192) as r:
+        assert isinstance(r.api, FakeAgent)
+        ann, welcome = await join(ws_url(r), r.invites.prompter, "ann")
+        assert (welcome["max_image_bytes"], welcome["max_frame_bytes"]) == (1024, 8192)
+
+        def prompt(client_id: str, *images: dict[str, object]) -> str:
+            frame = {"type": "prompt", "id": client_id, "text": "what is it?", "images": images}
+            return json.dumps(frame)
+
+        dot: dict[str, object] = {"name": "dot.png", "media_type": "image/png", "data": PNG_1PX_B64}
+        big = base64.b64encode(PNG_1PX + b"\0" * 1000).decode()
+        await ann.send(prompt("jpeg", dot | {"media_type": "image/jpeg"}))
+        assert (await expect(ann, "rejected", id="jpeg"))["reason"] == (
+            "dot.png is not a image/jpeg image: its bytes are image/png"
+        )
+        await ann.send(prompt("big", dot, dot | {"name": "big.png", "data": big}))
+        reason = (await expect(ann, "rejected", id="big"))["reason"]
+        assert "big.png (1,068 bytes) is larger than the 1,024 bytes" in reason
+        assert "party.max_image_bytes" in reason
+        assert "8,192 bytes (websocket.max_frame_bytes)" in reason
+        await ann.send(prompt("b64", dot | {"data": "not base64!"}))
+        error = await expect(ann, "error")
+        assert (error["code"], error["id"]) == ("malformed", "b64")
+        assert "images[0].data" in error["message"]
+        assert r.api.turns == []  # none of them reached Claude
+
+        await ann.send(prompt("ok", dot, dot | {"name": "two.png"}))
+        assert (await expect(ann, "queued", id="ok"))["duplicate"] is False
+        assert (await expect(ann, "done"))["status"] == "success"
+        (turn,) = r.api.turns
+        assert turn.images == (
+            Image("dot.png", "image/png", PNG_1PX),
+            Image("two.png", "image/png", PNG_1PX),
+        )
+        assert "1. dot.png from ann; 2. two.png from ann" in turn.user_text
+        await ann.close()

@@ -10,6 +10,7 @@ import pytest
 
 from adapters import wire
 from bot.model import Decision
+from tests.payloads.images import PNG_1PX, PNG_1PX_B64
 
 # Each frame with the JSON the server and client sent before wire.py, keys in that order.
 SERVER_FRAMES: list[tuple[wire.ServerFrame, dict[str, Any]]] = [
@@ -90,6 +91,67 @@ SERVER_FRAMES: list[tuple[wire.ServerFrame, dict[str, Any]]] = [
         wire.CommandResult(name="status", ok=True, text="idle", public=False),
         {"type": "command_result", "name": "status", "ok": True, "text": "idle", "public": False},
     ),
+    # Added to v1 later; the frames above stay as they were.
+    (
+        wire.Welcome(
+            protocol=1,
+            party="p-7",
+            name="ada",
+            role="prompter",
+            max_image_bytes=3_750_000,
+            max_frame_bytes=2_097_152,
+        ),
+        {
+            "type": "welcome",
+            "protocol": 1,
+            "party": "p-7",
+            "name": "ada",
+            "role": "prompter",
+            "max_image_bytes": 3_750_000,
+            "max_frame_bytes": 2_097_152,
+        },
+    ),
+    (
+        wire.Question(
+            question_id=5,
+            batch_id=4,
+            kind="choice",
+            header="Database",
+            text="Which database?",
+            options=(
+                wire.QuestionOption(label="SQLite", description="one file"),
+                wire.QuestionOption(label="Postgres", description=""),
+            ),
+            multi_select=False,
+            answerers="authors",
+            timeout_s=300.0,
+        ),
+        {
+            "type": "question",
+            "question_id": 5,
+            "batch_id": 4,
+            "kind": "choice",
+            "header": "Database",
+            "text": "Which database?",
+            "options": [
+                {"label": "SQLite", "description": "one file"},
+                {"label": "Postgres", "description": ""},
+            ],
+            "multi_select": False,
+            "answerers": "authors",
+            "timeout_s": 300.0,
+        },
+    ),
+    (
+        wire.QuestionDone(question_id=5, batch_id=4, answered=True, text="ada answered: SQLite"),
+        {
+            "type": "question_done",
+            "question_id": 5,
+            "batch_id": 4,
+            "answered": True,
+            "text": "ada answered: SQLite",
+        },
+    ),
 ]
 
 CLIENT_FRAMES: list[tuple[wire.ClientFrame, dict[str, Any]]] = [
@@ -106,6 +168,27 @@ CLIENT_FRAMES: list[tuple[wire.ClientFrame, dict[str, Any]]] = [
         wire.Approve(approval_id=9, decision=Decision.ALWAYS),
         {"type": "approve", "approval_id": 9, "decision": "always"},
     ),
+    (
+        wire.Answer(question_id=5, text="SQLite, in WAL mode"),
+        {"type": "answer", "question_id": 5, "text": "SQLite, in WAL mode"},
+    ),
+    (
+        wire.Prompt(
+            id="ada-2",
+            text="what is this?",
+            images=(wire.PromptImage(name="dot.png", media_type="image/png", data=PNG_1PX),),
+        ),
+        {
+            "type": "prompt",
+            "id": "ada-2",
+            "text": "what is this?",
+            "images": [{"name": "dot.png", "media_type": "image/png", "data": PNG_1PX_B64}],
+        },
+    ),
+]
+ALL_FRAMES: list[tuple[wire.ServerFrame | wire.ClientFrame, dict[str, Any]]] = [
+    *SERVER_FRAMES,
+    *CLIENT_FRAMES,
 ]
 
 # json.loads recurses once per level: this is deeper than any interpreter stack.
@@ -118,8 +201,10 @@ def test_every_kind_has_a_sample() -> None:
     assert {frame.type for frame, _ in CLIENT_FRAMES} == set(wire.ClientKind)
 
 
-@pytest.mark.parametrize(("frame", "expected"), SERVER_FRAMES + CLIENT_FRAMES)
-def test_format_writes_todays_json(frame: wire.ServerFrame, expected: dict[str, Any]) -> None:
+@pytest.mark.parametrize(("frame", "expected"), ALL_FRAMES)
+def test_format_writes_todays_json(
+    frame: wire.ServerFrame | wire.ClientFrame, expected: dict[str, Any]
+) -> None:
     assert wire.format_frame(frame) == json.dumps(expected, ensure_ascii=False)
 
 
@@ -138,13 +223,13 @@ def test_client_frames_parse_back(frame: wire.ClientFrame, expected: dict[str, A
 def test_every_kind_is_known_to_its_parser() -> None:
     # Every kind needs a field, so each is malformed, not unknown, when it has none.
     for server_kind in wire.ServerKind:
-        parsed = wire.parse_server_frame(json.dumps({"type": server_kind}))
-        assert isinstance(parsed, wire.Invalid)
-        assert (parsed.code, parsed.kind) == (wire.ErrorCode.MALFORMED, server_kind)
+        from_server = wire.parse_server_frame(json.dumps({"type": server_kind}))
+        assert isinstance(from_server, wire.Invalid)
+        assert (from_server.code, from_server.kind) == (wire.ErrorCode.MALFORMED, server_kind)
     for client_kind in wire.ClientKind:
-        parsed = wire.parse_client_frame(json.dumps({"type": client_kind}))
-        assert isinstance(parsed, wire.Invalid)
-        assert (parsed.code, parsed.kind) == (wire.ErrorCode.MALFORMED, client_kind)
+        from_client = wire.parse_client_frame(json.dumps({"type": client_kind}))
+        assert isinstance(from_client, wire.Invalid)
+        assert (from_client.code, from_client.kind) == (wire.ErrorCode.MALFORMED, client_kind)
 
 
 def test_an_error_without_id_leaves_it_out_and_one_with_id_keeps_it() -> None:
@@ -279,6 +364,24 @@ def test_a_frame_nested_almost_to_the_limit_is_still_answered() -> None:
             "approve needs an integer approval_id and a decision: allow, always or deny",
         ),
         ({"token": "t", "name": 5}, "name", "join needs a string name"),
+        (
+            {"question_id": "1", "text": "1"},
+            "question_id",
+            "answer needs an integer question_id and a text: an option's number, its label "
+            "or your own words",
+        ),
+        (
+            {"question_id": 1, "text": 1},
+            "text",
+            "answer needs an integer question_id and a text: an option's number, its label "
+            "or your own words",
+        ),
+        (
+            {"question_id": 1.5},
+            "question_id",
+            "answer needs an integer question_id and a text: an option's number, its label "
+            "or your own words",
+        ),
     ],
 )
 def test_a_client_frame_with_a_bad_field_is_malformed_with_todays_answer(
@@ -286,19 +389,167 @@ def test_a_client_frame_with_a_bad_field_is_malformed_with_todays_answer(
 ) -> None:
     kinds = {
         "id": "prompt",
-        "text": "prompt",
+        "text": "answer" if "question_id" in frame else "prompt",
         "args": "command",
         "name": "command",
         "approval_id": "approve",
         "decision": "approve",
+        "question_id": "answer",
     }
     kind = "join" if "token" in frame else kinds[field]
+    # A prompt's error names the prompt when its own id is a good one.
+    prompt_id = frame.get("id") if kind == "prompt" and isinstance(frame.get("id"), str) else None
 
     parsed = wire.parse_client_frame(json.dumps({"type": kind, **frame}))
 
-    assert parsed == wire.Invalid(wire.ErrorCode.MALFORMED, message, wire.ClientKind(kind), field)
+    assert parsed == wire.Invalid(
+        wire.ErrorCode.MALFORMED, message, wire.ClientKind(kind), field, prompt_id
+    )
     assert isinstance(parsed, wire.Invalid)
-    assert parsed.as_error() == wire.Error(code="malformed", message=message)
+    assert parsed.as_error() == wire.Error(code="malformed", message=message, id=prompt_id)
+
+
+def _prompt_with(images: object, client_id: object = "ada-3") -> str:
+    return json.dumps({"type": "prompt", "id": client_id, "text": "look", "images": images})
+
+
+_IMAGE_SHAPE = "images is a list of {name, media_type, data (base64)}"
+_NOT_BASE64 = "is not base64 (A-Z, a-z, 0-9, + and /, padded with =; no data: prefix)"
+
+
+@pytest.mark.parametrize(
+    ("images", "field", "problem"),
+    [
+        pytest.param({}, "images", "must be a list", id="not-a-list"),
+        pytest.param("iVBOR", "images", "must be a list", id="a-string"),
+        pytest.param([5], "images[0]", "must be an object", id="not-an-object"),
+        pytest.param(
+            [{"name": "a.png", "data": PNG_1PX_B64}],
+            "images[0].media_type",
+            "is missing",
+            id="no-media-type",
+        ),
+        pytest.param(
+            [{"name": "a.png", "media_type": "image/png"}],
+            "images[0].data",
+            "is missing",
+            id="no-data",
+        ),
+        pytest.param(
+            [{"name": 7, "media_type": "image/png", "data": PNG_1PX_B64}],
+            "images[0].name",
+            "must be a string",
+            id="name-not-a-string",
+        ),
+        pytest.param(
+            [{"name": "a.png", "media_type": "image/png", "data": 12}],
+            "images[0].data",
+            "must be a base64 string",
+            id="data-not-a-string",
+        ),
+        pytest.param(
+            [{"name": "a.png", "media_type": "image/png", "data": "iVBOR!w0K"}],
+            "images[0].data",
+            _NOT_BASE64,
+            id="outside-the-alphabet",
+        ),
+        pytest.param(
+            [{"name": "a.png", "media_type": "image/png", "data": PNG_1PX_B64[:-1]}],
+            "images[0].data",
+            _NOT_BASE64,
+            id="bad-padding",
+        ),
+        pytest.param(
+            [{"name": "a.png", "media_type": "image/png", "data": "data:image/png;base64,AA=="}],
+            "images[0].data",
+            _NOT_BASE64,
+            id="a-data-url",
+        ),
+        pytest.param(
+            [{"name": "a.png", "media_type": "image/png", "data": "ÿØÿ"}],
+            "images[0].data",
+            _NOT_BASE64,
+            id="not-ascii",
+        ),
+        pytest.param(
+            [
+                {"name": "a.png", "media_type": "image/png", "data": PNG_1PX_B64},
+                {"name": "b.png", "media_type": "image/png", "data": PNG_1PX_B64 + "\n"},
+            ],
+            "images[1].data",
+            _NOT_BASE64,
+            id="the-second-one-with-a-line-break",
+        ),
+    ],
+)
+def test_a_prompt_with_bad_images_is_malformed_naming_the_field_and_the_prompt(
+    images: object, field: str, problem: str
+) -> None:
+    parsed = wire.parse_client_frame(_prompt_with(images))
+
+    message = f"prompt frame: field {field!r} {problem}; {_IMAGE_SHAPE}"
+    assert parsed == wire.Invalid(
+        wire.ErrorCode.MALFORMED, message, wire.ClientKind.PROMPT, field, "ada-3"
+    )
+    assert isinstance(parsed, wire.Invalid)
+    assert parsed.as_error() == wire.Error(code="malformed", message=message, id="ada-3")
+
+
+def test_a_bad_prompt_with_a_bad_id_names_no_prompt() -> None:
+    for client_id in (True, 1.5, None, ["x"]):
+        parsed = wire.parse_client_frame(_prompt_with({}, client_id))
+        assert isinstance(parsed, wire.Invalid)
+        assert parsed.id is None
+        assert "id" not in json.loads(wire.format_frame(parsed.as_error()))
+    numbered = wire.parse_client_frame(_prompt_with({}, 12))
+    assert isinstance(numbered, wire.Invalid)
+    assert json.loads(wire.format_frame(numbered.as_error()))["id"] == 12
+
+
+def test_a_prompt_without_images_reads_as_none_and_writes_as_before() -> None:
+    for raw in ('{"type":"prompt","id":1,"text":"x"}', _prompt_with(None, 1)):
+        prompt = wire.parse_client_frame(raw)
+        assert prompt == wire.Prompt(id=1, text="x" if "look" not in raw else "look")
+        assert isinstance(prompt, wire.Prompt)
+        assert prompt.images is None
+        assert "images" not in wire.format_frame(prompt)
+    empty = wire.parse_client_frame(_prompt_with([], 1))
+    assert isinstance(empty, wire.Prompt)
+    assert empty.images == ()
+
+
+def test_image_bytes_are_decoded_once_and_any_type_is_left_to_the_server() -> None:
+    # The parser checks the shape and the base64; what the bytes are is the server's check.
+    raw = _prompt_with(
+        [
+            {"name": "dot.png", "media_type": "image/png", "data": PNG_1PX_B64, "x": 1},
+            {"name": "", "media_type": "image/bmp", "data": ""},
+        ]
+    )
+
+    prompt = wire.parse_client_frame(raw)
+
+    assert isinstance(prompt, wire.Prompt)
+    assert prompt.images == (
+        wire.PromptImage(name="dot.png", media_type="image/png", data=PNG_1PX),
+        wire.PromptImage(name="", media_type="image/bmp", data=b""),
+    )
+
+
+def test_a_question_frame_keeps_a_kind_it_does_not_know() -> None:
+    # A newer server may ask in a new way; a reader shows what it can.
+    question = next(dict(e) for f, e in SERVER_FRAMES if f.type is wire.ServerKind.QUESTION)
+    question.update(kind="poll", answerers="everyone", timeout_s=30, options=[])
+
+    parsed = wire.parse_server_frame(json.dumps(question))
+
+    assert isinstance(parsed, wire.Question)
+    assert (parsed.kind, parsed.answerers, parsed.timeout_s, parsed.options) == (
+        "poll",
+        "everyone",
+        30.0,
+        (),
+    )
 
 
 @pytest.mark.parametrize(

@@ -60,8 +60,21 @@ BAD_TOKEN_CLOSE_WAIT_S = 2.0
 """After an `error` with code bad_token, how long we wait for the host's close 4001."""
 
 _QUIT_COMMANDS = frozenset({"quit", "exit"})
+# `/plan <ask>` is a prompt the host reads: Claude plans first and the group approves.
+_PROMPT_COMMANDS = frozenset({"plan"})
 # "/status", "/cancel 3"; "/etc/hosts is broken" is a prompt, not a command.
 _COMMAND_LINE = re.compile(r"/(?P<name>[A-Za-z][A-Za-z0-9_-]*)(?:\s+(?P<args>.*))?", re.DOTALL)
+_ANSWER_COMMAND = "answer"
+# "/answer 3 2", "/answer 3 SQLite, but in WAL mode"; anything else goes to the host as the
+# command it is, and the host answers with how to use it.
+_ANSWER_ARGS = re.compile(r"(?P<id>\d{1,18})\s+(?P<text>\S.*)", re.DOTALL)
+# Who may answer a question, as a `question` frame's ``answerers`` says.
+_ANSWERERS = {
+    "authors": "the batch's authors, approvers and the host may answer",
+    "members": "anyone in the party may answer",
+    "approvers": "approvers and the host may answer",
+}
+_PLAN_KIND = "plan"
 
 
 # --- the host's frames (adapters.wire parses them) --------------------------------------------
@@ -93,15 +106,24 @@ class _CommandLine:
     args: str
 
 
+@dataclass(frozen=True, slots=True)
+class _AnswerLine:
+    """``/answer <id> <number, label or words>``: sent as an `answer` frame."""
+
+    question_id: int
+    text: str
+
+
 class _Quit(enum.Enum):
     QUIT = "quit"
 
 
-_Line = _PromptLine | _CommandLine | _Quit | None
+_Line = _PromptLine | _CommandLine | _AnswerLine | _Quit | None
 
 
 def _parse_line(line: str) -> _Line:
-    """Blank → None; ``/quit``/``/exit`` → quit; ``/word rest`` → command; else a prompt."""
+    """Blank → None; ``/quit``/``/exit`` → quit; ``/answer <id> <words>`` → an answer;
+    ``/plan …`` and anything not ``/word rest`` → a prompt; else a command."""
     text = line.strip()
     if not text:
         return None
@@ -111,7 +133,12 @@ def _parse_line(line: str) -> _Line:
     name = match["name"].lower()
     if name in _QUIT_COMMANDS:
         return _Quit.QUIT
-    return _CommandLine(name=name, args=(match["args"] or "").strip())
+    if name in _PROMPT_COMMANDS:
+        return _PromptLine(text)
+    args = (match["args"] or "").strip()
+    if name == _ANSWER_COMMAND and (answer := _ANSWER_ARGS.fullmatch(args)):
+        return _AnswerLine(int(answer["id"]), answer["text"])
+    return _CommandLine(name=name, args=args)
 
 
 # --- what the reader tells the line task ---------------------------------------------------
@@ -205,6 +232,29 @@ class _Screen:
                 self.line(f"⏹ ended ({frame.status})", "yellow")
             case _:
                 assert_never(status)
+
+    def question(self, frame: wire.Question) -> None:
+        """Claude's question, its numbered options, and how to answer it."""
+        is_plan = frame.kind == _PLAN_KIND
+        mark = "📋" if is_plan else "❓"
+        header = f" · {frame.header}" if frame.header else ""
+        self.line(f"{mark} question {frame.question_id}{header}: {frame.text}", "bold blue")
+        for n, option in enumerate(frame.options, 1):
+            about = f" — {option.description}" if option.description else ""
+            self.line(f"   {n}. {option.label}{about}", "blue")
+        answer = f"/answer {frame.question_id}"
+        if is_plan:
+            how = f"{answer} 1 approves; {answer} <what to change> rejects it"
+        elif frame.multi_select:
+            how = f"{answer} <numbers, as 1, 2> or {answer} <your own words>"
+        else:
+            how = f"{answer} <number> or {answer} <your own words>"
+        who = _ANSWERERS.get(frame.answerers, "")
+        self.line(f"   answer with {how}" + (f" ({who})" if who else ""), "dim")
+
+    def question_done(self, frame: wire.QuestionDone) -> None:
+        mark = "✅" if frame.answered else "⌛"
+        self.line(f"{mark} question {frame.question_id}: {frame.text}", "blue")
 
     def stop_spinner(self) -> None:
         """Idempotent; the spinner must be gone before any other text is written."""
@@ -322,6 +372,10 @@ class _Reader:
             case wire.ApprovalDone():
                 mark = "✅" if frame.allowed else "⛔"
                 self._screen.line(f"{mark} approval {frame.approval_id}: {frame.text}", "magenta")
+            case wire.Question():
+                self._screen.question(frame)
+            case wire.QuestionDone():
+                self._screen.question_done(frame)
             case wire.CommandResult():
                 self._screen.line(frame.text, "" if frame.ok else "red")
                 self._notify(_CommandAnswered(is_ok=frame.ok))
@@ -358,6 +412,10 @@ async def _send_lines(
                 case _CommandLine(name=name, args=args):
                     commands_waiting += 1
                     await ws.send(wire.format_frame(wire.Command(name=name, args=args)))
+                case _AnswerLine(question_id=question_id, text=text):
+                    commands_waiting += 1  # answered by a command_result named answer
+                    answer = wire.Answer(question_id=question_id, text=text)
+                    await ws.send(wire.format_frame(answer))
                 case _PromptLine(text=text):
                     count += 1
                     client_id = f"{id_prefix}{count}"

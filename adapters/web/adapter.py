@@ -35,6 +35,7 @@ from adapters.web.http import (
 )
 from adapters.web.share import Tunnel
 from bot.config import WebSocketSettings
+from bot.images import IMAGE_TYPES, check_image, image_refusal
 from bot.invite import JoinAddress
 from bot.model import (
     Accepted,
@@ -45,17 +46,20 @@ from bot.model import (
     BatchStarted,
     Command,
     CommandResult,
+    Image,
     Notice,
     OutputText,
     PartyEvent,
     Prompt,
+    QuestionAsked,
+    QuestionClosed,
     Rejected,
 )
 from bot.pace import AttemptThrottle
 from bot.party import IdentityTaken, Party
-from bot.safety import clean_name
+from bot.safety import clean_name, strip_controls
 
-__all__ = ["PLATFORM", "WebAdapter", "event_frame"]
+__all__ = ["PLATFORM", "WebAdapter", "event_frame", "prompt_images"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,7 @@ _MAX_HELD_REFUSALS = 8
 # Pings keep a tunnel's idle connection open and find a dead one.
 _HEARTBEAT_S = 20.0
 _REPLAY_MAX_CHARS = 4_000_000  # a running batch's output kept for late joiners
+_IMAGE_NAME_CHARS = 100  # an image's name is quoted to Claude and in the batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +195,63 @@ def event_frame(event: PartyEvent) -> wire.ServerFrame:
                 allowed=event.allowed,
                 text=event.text,
             )
+        case QuestionAsked():
+            return wire.Question(
+                question_id=event.question_id,
+                batch_id=event.batch_id,
+                kind=event.kind.value,
+                header=event.header,
+                text=event.text,
+                options=tuple(
+                    wire.QuestionOption(label=o.label, description=o.description)
+                    for o in event.options
+                ),
+                multi_select=event.multi_select,
+                answerers=event.answerers.value,
+                timeout_s=event.timeout_s,
+            )
+        case QuestionClosed():
+            return wire.QuestionDone(
+                question_id=event.question_id,
+                batch_id=event.batch_id,
+                answered=event.answered,
+                text=event.text,
+            )
         case _:
             assert_never(event)
+
+
+def prompt_images(
+    images: tuple[wire.PromptImage, ...], *, max_image_bytes: int, max_frame_bytes: int
+) -> tuple[Image, ...] | str:
+    """A prompt frame's images as the party takes them, or why the prompt is refused.
+
+    Fail closed: one image of a type Claude does not read, whose bytes are not the type it
+    claims, or over ``max_image_bytes`` refuses the whole prompt (its sender can fix it and
+    send again); nothing is dropped silently. Names are made one plain line."""
+    taken: list[Image] = []
+    for n, image in enumerate(images, 1):
+        name = " ".join(strip_controls(image.name).split())[:_IMAGE_NAME_CHARS] or f"image {n}"
+        if refusal := image_refusal(name, len(image.data), max_image_bytes):
+            if len(image.data) > max_image_bytes:
+                # Both limits hold: one shrunk under the first must still fit the second.
+                refusal += (
+                    f"; and the whole prompt frame, its images in base64, must fit in "
+                    f"{max_frame_bytes:,} bytes (websocket.max_frame_bytes)"
+                )
+            return refusal
+        if image.media_type not in IMAGE_TYPES:
+            return (
+                f"{name}: {image.media_type[:40]!r} is not an image type Claude reads "
+                f"({', '.join(IMAGE_TYPES)})"
+            )
+        checked = check_image(name, image.data, max_image_bytes)
+        if checked.refusal:
+            return checked.refusal
+        if checked.media_type != image.media_type:
+            return f"{name} is not a {image.media_type} image: its bytes are {checked.media_type}"
+        taken.append(Image(name, image.media_type, image.data))
+    return tuple(taken)
 
 
 def _result_frame(result: CommandResult) -> wire.CommandResult:
@@ -317,8 +377,11 @@ class WebAdapter:
         if catch_up:
             for frame in self._replay.frames():
                 client.send(frame)
-        for approval in self._party.waiting_approvals():  # asked before this client joined
+        # Asked before this client joined: they wait for someone to decide or answer.
+        for approval in self._party.waiting_approvals():
             client.deliver(approval)
+        for question in self._party.waiting_questions():
+            client.deliver(question)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(client.pump(), name="ws-sender")
@@ -375,7 +438,12 @@ class WebAdapter:
         # bad tokens through the shared tunnel address must not lock the team out.
         self._throttle.succeeded(source)
         welcome = wire.Welcome(
-            protocol=wire.PROTOCOL_VERSION, party=self._party.name, name=name, role=role.value
+            protocol=wire.PROTOCOL_VERSION,
+            party=self._party.name,
+            name=name,
+            role=role.value,
+            max_image_bytes=self._party.max_image_bytes,
+            max_frame_bytes=self._settings.max_frame_bytes,
         )
         with contextlib.suppress(ConnectionResetError):
             await ws.send_str(wire.format_frame(welcome))
@@ -423,6 +491,9 @@ class WebAdapter:
                 case wire.Approve(approval_id=approval_id, decision=decision):
                     result = await self._party.decide(approval_id, client.author, decision)
                     client.send(_result_frame(result))
+                case wire.Answer(question_id=question_id, text=text):
+                    result = await self._party.answer(question_id, client.author, text)
+                    client.send(_result_frame(result))
                 case wire.Command(name=name, args=args):
                     if in_flight:
                         await asyncio.wait(in_flight)
@@ -456,7 +527,16 @@ class WebAdapter:
     async def _prompt(self, client: _Client, frame: wire.Prompt) -> None:
         # The client id is scoped by the participant, so two clients cannot collide.
         source_id = f"{PLATFORM}:{client.author.user_id}:{frame.id}"
-        submission = await self._party.submit(Prompt(source_id, client.author, frame.text))
+        images = prompt_images(
+            frame.images or (),
+            max_image_bytes=self._party.max_image_bytes,
+            max_frame_bytes=self._settings.max_frame_bytes,
+        )
+        if isinstance(images, str):
+            client.send(wire.Rejected(id=frame.id, reason=images))
+            return
+        prompt = Prompt(source_id, client.author, frame.text, images=images)
+        submission = await self._party.submit(prompt)
         match submission:
             case Accepted(prompt_id=prompt_id, position=position, is_duplicate=is_duplicate):
                 client.send(

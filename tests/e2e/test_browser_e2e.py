@@ -15,7 +15,9 @@ going reconnecting → connected) is recorded by a MutationObserver installed in
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from tests.e2e.harness import BotProcess, Client
 from tests.e2e.test_hostile import ENV_SECRET, ENV_SECRET_NAME, STATIC_VALUES, token_values
 from tests.fakes.anthropic_api import FakeAnthropic
 from tests.hostile_corpus import CONTROL_CHARS, Case, load
+from tests.payloads.images import PNG_1PX, PNG_1PX_B64
 from tests.waits import until
 
 pytestmark = [pytest.mark.claude, pytest.mark.timeout(120)]
@@ -76,10 +79,12 @@ def js(driver: WebDriver, script: str, *args: Any) -> Any:
 
 def batch_state(driver: WebDriver, batch_id: int, selector: str = "") -> dict[str, Any]:
     """What the page shows of one batch: its status, sources, output text, how many cards,
-    and how many elements of its output match ``selector``.
+    how many elements of its output match ``selector``, and how many batches still have
+    output waiting to be rendered (``pending``).
 
     Read two animation frames later: the page renders output at the next frame, so a done
-    frame can set the status before the last delta is on screen.
+    frame can set the status before the last delta is on screen (and a render that took
+    long puts the next one off a few frames: ``pending`` says so).
     """
     return dict(
         driver.execute_async_script(
@@ -95,6 +100,7 @@ def batch_state(driver: WebDriver, batch_id: int, selector: str = "") -> dict[st
                 sources: card ? card.querySelector(".sources").textContent : "",
                 output: output ? output.textContent : "",
                 matches: output && selector ? output.querySelectorAll(selector).length : 0,
+                pending: window.concordiaDebug.pendingRenders(),
               });
             }));
             """,
@@ -107,12 +113,14 @@ def batch_state(driver: WebDriver, batch_id: int, selector: str = "") -> dict[st
 def wait_done(
     driver: WebDriver, batch_id: int, status: str = "success", selector: str = ""
 ) -> dict[str, Any]:
-    """Wait until the page shows ``batch_id`` ended; its state, once its status is ``status``."""
-    shown = wait_for(
-        driver,
-        lambda d: (s := batch_state(d, batch_id, selector))["status"] and s,
-        what=f"batch {batch_id} ended",
-    )
+    """Wait until the page shows ``batch_id`` ended, its output all rendered; its state, once
+    its status is ``status``."""
+
+    def ended(d: WebDriver) -> dict[str, Any]:
+        shown = batch_state(d, batch_id, selector)
+        return shown if shown["status"] and not shown["pending"] else {}
+
+    shown = wait_for(driver, ended, what=f"batch {batch_id} ended")
     assert shown["status"] == status, shown
     return shown
 
@@ -349,6 +357,202 @@ async def test_an_approver_allows_a_tool_call_from_the_page(
         assert_whoami(host, "hana", "host")
         assert_whoami(pia, "pia", "prompter")
         no_console_problems(host, pia)
+
+
+# -- 2b. Claude's question answered from the page --------------------------------------------------
+
+
+def question_on(page: WebDriver, resolved: bool = False) -> dict[str, Any]:
+    """What the page shows of the first question card (once it is resolved, if asked)."""
+    return dict(
+        wait_for(
+            page,
+            lambda d: js(
+                d,
+                """const [resolved] = arguments;
+                const q = document.querySelector(".batch .question");
+                if (!q || (resolved && !q.dataset.resolved)) return null;
+                const outputs = [...q.closest(".batch").querySelectorAll(".output")];
+                return {id: q.dataset.questionId, kind: q.dataset.kind,
+                  answered: q.dataset.answered || null,
+                  text: q.querySelector(".question-text").textContent,
+                  meta: q.querySelector(".question-meta").textContent,
+                  options: [...q.querySelectorAll("button.option")].map(
+                    b => [b.dataset.option, b.querySelector(".option-label").textContent]),
+                  controls: q.querySelectorAll("button, input").length,
+                  waiting: (q.querySelector(".waiting") || {}).textContent || "",
+                  result: q.querySelector(".question-result").textContent,
+                  after: outputs.filter(
+                    o => q.compareDocumentPosition(o) & Node.DOCUMENT_POSITION_FOLLOWING)
+                    .map(o => o.textContent).join("")};""",
+                resolved,
+            ),
+            WAIT_S,
+            "the question resolved" if resolved else "the question shown",
+        )
+    )
+
+
+@pytest.mark.timeout(90)
+async def test_a_question_is_answered_by_clicking_an_option_on_the_page(
+    api: FakeAnthropic, tmp_path: Path, browsers: Browsers
+) -> None:
+    make_settings(tmp_path, api)
+    async with (
+        BotProcess(tmp_path / "config.toml", tmp_path) as bot,
+        Client(bot.port, bot.invite, "watcher") as watcher,
+    ):
+        await watcher.expect("welcome")
+        pia, bob = await asyncio.gather(run(browsers.open, DESKTOP), run(browsers.open, PHONE))
+        await asyncio.gather(
+            run(open_page, pia, link(bot, bot.invite), "pia"),
+            run(open_page, bob, link(bot, bot.invite), "bob"),
+        )
+        await run(send, pia, "TOOL_ASK Which database?")
+        asked = await watcher.expect("question", within_s=WAIT_S)
+
+        shown, seen = await asyncio.gather(run(question_on, pia), run(question_on, bob))
+        assert shown["id"] == seen["id"] == str(asked["question_id"])
+        assert (shown["kind"], shown["text"]) == ("choice", "Which database?")
+        assert shown["options"] == [["1", "SQLite"], ["2", "Postgres"]]
+        assert shown["controls"] == 4  # two options, the own-words box and its Send
+        assert f"question {asked['question_id']}" in shown["meta"]
+        # Bob is no author of this batch: he sees the question, not the controls.
+        assert (seen["controls"], seen["options"]) == (0, [])
+        assert "the batch's authors, approvers and the host answer" in seen["waiting"]
+        await run(screenshot, pia, "question-open-desktop")
+
+        await run(
+            lambda: pia.find_element(
+                By.CSS_SELECTOR,
+                f'.question[data-question-id="{asked["question_id"]}"] button[data-option="2"]',
+            ).click()
+        )
+        closed = await watcher.expect("question_done", question_id=asked["question_id"])
+        assert (closed["answered"], closed["text"]) == (True, "pia answered: Postgres")
+        done = await watcher.expect("done", batch_id=asked["batch_id"], within_s=WAIT_S)
+        assert done["status"] == "success"
+        for page in (pia, bob):
+            await run(wait_done, page, asked["batch_id"])
+            resolved = await run(question_on, page, True)
+            assert resolved["answered"] == "true"
+            assert resolved["controls"] == 0  # its controls went away
+            assert resolved["result"] == "pia answered: Postgres"
+            # What Claude wrote after the answer is below the card, in the same batch.
+            assert resolved["after"].startswith("TOOL RESULT: "), resolved
+        await run(screenshot, bob, "question-answered-phone")
+        assert_whoami(pia, "pia", "prompter")
+        no_console_problems(pia, bob)
+    results = [
+        block
+        for turn in api.turns
+        for message in turn.body["messages"]
+        if message["role"] == "user" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "tool_result"
+    ]
+    assert len(results) == 1
+    assert '"Which database?"="Postgres"' in str(results[0]["content"])
+
+
+# -- 2c. an image pasted into the composer ---------------------------------------------------------
+
+# A paste as the browser fires it, with one file on the clipboard.
+_PASTE = """
+const [name, type, base64] = arguments;
+const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+const clipboard = new DataTransfer();
+clipboard.items.add(new File([bytes], name, {type}));
+document.getElementById("prompt").dispatchEvent(
+  new ClipboardEvent("paste", {clipboardData: clipboard, bubbles: true, cancelable: true}));
+"""
+
+
+def chips(page: WebDriver) -> list[dict[str, Any]]:
+    return list(
+        js(
+            page,
+            """return [...document.querySelectorAll("#attachments .chip")].map(c => ({
+              name: c.querySelector(".chip-name").textContent,
+              width: c.querySelector("img").naturalWidth,
+              complete: c.querySelector("img").complete}));""",
+        )
+    )
+
+
+@pytest.mark.timeout(90)
+async def test_an_image_pasted_into_the_composer_goes_with_the_prompt(
+    api: FakeAnthropic, tmp_path: Path, browsers: Browsers
+) -> None:
+    make_settings(tmp_path, api, party={"collect_window_s": 0.05, "max_image_bytes": 1024})
+    big = base64.b64encode(PNG_1PX + b"\0" * 2000).decode()
+    async with BotProcess(tmp_path / "config.toml", tmp_path) as bot:
+        page = await run(browsers.open, DESKTOP)
+        await run(open_page, page, link(bot, bot.invite), "pia")
+
+        await run(js, page, _PASTE, "huge.png", "image/png", big)
+        refusal = await run(
+            wait_for, page, lambda d: text_of(d, "#attach-error"), WAIT_S, "the refusal"
+        )
+        assert refusal == (
+            "huge.png (2,068 bytes) is larger than the 1,024 bytes an image may have "
+            "(party.max_image_bytes)"
+        )
+        await run(js, page, _PASTE, "notes.txt", "image/png", base64.b64encode(b"hi").decode())
+        await run(
+            wait_for,
+            page,
+            lambda d: "notes.txt is not an image" in text_of(d, "#attach-error"),
+            WAIT_S,
+            "a text file refused",
+        )
+        assert await run(chips, page) == []
+        for name in ("first.png", "dot.png"):
+            await run(js, page, _PASTE, name, "image/png", PNG_1PX_B64)
+        shown = await run(
+            wait_for,
+            page,
+            lambda d: len(c := chips(d)) == 2 and all(x["complete"] for x in c) and c,
+            WAIT_S,
+            "two thumbnails",
+        )
+        # Loaded, so the CSP let the thumbnail's data: URL in.
+        assert shown == [
+            {"name": "first.png", "width": 1, "complete": True},
+            {"name": "dot.png", "width": 1, "complete": True},
+        ]
+        assert text_of(page, "#attach-error") == ""
+        await run(screenshot, page, "images-attached-desktop")
+        await run(lambda: page.find_element(By.CSS_SELECTOR, "#attachments .chip-remove").click())
+        assert [c["name"] for c in await run(chips, page)] == ["dot.png"]
+
+        await run(send, page, "what is in this picture?")
+        turn = await asyncio.wait_for(api.requests.get(), WAIT_S)
+        await run(
+            wait_for,
+            page,
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".pending[data-state=queued] .chip"),
+            WAIT_S,
+            "the prompt queued with its image",
+        )
+        assert await run(chips, page) == []  # the composer is empty again
+        assert (await run(js, page, "return document.getElementById('attachments').hidden")) is True
+        await run(screenshot, page, "image-sent-desktop")
+        no_console_problems(page)
+    images = [
+        block
+        for message in turn.body["messages"]
+        if message["role"] == "user" and isinstance(message["content"], list)
+        for block in message["content"]
+        if block.get("type") == "image"
+    ]
+    assert images == [
+        {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": PNG_1PX_B64},
+        }
+    ]
+    assert "1. dot.png from pia" in json.dumps(turn.body["messages"][0]["content"])
 
 
 # -- 3. a dropped connection mid-stream ---------------------------------------------------------
