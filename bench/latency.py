@@ -46,34 +46,22 @@ _COLD_IDLE_STOP_S = 0.5
 _PARTIES = 10
 
 
-async def _lone(bot: BotProcess, api: FakeAnthropic, count: int) -> list[float]:
-    client = await joined(bot.port, bot.invite, "solo")
-    waits = []
-    try:
-        for i in range(count):
-            await client.prompt(f"lone-{i}", f"lone prompt {i}")
-            await client.expect("queued", _TURN_TIMEOUT_S, id=f"lone-{i}")
-            acked = time.monotonic()
-            await asyncio.wait_for(api.requests.get(), _TURN_TIMEOUT_S)
-            waits.append(time.monotonic() - acked)
-            await client.expect("done", _TURN_TIMEOUT_S)
-    finally:
-        await client.__aexit__(None, None, None)
-    return waits
-
-
-async def _cold(bot: BotProcess, api: FakeAnthropic, count: int) -> list[float]:
-    """Like `_lone`, each prompt sent once the idle agent has stopped."""
-    client = await joined(bot.port, bot.invite, "sleeper")
+async def _lone(
+    bot: BotProcess, api: FakeAnthropic, count: int, *, cold: bool = False
+) -> list[float]:
+    """Ack → Claude's request for ``count`` lone prompts; ``cold``: each sent once the idle
+    agent has stopped."""
+    kind = "cold" if cold else "lone"
+    client = await joined(bot.port, bot.invite, kind)
     waits = []
     try:
         for i in range(count):
             while not api.requests.empty():  # what earlier runs left: not this prompt's
                 api.requests.get_nowait()
-            if (agent := claude_child(bot)) is not None:  # the idle stop ends it
+            if cold and (agent := claude_child(bot)) is not None:  # the idle stop ends it
                 await asyncio.to_thread(agent.wait, _TURN_TIMEOUT_S)
-            await client.prompt(f"cold-{i}", f"cold prompt {i}")
-            await client.expect("queued", _TURN_TIMEOUT_S, id=f"cold-{i}")
+            await client.prompt(f"{kind}-{i}", f"{kind} prompt {i}")
+            await client.expect("queued", _TURN_TIMEOUT_S, id=f"{kind}-{i}")
             acked = time.monotonic()
             await asyncio.wait_for(api.requests.get(), _TURN_TIMEOUT_S)
             waits.append(time.monotonic() - acked)
@@ -139,7 +127,7 @@ async def _bench(lone: int, cold: int, bursts: int, window_s: float, gap_s: floa
             agent: dict[str, object] = {"idle_stop_s": _COLD_IDLE_STOP_S}
             config = bot_config(root, api, party=party, agent=agent)
             async with BotProcess(config, root) as bot:
-                cold_waits = await _cold(bot, api, cold)
+                cold_waits = await _lone(bot, api, cold, cold=True)
     print_table(
         ["measure", "value"],
         [

@@ -365,64 +365,56 @@ class DiscordSink:
         """Post the request with its Allow once / Always allow / Deny buttons, pinging its
         Discord requesters (and nobody else); return the message ref. Not idempotent: a
         retry after a lost answer posts it again. Raises `AdapterError`."""
-        channel_id = await self._channel_for(thread)
-        channel = self._client.get_partial_messageable(channel_id)
-        try:
-            message = await channel.send(
-                _approval_text(approval),
-                allowed_mentions=_only(_pings(approval.requesters)),
-                suppress_embeds=True,
-                view=_approval_view(approval.approval_id),
-            )
-        except discord.HTTPException as exc:
-            raise _adapter_error(exc) from exc
-        return f"{channel_id}:{message.id}"
+        return await self._post_asking(
+            thread,
+            _approval_text(approval),
+            _pings(approval.requesters),
+            _approval_view(approval.approval_id),
+        )
 
     async def close_approval(
         self, ref: str, approval: ApprovalRequested, resolved: ApprovalResolved
     ) -> None:
         """Replace the request's buttons with how it ended; pings nobody. Idempotent.
         Raises `AdapterError`."""
-        channel_id, message_id = (int(part) for part in ref.split(":"))
-        message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
-        try:
-            await message.edit(
-                content=_closed_approval_text(approval, resolved),
-                view=None,
-                allowed_mentions=discord.AllowedMentions.none(),
-            )
-        except discord.HTTPException as exc:
-            raise _adapter_error(exc) from exc
+        await self._close(ref, _closed_approval_text(approval, resolved))
 
     async def post_question(self, thread: str, question: QuestionAsked) -> str:
         """Post Claude's question with a button per option (a plan: Approve / Reject),
         pinging the batch's Discord authors (and nobody else); return the message ref. Not
         idempotent: a retry after a lost answer posts it again. Raises `AdapterError`."""
-        channel_id = await self._channel_for(thread)
-        channel = self._client.get_partial_messageable(channel_id)
-        try:
-            message = await channel.send(
-                _question_text(question),
-                allowed_mentions=_only(_pings(question.mention)),
-                suppress_embeds=True,
-                view=_question_view(question),
-            )
-        except discord.HTTPException as exc:
-            raise _adapter_error(exc) from exc
-        return f"{channel_id}:{message.id}"
+        return await self._post_asking(
+            thread, _question_text(question), _pings(question.mention), _question_view(question)
+        )
 
     async def close_question(
         self, ref: str, question: QuestionAsked, closed: QuestionClosed
     ) -> None:
         """Replace the question's buttons with who answered what; pings nobody. Idempotent.
         Raises `AdapterError`."""
+        await self._close(ref, _closed_question_text(question, closed))
+
+    async def _post_asking(
+        self, thread: str, text: str, pings: list[int], view: discord.ui.View
+    ) -> str:
+        """Post a message with buttons that pings exactly ``pings``; its ref."""
+        channel_id = await self._channel_for(thread)
+        channel = self._client.get_partial_messageable(channel_id)
+        try:
+            message = await channel.send(
+                text, allowed_mentions=_only(pings), suppress_embeds=True, view=view
+            )
+        except discord.HTTPException as exc:
+            raise _adapter_error(exc) from exc
+        return f"{channel_id}:{message.id}"
+
+    async def _close(self, ref: str, text: str) -> None:
+        """Show ``text`` instead, without the buttons; pings nobody."""
         channel_id, message_id = (int(part) for part in ref.split(":"))
         message = self._client.get_partial_messageable(channel_id).get_partial_message(message_id)
         try:
             await message.edit(
-                content=_closed_question_text(question, closed),
-                view=None,
-                allowed_mentions=discord.AllowedMentions.none(),
+                content=text, view=None, allowed_mentions=discord.AllowedMentions.none()
             )
         except discord.HTTPException as exc:
             raise _adapter_error(exc) from exc
