@@ -164,7 +164,11 @@ class Request:
 
 
 def discord_config(
-    tmp_path: Path, api: FakeAnthropic, fake: discord_api.FakeDiscord, **extra: Any
+    tmp_path: Path,
+    api: FakeAnthropic,
+    fake: discord_api.FakeDiscord,
+    sections: dict[str, dict[str, object]] | None = None,
+    **extra: Any,
 ) -> Path:
     """Write config.toml for the Discord bridge against ``fake``; ``extra`` goes in [discord]."""
     make_settings(
@@ -177,12 +181,17 @@ def discord_config(
             "edit_interval_s": 0.05,
             **extra,
         },
+        **(sections or {}),
     )
     return tmp_path / "config.toml"
 
 
 def slack_config(
-    tmp_path: Path, api: FakeAnthropic, fake: slack_api.FakeSlack, **extra: Any
+    tmp_path: Path,
+    api: FakeAnthropic,
+    fake: slack_api.FakeSlack,
+    sections: dict[str, dict[str, object]] | None = None,
+    **extra: Any,
 ) -> Path:
     """Write config.toml for the Slack bridge against ``fake``; ``extra`` goes in [slack]."""
     make_settings(
@@ -194,6 +203,7 @@ def slack_config(
             "edit_interval_s": 0.05,
             **extra,
         },
+        **(sections or {}),
     )
     return tmp_path / "config.toml"
 
@@ -1219,25 +1229,32 @@ def _is_slack_header(text: str) -> bool:
 
 @contextlib.asynccontextmanager
 async def open_driver(
-    transport: str, api: FakeAnthropic, tmp_path: Path, **platform: Any
+    transport: str,
+    api: FakeAnthropic,
+    tmp_path: Path,
+    *,
+    sections: dict[str, dict[str, object]] | None = None,
+    **platform: Any,
 ) -> AsyncIterator[Driver]:
     """A started driver for ``transport`` (one of TRANSPORTS), its fake far end running;
-    ``platform`` overrides settings of the chat's section ([discord] or [slack])."""
+    ``sections`` are settings by section ({"budget": {...}}), ``platform`` overrides settings
+    of the chat's section ([discord] or [slack])."""
     if transport == "websocket":
         assert not platform, "protocol v1 has no platform settings"
-        async with WebSocketDriver(make_settings(tmp_path, api), api, tmp_path) as ws:
+        settings = make_settings(tmp_path, api, **(sections or {}))
+        async with WebSocketDriver(settings, api, tmp_path) as ws:
             yield ws
     elif transport == "discord":
         async with discord_api.FakeDiscord() as discord_fake:
             settings = load_settings(
-                discord_config(tmp_path, api, discord_fake, **platform), environ={}
+                discord_config(tmp_path, api, discord_fake, sections, **platform), environ={}
             )
             async with DiscordDriver(settings, api, tmp_path, discord_fake) as discord:
                 yield discord
     elif transport == "slack":
         async with slack_api.FakeSlack() as slack_fake:
             settings = load_settings(
-                slack_config(tmp_path, api, slack_fake, **platform), environ={}
+                slack_config(tmp_path, api, slack_fake, sections, **platform), environ={}
             )
             async with SlackDriver(settings, api, tmp_path, slack_fake) as slack:
                 yield slack

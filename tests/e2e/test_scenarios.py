@@ -383,3 +383,40 @@ async def test_a_question_open_when_the_bot_is_killed_is_asked_again_and_answere
             said = f"question {first} was left unanswered: Claude will ask again"
             assert any(said in n for n in d.notices()), d.notices()
         assert d.rule_problems() == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_merged_batchs_cost_is_split_and_a_member_over_budget_is_refused(
+    transport: str, fake_api: FakeAnthropic, tmp_path: Path
+) -> None:
+    """Two members' prompts merged into one turn share its cost; past the daily budget the
+    next prompt is refused with when it resets."""
+    budget = {"budget": {"member_daily_usd": 0.000001}}
+    async with open_driver(transport, fake_api, tmp_path, sections=budget) as d:
+        assert await d.join("alice")
+        assert await d.join("bob")
+        busy = await d.prompt("alice", "SLOW keep Claude busy")
+        await asyncio.wait_for(fake_api.first_delta.wait(), 30)
+        a = await d.prompt("alice", "add a health check")
+        b = await d.prompt("bob", "please add a health check")
+        assert (busy.accepted, a.accepted, b.accepted) == (True, True, True)
+        await d.until(lambda: d.finished(a), "the merged batch's end", 60)
+
+        merged = d.batch_of(a)
+        (turn_cost,) = d.rows("SELECT cost_usd FROM turn_costs WHERE batch_id = ?", (merged,))
+        shares = d.rows(
+            "SELECT s.name, s.cost_usd FROM cost_shares s JOIN turn_costs t ON t.id = s.turn_id"
+            " WHERE t.batch_id = ? ORDER BY s.name",
+            (merged,),
+        )
+        assert len({name for name, _ in shares}) == 2, "one share for each author"
+        assert [cost for _, cost in shares] == pytest.approx([turn_cost[0] / 2] * 2)
+        assert turn_cost[0] > 0
+
+        refused = await d.prompt("alice", "one more thing")
+        assert not refused.accepted
+        assert refused.reason is not None
+        assert "budget" in refused.reason
+        assert "midnight" in refused.reason or "resets" in refused.reason, refused.reason
+        assert d.rule_problems() == []
