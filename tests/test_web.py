@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 from adapters import wire
 from adapters.terminal import EXIT_NOT_JOINED, EXIT_OK, run_join
 from adapters.web.adapter import event_frame, prompt_images
-from adapters.web.http import SECURITY_HEADERS, local_base, origin_allowed
+from adapters.web.http import PAGE_DIR, SECURITY_HEADERS, local_base, origin_allowed
 from bot.config import WebSocketSettings
 from bot.model import (
     Answerers,
@@ -47,6 +47,8 @@ from tests.payloads.images import PNG_1PX, PNG_1PX_B64
 from tests.rigs import Rig, open_rig
 
 pytestmark = pytest.mark.timeout(60)
+
+JAVASCRIPT_TYPES = ("text/javascript", "application/javascript")
 
 
 @contextlib.asynccontextmanager
@@ -88,10 +90,15 @@ async def test_the_page_and_its_files_carry_the_security_headers(tmp_path: Path)
                 for name, value in SECURITY_HEADERS.items():
                     assert answer.headers[name] == value, (path, name)
                 assert answer.headers["Server"] == "concordia"
+        # The browser refuses a module script served with any other type (app.js imports them).
+        for module in sorted(PAGE_DIR.glob("*.js")):
+            async with http.get(f"{base(r)}/static/{module.name}") as answer:
+                assert answer.status == 200, module.name
+                assert answer.content_type in JAVASCRIPT_TYPES, (module.name, answer.content_type)
         async with http.get(base(r) + "/") as page:
             html = await page.text()
             assert page.headers["Cache-Control"] == "no-store"
-        assert '<script type="module" src="/static/app.js">' in html or "/static/app.js" in html
+        assert '<script type="module" src="/static/app.js"></script>' in html
         assert "<script>" not in html  # no inline script: the CSP would refuse it anyway
         async with http.get(base(r) + "/static/nothing-here.js") as missing:
             assert missing.status == 404
