@@ -81,6 +81,18 @@ class StoreSettings(_Section):
         "folder (bot.state_dir). Relative paths are relative to the directory concordia runs in",
     )
     allow_inside_workdir: bool = False
+    keep_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="finished prompts and batches, and delivered outbox rows, older than this "
+        "are pruned; 0 keeps them all",
+    )
+    keep_audit_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="approvals and shell runs (the audit trail) older than this are pruned; 0 "
+        "keeps them all",
+    )
 
     @field_validator("path", mode="before")
     @classmethod
@@ -381,8 +393,43 @@ class BudgetSettings(_Section):
     member_daily_usd: float = Field(default=0.0, ge=0)
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics, `/healthz` and `/readyz` on a listener of their own."""
+
+    enabled: bool = False
+    listen: str = Field(default="127.0.0.1:9464", pattern=r"^\[?[^\s]+\]?:[0-9]{1,5}$")
+    token_env: str = Field(
+        default="CONCORDIA_METRICS_TOKEN",
+        min_length=1,
+        description="the variable holding the bearer token a non-loopback listen address needs",
+    )
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class RunSettings(_Section):
+    shutdown_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=600,
+        description="on SIGTERM or SIGINT: at most this long to flush, interrupt the turn and "
+        "close the store before exiting",
+    )
+
+
 class LogSettings(_Section):
     level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    format: str = Field(
+        default="text",
+        pattern="^(text|json)$",
+        description="json: one object a line (time, level, logger, message, party, batch id)",
+    )
 
 
 class Settings(_Section):
@@ -399,6 +446,8 @@ class Settings(_Section):
     shell: ShellSettings = ShellSettings()
     gemini: GeminiSettings = GeminiSettings()
     budget: BudgetSettings = BudgetSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    run: RunSettings = RunSettings()
     log: LogSettings = LogSettings()
 
     def party_names(self) -> list[str]:
