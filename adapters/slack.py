@@ -469,6 +469,10 @@ class SlackAdapter:
     async def run(self) -> None:
         await self._stopped.wait()
 
+    async def is_connected(self) -> bool:
+        """The Socket Mode connection is open (for readiness)."""
+        return bool(await self._handler.client.is_connected())
+
     async def stop(self) -> None:
         self._stopped.set()
         try:

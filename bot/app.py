@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Self
 
 from adapters.web import WebAdapter
+from adapters.web.ops import OpsServer
 from adapters.web.share import CommandTunnel, NgrokTunnel, Tunnel
 from bot import ConcordiaError
 from bot.agent import AgentSession
@@ -36,8 +38,9 @@ from bot.merge_gemini import GeminiMerger
 from bot.merge_local import LocalMerger
 from bot.on_demand import OnDemandAgent
 from bot.party import Party
-from bot.ports import Adapter, ChatAdapter, ChatOutput, Outbox, PartyPort
+from bot.ports import Adapter, ChatAdapter, ChatOutput, ConnectedAdapter, Outbox, PartyPort
 from bot.relay import ThreadRelay
+from bot.retention import Retention
 from bot.safety import Redactor
 from bot.session import ClaudeSession, find_command
 from bot.state_dir import (
@@ -51,6 +54,7 @@ from bot.state_dir import (
     write_private,
 )
 from bot.store import Store
+from bot.telemetry import CountedSink, Telemetry
 
 __all__ = [
     "AgentFactory",
@@ -104,6 +108,7 @@ def bot_secret_names(settings: Settings) -> list[str]:
         settings.slack.bot_token_env,
         settings.slack.app_token_env,
         settings.gemini.api_key_env,
+        settings.metrics.token_env,
         NGROK_TOKEN_ENV,
     ]
 
@@ -224,13 +229,22 @@ def build_merger(settings: Settings, environ: Mapping[str, str]) -> Merger:
 
 @contextlib.asynccontextmanager
 async def chat_outputs(
-    adapter: ChatAdapter, parties: Mapping[str, PartyPort], outbox: Outbox
+    adapter: ChatAdapter,
+    parties: Mapping[str, PartyPort],
+    outbox: Outbox,
+    telemetry: Telemetry | None = None,
 ) -> AsyncIterator[list[tuple[ChatOutput, ThreadRelay]]]:
     """Relays from each party to ``adapter``'s sinks, for as long as the block runs.
 
     Messages a crash cut off are finished first (`redeliver`), then each relay is started
-    and subscribed. On the way out each is unsubscribed and stopped (its queue flushed)."""
+    and subscribed. On the way out each is unsubscribed and stopped (its queue flushed).
+    With ``telemetry``, every call to a sink is counted."""
     outputs = adapter.outputs()
+    if telemetry is not None:
+        counted = {
+            id(o.sink): CountedSink(o.sink, telemetry.chat_call(o.platform)) for o in outputs
+        }
+        outputs = [dataclasses.replace(o, sink=counted[id(o.sink)]) for o in outputs]
     async with contextlib.AsyncExitStack() as stack:
         for sink, platform in {(o.sink, o.platform): None for o in outputs}:
             finished = await redeliver(sink, outbox, platform)
@@ -290,6 +304,8 @@ class App:
         self._store: Store | None = None
         self._redactor: Redactor | None = None
         self._web: WebAdapter | None = None
+        self._merger: Merger | None = None
+        self.telemetry = Telemetry()
         self.address = JoinAddress()  # where the terminals' party is joined by link
 
     @property
@@ -343,7 +359,7 @@ class App:
         if gemini_key := self._environ.get(settings.gemini.api_key_env, ""):
             secrets.append(gemini_key)
         self._redactor = Redactor(secrets)
-        merger = build_merger(settings, self._environ)
+        merger = self._merger = build_merger(settings, self._environ)
         if isinstance(merger, GeminiMerger):
             stack.push_async_callback(merger.aclose)
         if self._agent_factory == self._claude:
@@ -365,6 +381,7 @@ class App:
                 merger=merger,
                 invites=books[name],
                 redactor=self._redactor,
+                telemetry=self.telemetry,
             )
             await self.parties[name].load()
         self._web = WebAdapter(
@@ -375,6 +392,13 @@ class App:
         )
         self.adapters.append(self._web)
         self._keep_address(settings.state_dir / ADDRESS_NAME)
+        self.telemetry.observe(self)
+        if settings.metrics.enabled:
+            token = self._environ.get(settings.metrics.token_env, "")
+            self.redactor.add(token)
+            self.adapters.insert(
+                0, OpsServer(settings.metrics, self.telemetry.registry, self.readiness, token=token)
+            )
         if self._tokens.discord:
             from adapters.discord import DiscordAdapter
 
@@ -416,6 +440,47 @@ class App:
             confinement=self._confinement,
         )
 
+    async def _shut_down_parties(self) -> None:
+        """Stop intake and end every running turn, kept for a re-run; within half the stop's
+        time, the other half being for the transports to flush."""
+        budget_s = self.settings.run.shutdown_timeout_s / 2
+        try:
+            async with asyncio.timeout(budget_s):
+                await asyncio.gather(*(party.shut_down() for party in self.parties.values()))
+        except TimeoutError:
+            log.warning("a turn did not end within %.0f s of the stop; it runs again", budget_s)
+
+    # -- what the metrics and /readyz read (bot.telemetry.Observed) ------------------------
+
+    def queue_depths(self) -> dict[str, int]:
+        return {name: self.store.pending_count(name) for name in self.parties}
+
+    def agents(self) -> dict[str, tuple[bool, int]]:
+        return {
+            name: (agent.is_running and agent.ready.is_set(), agent.restarts)
+            for name, agent in self.sessions.items()
+        }
+
+    def connected_clients(self) -> int:
+        return self._web.client_count if self._web is not None else 0
+
+    def merge_fallbacks(self) -> dict[str, int]:
+        merger = self._merger
+        return dict(merger.fallback_kinds) if isinstance(merger, GeminiMerger) else {}
+
+    async def readiness(self) -> list[str]:
+        """What keeps the bot from being ready, one line each. An agent restarting is ready:
+        its supervisor restarts it with backoff, and a respawn that fails ends the run."""
+        problems = []
+        try:
+            await self.store.ping()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the store cannot answer
+            problems.append(f"the store does not answer: {exc}")
+        for adapter in self.adapters:
+            if isinstance(adapter, ConnectedAdapter) and not await adapter.is_connected():
+                problems.append(f"the {adapter.name} transport is not connected")
+        return problems
+
     def chat_safe(self, text: str) -> str:
         """Text fit for chat under this run's redactor (every party shares it)."""
         return next(iter(self.parties.values())).chat_safe(text)
@@ -428,8 +493,9 @@ class App:
         """Run every part until ``stop`` is set, then stop them all.
 
         Adapters start first (a runner resuming a batch at once must find them listening),
-        each chat adapter's relays next, the runners last; ``on_ready`` is called once all
-        are up. Raises `PartFailed` naming the first part that stopped on its own.
+        each chat adapter's relays next, then the runners and the store's retention
+        (`bot.retention`, when store.keep_days or keep_audit_days is set); ``on_ready`` is
+        called once all are up. Raises `PartFailed` naming the first part that stopped on its own.
         """
         stopping = False
 
@@ -462,17 +528,21 @@ class App:
                         spawn(f"the {adapter.name} transport", adapter.run())
                         if isinstance(adapter, ChatAdapter):
                             relays = await stack.enter_async_context(
-                                chat_outputs(adapter, self.parties, self.store)
+                                chat_outputs(adapter, self.parties, self.store, self.telemetry)
                             )
                             for output, relay in relays:
                                 where = f"{output.platform} relay of party {output.party!r}"
                                 spawn(f"the {where}", relay.serve())
                     for name, party in self.parties.items():
                         spawn(f"the runner of party {name!r}", party.run())
+                    retention = Retention(self.store, self.settings.store)
+                    if retention.is_enabled:
+                        spawn("the store's retention", retention.serve())
                     on_ready()
                     await stop.wait()
                     log.info("stopping")
                     stopping = True
+                    await self._shut_down_parties()
                     for task in tasks:
                         task.cancel()
             except BaseExceptionGroup as failed:

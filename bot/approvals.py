@@ -16,6 +16,7 @@ import asyncio
 import difflib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -146,8 +147,11 @@ class Approvals:
         store: Store,
         redactor: Redactor,
         publish: Callable[[PartyEvent], None],
+        observe: Callable[[ApprovalOutcome, float], None] = lambda outcome, wait_s: None,
     ) -> None:
+        """``observe`` hears how each request ended and how long it waited (the metrics)."""
         self._settings = settings
+        self._observe = observe
         self._party = party
         self._store = store
         self._redactor = redactor
@@ -193,6 +197,7 @@ class Approvals:
         )
         if rule in self._rules and not quorum:
             await self._store.close_approval(approval_id, ApprovalOutcome.ALWAYS_RULE, [])
+            self._observe(ApprovalOutcome.ALWAYS_RULE, 0.0)
             log.info("tool call allowed by the rule %s", rule, extra={"party": self._party})
             return True, ""
         summary, detail = describe_call(call)
@@ -209,6 +214,7 @@ class Approvals:
         waiting = _Waiting(request, rule, quorum)
         self._waiting[approval_id] = waiting
         self._publish(request)
+        asked_at = time.monotonic()
         try:
             async with asyncio.timeout(self._settings.timeout_s):
                 settled = await asyncio.shield(waiting.outcome)
@@ -227,6 +233,7 @@ class Approvals:
             await self._store.add_approval_rule(self._party, rule, settled.deciders[-1].name)
             text += f"; {rule} is allowed from now on"
         await self._store.close_approval(approval_id, settled.outcome, settled.deciders)
+        self._observe(settled.outcome, time.monotonic() - asked_at)
         self._publish(ApprovalResolved(approval_id, batch_id, allowed, text))
         log.info("approval %d: %s", approval_id, text, extra={"party": self._party})
         return allowed, "" if allowed else f"The team did not allow this from chat ({text})."

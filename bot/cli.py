@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import getpass
 import importlib.util
+import json
 import logging
 import os
 import re
@@ -15,10 +16,12 @@ import shutil
 import signal
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from adapters.web.http import WILDCARD_HOSTS, local_base, tls_context
+from adapters.web.ops import ask_running
 from bot import ConcordiaError
 from bot.app import (
     App,
@@ -43,7 +46,8 @@ from bot.invite import InviteBook, Invites, JoinAddress
 from bot.model import Role
 from bot.safety import Redactor
 from bot.state_dir import ADDRESS_NAME, TOKENS_NAME
-from bot.store import Store
+from bot.store import Store, back_up
+from bot.telemetry import version
 
 log = logging.getLogger("concordia")
 
@@ -56,6 +60,7 @@ _KEY_CHECK_TIMEOUT_S = 15.0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="concordia", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"concordia {version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -64,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", parents=[common], help="run the bot in this directory")
+    run.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="json: one object a line, for a log collector (default: log.format)",
+    )
     run.add_argument(
         "--share",
         action="store_true",
@@ -93,9 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     invite.add_argument(
         "--party", help="the party (default: party.name; Discord and Slack channels have their own)"
     )
-    commands.add_parser(
+    doctor = commands.add_parser(
         "doctor", parents=[common], help="check the setup: claude, credentials, Discord"
     )
+    doctor.add_argument(
+        "--running",
+        action="store_true",
+        help="ask the running bot instead: /readyz on [metrics] (else the web /healthz)",
+    )
+    backup = commands.add_parser(
+        "backup",
+        parents=[common],
+        help="copy the state database to FILE (0600), safe while the bot runs",
+    )
+    backup.add_argument("file", type=Path, metavar="FILE", help="the copy to write")
+    backup.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     join = commands.add_parser("join", help="join a party from this terminal")
     join.add_argument("url", help="the invite link: https://HOST/#TOKEN (or concordia://…)")
     join.add_argument(
@@ -115,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConcordiaError as exc:
         print(f"concordia: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "log_format", None):
+        settings = settings.model_copy(
+            update={"log": settings.log.model_copy(update={"format": args.log_format})}
+        )
     _configure_logging(settings)
     try:
         match args.command:
@@ -126,8 +152,12 @@ def main(argv: list[str] | None = None) -> int:
                 return _setup(settings.claude)
             case "invite":
                 return asyncio.run(_invite(settings, args))
+            case "doctor" if args.running:
+                return asyncio.run(_doctor_running(settings))
             case "doctor":
                 return asyncio.run(_doctor(settings))
+            case "backup":
+                return asyncio.run(_backup(settings, args.file, force=args.force))
     except ConcordiaError as exc:
         print(f"concordia: {exc}", file=sys.stderr)
         return 1
@@ -138,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if settings.log.format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=settings.log.level, handlers=[handler])
     # Their DEBUG output is every SQL statement, gateway frame and request body: a Slack
     # `/concordia join <token>` payload or an invite answer would land in the log whole.
@@ -154,6 +187,25 @@ def _configure_logging(settings: Settings) -> None:
         "aiohttp",
     ):
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, and the party and batch id where
+    the record names them (the redacting filter has already run on the message)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("party", "batch_id", "platform"):
+            if (value := record.__dict__.get(key)) is not None:
+                entry[key] = value
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 class _RedactingFilter(logging.Filter):
@@ -363,6 +415,47 @@ async def _invite(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _doctor_running(settings: Settings) -> int:
+    """Ask the running bot whether it is ready: 0 when it is, 1 (saying why) when not."""
+    metrics = settings.metrics
+    if metrics.enabled:
+        host = "127.0.0.1" if metrics.host in WILDCARD_HOSTS else metrics.host
+        host = f"[{host}]" if ":" in host else host
+        url = f"http://{host}:{metrics.port}/readyz"
+        token = os.environ.get(metrics.token_env, "")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    else:
+        url = _known_address(settings).base.rstrip("/") + "/healthz"
+        headers = {}
+    try:
+        status, body = await ask_running(url, headers)
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(f"✗ no running bot answered at {url}: {exc or type(exc).__name__}")
+        return 1
+    if status == 401:
+        print(f"✗ {url} wants the bearer token: export ${metrics.token_env}")
+        return 1
+    problems = body.get("problems", []) if isinstance(body, dict) else []
+    if status == 200:
+        what = "ready" if metrics.enabled else "up (turn on [metrics] for its readiness)"
+        print(f"✓ the running bot is {what} ({url})")
+        return 0
+    print(f"✗ the running bot is not ready ({url}):")
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1
+
+
+async def _backup(settings: Settings, target: Path, *, force: bool) -> int:
+    """`concordia backup FILE`: the online backup of the state database (`bot.store.back_up`)."""
+    copy = await back_up(settings.store_path, target, overwrite=force)
+    print(
+        f"backed up {settings.store_path} to {copy.path} "
+        f"({copy.size_bytes} bytes, schema version {copy.schema_version}, mode 0600)"
+    )
+    return 0
+
+
 def _known_address(settings: Settings) -> JoinAddress:
     """The link base of the running bot (a tunnel's URL) if one runs, else the configured."""
     address = JoinAddress()
@@ -411,6 +504,14 @@ async def _run(settings: Settings, config: Path | None) -> int:
         claude_env = agent_env(settings, os.environ)
     tokens = _bot_tokens(settings)
     if tokens is None:
+        return 2
+    metrics = settings.metrics
+    if metrics.enabled and not is_loopback(metrics.host) and not os.environ.get(metrics.token_env):
+        print(
+            f"concordia: metrics.listen {metrics.listen!r} is not loopback, so it needs a bearer "
+            f"token: export ${metrics.token_env} (a long random string), or listen on 127.0.0.1",
+            file=sys.stderr,
+        )
         return 2
     for line in prepare_state(settings, os.environ):
         print(f"concordia: {line}", file=sys.stderr, flush=True)

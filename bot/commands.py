@@ -356,8 +356,10 @@ class ShellQueue:
         chat_safe: Callable[[str], str],
         wake: asyncio.Event,
         busy_with: Callable[[], int | None],
+        observe: Callable[[ShellOutcome], None] = lambda outcome: None,
     ) -> None:
-        """``wake`` is the runner's wake-up event; ``busy_with`` the batch it is running."""
+        """``wake`` is the runner's wake-up event; ``busy_with`` the batch it is running;
+        ``observe`` hears how each run ended (the metrics)."""
         self.allowed_users = allowed_users  # platform:user_id
         self._runner = runner
         self._party = party
@@ -366,6 +368,7 @@ class ShellQueue:
         self._chat_safe = chat_safe
         self._wake = wake
         self._busy_with = busy_with
+        self._observe = observe
         self._queue: collections.deque[_ShellRequest] = collections.deque()
         self._running: _ShellRequest | None = None  # written by `run_queued` only
 
@@ -423,12 +426,14 @@ class ShellQueue:
             result = await self._runner.run(command, cancel=request.cancel)
         except (ShellDenied, OSError) as exc:
             await self._store.finish_shell_run(run_id, ShellOutcome.FAILED, None, 0.0)
+            self._observe(ShellOutcome.FAILED)
             return CommandResult(
                 "shell", False, self._chat_safe(f"could not run `{command}`: {exc}")
             )
         await self._store.finish_shell_run(
             run_id, result.outcome, result.exit_code, result.duration_s
         )
+        self._observe(result.outcome)
         self._publish(Notice(f"{author.name} ran `{shown}` on the host: {result.summary}"))
         text = shell_output(command, result.output, result.summary)
         return CommandResult("shell", result.exit_code == 0, self._chat_safe(text), public=True)

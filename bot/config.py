@@ -85,13 +85,13 @@ class StoreSettings(_Section):
         default=30.0,
         ge=0,
         description="finished prompts and batches, and delivered outbox rows, older than this "
-        "are pruned; 0 keeps them all",
+        "are pruned (cost rows after at least 31 days); 0 keeps them all",
     )
     keep_audit_days: float = Field(
         default=0.0,
         ge=0,
-        description="approvals and shell runs (the audit trail) older than this are pruned; 0 "
-        "keeps them all",
+        description="settled approvals, shell runs and questions (the audit trail) older than "
+        "this are pruned; 0 keeps them all",
     )
 
     @field_validator("path", mode="before")
@@ -399,9 +399,10 @@ class MetricsSettings(_Section):
     enabled: bool = False
     listen: str = Field(default="127.0.0.1:9464", pattern=r"^\[?[^\s]+\]?:[0-9]{1,5}$")
     token_env: str = Field(
-        default="CONCORDIA_METRICS_TOKEN",
+        default="METRICS_BEARER_TOKEN",
         min_length=1,
-        description="the variable holding the bearer token a non-loopback listen address needs",
+        description="the variable holding the bearer token a non-loopback listen address needs "
+        "(not CONCORDIA_…: those name settings)",
     )
 
     @property

@@ -238,6 +238,7 @@ class RejectKind(enum.StrEnum):
     EMPTY = "empty"
     TOO_LONG = "too_long"  # over party.max_prompt_chars, attachments included
     OVER_BUDGET = "over_budget"  # the member spent budget.member_daily_usd today
+    STOPPING = "stopping"  # the bot is shutting down: send it again once it is back
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from bot.invite import InviteBook
 from bot.merge import Merger
 from bot.metrics import Metrics
 from bot.model import (
+    ApprovalOutcome,
     ApprovalRequested,
     Author,
     Command,
@@ -56,6 +57,7 @@ from bot.safety import (
 from bot.shell import ShellRunner
 from bot.spend import SpendBook
 from bot.store import Participant, Store
+from bot.telemetry import Telemetry
 
 __all__ = ["Party"]
 
@@ -91,8 +93,10 @@ class Party:
         merger: Merger,
         invites: InviteBook,
         redactor: Redactor,
+        telemetry: Telemetry,
     ):
         self.name = name
+        self._telemetry = telemetry
         self._settings = settings
         self._store = store
         self.session = session
@@ -109,6 +113,7 @@ class Party:
             per_minute=settings.party.member_prompts_per_minute,
         )
         self._wake = asyncio.Event()
+        self._is_stopping = False
         shell = settings.shell
         self._shells = (
             ShellQueue(
@@ -125,12 +130,23 @@ class Party:
                 chat_safe=self.chat_safe,
                 wake=self._wake,
                 busy_with=self._running_batch_id,
+                observe=lambda outcome: telemetry.shell_runs.labels(name, outcome.value).inc(),
             )
             if shell.enabled
             else None
         )
+
+        def approval_settled(outcome: ApprovalOutcome, wait_s: float) -> None:
+            telemetry.approvals.labels(name, outcome.value).inc()
+            telemetry.approval_wait_seconds.labels(name).observe(wait_s)
+
         self._approvals = Approvals(
-            settings.approvals, party=name, store=store, redactor=redactor, publish=self._publish
+            settings.approvals,
+            party=name,
+            store=store,
+            redactor=redactor,
+            publish=self._publish,
+            observe=approval_settled,
         )
         self._questions = Questions(
             settings.questions,
@@ -154,6 +170,7 @@ class Party:
             publish=self._publish,
             chat_safe=self.chat_safe,
             wake=self._wake,
+            telemetry=telemetry,
         )
         self._runner.shells = self._shells
 
@@ -252,6 +269,12 @@ class Party:
         Returns `Accepted` once the prompt is committed to the store (a repeated
         ``source_id`` returns the first acceptance again), or `Rejected` with a reason.
         """
+        self._telemetry.prompts_received.labels(self.name, prompt.author.platform).inc()
+        if self._is_stopping:
+            return self._reject(
+                RejectKind.STOPPING,
+                "Concordia is restarting: nothing was queued; send it again in a minute",
+            )
         author = _cleaned(prompt.author)
         if author is not prompt.author:
             prompt = dataclasses.replace(prompt, author=author)
@@ -315,6 +338,7 @@ class Party:
 
     def _reject(self, kind: RejectKind, reason: str) -> Rejected:
         self.metrics.prompts_rejected += 1
+        self._telemetry.prompts_rejected.labels(self.name, kind.value).inc()
         return Rejected(reason, kind)
 
     # -- commands (the table is bot.commands; what it may ask is below) -----------------
@@ -412,6 +436,13 @@ class Party:
     def chat_safe(self, text: str) -> str:
         """Text fit for chat: no controls, no configured secret, no mass ping."""
         return neutralize_mentions(self._redactor.redact(strip_controls(text)))
+
+    async def shut_down(self) -> None:
+        """Take no more prompts (they are refused, saying the bot is restarting), interrupt
+        the running turn and return once it has ended; its batch runs again at the next
+        start."""
+        self._is_stopping = True
+        await self._runner.shut_down()
 
     # -- the runner -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ __all__ = [
     "ApprovalSink",
     "ChatAdapter",
     "ChatOutput",
+    "ConnectedAdapter",
     "MessageSink",
     "Outbox",
     "OutboxEntry",
@@ -207,6 +208,14 @@ class Adapter(Protocol):
     async def stop(self) -> None:
         """Stop serving; idempotent."""
         ...
+
+
+@runtime_checkable
+class ConnectedAdapter(Protocol):
+    """A transport that keeps a connection to a platform (a gateway, a socket) open; readiness
+    asks it. Transports without one are ready while they serve."""
+
+    async def is_connected(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)

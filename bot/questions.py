@@ -174,11 +174,12 @@ class Questions:
         waiting.settled.set_result(settled)
         return CommandResult("answer", True, f"question {question_id}: {settled.line}")
 
-    def cancel_all(self, reason: str) -> None:
-        """Settle every waiting question (the turn is being interrupted)."""
+    def cancel_all(self, reason: str, outcome: QuestionOutcome = QuestionOutcome.CANCELLED) -> None:
+        """Settle every waiting question (the turn is being interrupted); ABANDONED when the
+        bot stops, since the batch runs again and Claude asks again."""
         for waiting in list(self._waiting.values()):
             if not waiting.settled.done():
-                waiting.settled.set_result(_Answer(QuestionOutcome.CANCELLED, reason, reason))
+                waiting.settled.set_result(_Answer(outcome, reason, reason))
 
     # -- inside --------------------------------------------------------------------------
 

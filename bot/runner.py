@@ -42,6 +42,7 @@ from bot.model import (
     Notice,
     OutputText,
     PartyEvent,
+    QuestionOutcome,
     SourcePrompt,
     TurnStatus,
 )
@@ -52,6 +53,7 @@ from bot.render import outage_notice
 from bot.safety import ChatSafeStream, Redactor
 from bot.spend import SpendBook
 from bot.store import StaleSources, Store
+from bot.telemetry import Telemetry
 
 __all__ = ["Runner"]
 
@@ -98,6 +100,7 @@ class Runner:
         publish: Callable[[PartyEvent], None],
         chat_safe: Callable[[str], str],
         wake: asyncio.Event,
+        telemetry: Telemetry,
     ) -> None:
         self.name = name
         self._settings = settings
@@ -111,6 +114,7 @@ class Runner:
         self._redactor = redactor
         self._publish = publish
         self.chat_safe = chat_safe
+        self._telemetry = telemetry
         self.wake = wake  # set when there may be something to do: a prompt, a control
         self.shells: ShellQueue | None = None  # set by the party when the shell is on
         claude = settings.claude
@@ -118,6 +122,9 @@ class Runner:
         self._controls: asyncio.Queue[_Control] = asyncio.Queue()
         self._running: Batch | None = None  # written by the runner only
         self.last_turn_at: float | None = None
+        self._stopping = False
+        self._idle = asyncio.Event()  # set while no turn runs
+        self._idle.set()
         self.abandoned_questions: list[int] = []  # left open by the last run: said on start
 
     @property
@@ -136,6 +143,18 @@ class Runner:
             return None
         self._controls.put_nowait(_Cancel())
         return self._running.batch_id
+
+    async def shut_down(self) -> None:
+        """Take no more batches; interrupt the running turn and return once it has ended.
+        Its batch stays sent, so the next start runs it again (once, saying so)."""
+        self._stopping = True
+        self.wake.set()
+        if self._running is not None:
+            self._questions.cancel_all(
+                "Concordia is restarting: Claude will ask again", QuestionOutcome.ABANDONED
+            )
+            self._controls.put_nowait(_Cancel())
+        await self._idle.wait()
 
     def restart(self, *, fresh: bool) -> bool:
         """Restart the agent (``fresh``: in a new conversation) between turns; True when a
@@ -161,6 +180,8 @@ class Runner:
         while True:
             await self.wake.wait()
             self.wake.clear()
+            if self._stopping:
+                continue  # shut down: idle until the app cancels the runner
             await self._between_turns()
             if not await self._store.pending_prompts(self.name):
                 skip_window = False
@@ -228,7 +249,10 @@ class Runner:
         while sources:
             started = time.monotonic()
             merge = await self._merger.merge(sources)
-            self.metrics.merge.add(time.monotonic() - started)
+            took_s = time.monotonic() - started
+            self.metrics.merge.add(took_s)
+            self._telemetry.merge_seconds.labels(self.name).observe(took_s)
+            self._telemetry.merges.labels(self.name, self._merger.name).inc()
             try:
                 return await self._store.create_batch(
                     self.name, merge.prompt, merge.groups, sources
@@ -241,6 +265,13 @@ class Runner:
         """Send one batch to Claude, stream its output, and record how it ended.
 
         ``note`` is said right after the batch starts, so it lands in the batch's thread."""
+        self._idle.clear()
+        try:
+            await self._send_batch(batch, note)
+        finally:
+            self._idle.set()
+
+    async def _send_batch(self, batch: Batch, note: str) -> None:
         resent = False  # re-run after the API refused it: still sent, not a new attempt
         while True:
             if not resent:
@@ -260,6 +291,8 @@ class Runner:
             try:
                 status, detail, outage = await self._turn(batch, resent=resent)
             except SessionDied as exc:
+                if self._stopping:
+                    return  # kept sent: the next start runs it again
                 log.warning(
                     "claude died during batch %d: %s",
                     batch.batch_id,
@@ -278,6 +311,13 @@ class Runner:
             except SessionError as exc:
                 await self._finish(batch, TurnStatus.ERROR, str(exc))
                 return
+            if self._stopping:
+                log.info(
+                    "batch %d was interrupted by the stop; the next start runs it again",
+                    batch.batch_id,
+                    extra={"party": self.name, "batch_id": batch.batch_id},
+                )
+                return  # kept sent, not finished
             if outage is not None:
                 await self._hold(batch, outage)
                 resent = True
@@ -360,11 +400,14 @@ class Runner:
         finally:
             self._running = None
             self._emit(batch, output.flush())
-            self.metrics.turn.add(time.monotonic() - started)
+            took_s = time.monotonic() - started
+            self.metrics.turn.add(took_s)
+            self._telemetry.turn_seconds.labels(self.name).observe(took_s)
             self.last_turn_at = time.monotonic()
         assert end is not None
         if end.usage is not None:
             await self.spend.record(batch, end.usage)
+            self._telemetry.cost_usd.labels(self.name).inc(end.usage.cost_usd or 0.0)
         await self._remember_session()
         return end.status, self._redactor.redact(end.error), end.outage
 
@@ -406,6 +449,7 @@ class Runner:
     async def _finish(self, batch: Batch, status: TurnStatus, detail: str) -> None:
         await self._store.finish_batch(batch.batch_id, status, detail)
         self.metrics.batches += 1
+        self._telemetry.batches.labels(self.name, status.value).inc()
         if status is TurnStatus.ERROR:
             self.metrics.batches_failed += 1
         log.info(

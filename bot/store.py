@@ -18,8 +18,10 @@ import json
 import logging
 import os
 import re
+import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -51,12 +53,15 @@ from bot.model import (
 from bot.ports import OutboxEntry
 
 __all__ = [
+    "BackupFile",
     "OpenBatch",
     "Participant",
+    "Pruned",
     "ShellRun",
     "StaleSources",
     "Store",
     "StoreError",
+    "back_up",
     "hash_token",
 ]
 
@@ -75,6 +80,11 @@ _TRANSITIONS: dict[PromptState, frozenset[PromptState]] = {
 }
 # A batch in one of these was merged or sent but never finished: recovery runs it again.
 _OPEN_BATCH = (BatchState.BATCHED.value, BatchState.SENT.value)
+# Rows deleted per pruning transaction: the store's lock is never held long, so intake waits
+# for at most one small chunk.
+_PRUNE_ROWS = 500
+# SQLite's primary result codes for a damaged file (extended codes keep them in the low byte).
+_DAMAGE_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 
 class StoreError(ConcordiaError):
@@ -107,6 +117,34 @@ class ShellRun:
 
 
 @dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one `Store.prune` deleted, per kind of row."""
+
+    prompts: int = 0
+    images: int = 0
+    batches: int = 0
+    outbox: int = 0
+    turn_costs: int = 0
+    cost_shares: int = 0
+    approvals: int = 0
+    shell_runs: int = 0
+    questions: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(int(getattr(self, f.name)) for f in fields(self))
+
+
+@dataclass(frozen=True, slots=True)
+class BackupFile:
+    """A copy of the database that `back_up` wrote and checked."""
+
+    path: Path
+    size_bytes: int
+    schema_version: int
+
+
+@dataclass(frozen=True, slots=True)
 class OpenBatch:
     """A batch that was merged or sent but never finished: what recovery resumes."""
 
@@ -120,7 +158,29 @@ def hash_token(token: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return _stamp(datetime.now(UTC))
+
+
+def _stamp(moment: datetime) -> str:
+    """A stored timestamp: UTC ISO-8601 text, so that text order is time order."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite refused because the file is damaged or not a database at all."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _DAMAGE_CODES
+
+
+def _damaged(path: Path, detail: str) -> StoreError:
+    name = path.name
+    return StoreError(
+        f"{path} is damaged ({detail}); concordia will not start on it. Stop every concordia "
+        f"using it, move {name} (with any {name}-wal and {name}-shm beside it) aside, then copy "
+        f"a backup made with `concordia backup FILE` to {path} (mode 0600) and start again; "
+        "with no backup, moving it aside starts an empty store with new invite tokens, and "
+        f"`sqlite3 {name} .recover` may salvage rows from the moved file"
+    )
 
 
 def _by_party(group: Sequence[_PendingInsert]) -> dict[str, list[str]]:
@@ -166,13 +226,19 @@ class Store:
             os.close(os.open(self._path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._db = await aiosqlite.connect(self._path, isolation_level=None)
         try:
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a killed process (not a power cut) at a fraction
-            # of FULL's cost; a crash of the bot is the failure we recover from.
-            await self._db.execute("PRAGMA synchronous=NORMAL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._db.execute("PRAGMA busy_timeout=5000")
-            await self._migrate()
+            try:
+                await self._db.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode survives a killed process (not a power cut) at a fraction
+                # of FULL's cost; a crash of the bot is the failure we recover from.
+                await self._db.execute("PRAGMA synchronous=NORMAL")
+                await self._db.execute("PRAGMA foreign_keys=ON")
+                await self._db.execute("PRAGMA busy_timeout=5000")
+                await self._check_intact()
+                await self._migrate()
+            except sqlite3.DatabaseError as exc:
+                if not _is_damage(exc):
+                    raise
+                raise _damaged(self._path, str(exc)) from exc
         except BaseException:
             # aiosqlite's worker thread is not a daemon: left open, it keeps the process alive.
             await self.close()
@@ -204,6 +270,15 @@ class Store:
         if self._db is None:
             raise RuntimeError("the store is not open: use `async with Store(path)`")
         return self._db
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a query (for readiness)."""
+        async with self.db.execute("SELECT 1") as cur:
+            await cur.fetchone()
+
+    def pending_count(self, party: str) -> int:
+        """The party's pending prompts as last counted (for metrics; no query)."""
+        return self._pending.get(party, 0)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -243,6 +318,14 @@ class Store:
             raise
         finally:
             self._pending.clear()  # recounted from the table on next use
+
+    async def _check_intact(self) -> None:
+        """Refuse a damaged file at open (`PRAGMA quick_check`: the b-trees and pages, not the
+        indexes' agreement with their tables; linear in the file's size)."""
+        async with self.db.execute("PRAGMA quick_check(5)") as cur:
+            found = [str(r[0]) for r in await cur.fetchall()]
+        if found != ["ok"]:
+            raise _damaged(self._path, f"PRAGMA quick_check: {'; '.join(found)}")
 
     async def _migrate(self) -> None:
         files = sorted(
@@ -951,6 +1034,187 @@ class Store:
             )
             for i, p, th, b, s, t, r in rows
         ]
+
+    # -- retention ------------------------------------------------------------------------
+
+    async def prune(
+        self,
+        *,
+        finished_before: datetime | None,
+        costs_before: datetime | None = None,
+        audit_before: datetime | None = None,
+    ) -> Pruned:
+        """Delete history older than the given moments (None keeps that kind); what went.
+
+        - ``finished_before``: outbox rows already shown, then finished prompts with their
+          images, then finished batches. A batch's age is when it finished, a withdrawn
+          prompt's when it came. Never a pending, batched or sent prompt, an open batch, an
+          outbox row not yet shown, nor a batch that still has one.
+        - ``costs_before``: turn costs with their shares.
+        - ``audit_before``: settled approvals, finished shell runs and closed questions; never
+          one still open.
+
+        The newest row of each table stays whatever its age: without AUTOINCREMENT SQLite
+        hands out MAX(id)+1, so pruning the newest id would hand it out again (to a batch, an
+        approval whose buttons are still in chat). Rows go in transactions of at most
+        `_PRUNE_ROWS`, each under the store's lock, so writers wait for one small chunk at a
+        time. Safe to cancel: what was committed stays pruned, and a later call goes on.
+        """
+        pruned: dict[str, int] = {}
+        finished = tuple(s.value for s in (BatchState.DONE, BatchState.FAILED))
+        if finished_before is not None:
+            before = _stamp(finished_before)
+            (pruned["outbox"],) = await self._prune_rows(
+                "SELECT o.id FROM outbox o LEFT JOIN batches b ON b.id = o.batch_id"
+                " WHERE o.ref IS NOT NULL AND o.shown IS o.text"
+                " AND o.id < (SELECT MAX(id) FROM outbox)"
+                # a row whose batch is gone was written late for an already pruned batch
+                " AND (b.id IS NULL OR (b.state IN (?, ?) AND b.finished_at < ?)) LIMIT ?",
+                (*finished, before),
+                ["DELETE FROM outbox WHERE id IN ({ids})"],
+            )
+            pruned["images"], pruned["prompts"] = await self._prune_rows(
+                "SELECT p.id FROM prompts p LEFT JOIN batches b ON b.id = p.batch_id"
+                " WHERE p.state IN (?, ?) AND p.id < (SELECT MAX(id) FROM prompts)"
+                " AND ((p.batch_id IS NULL AND p.created_at < ?)"
+                " OR (b.state IN (?, ?) AND b.finished_at < ?)) LIMIT ?",
+                (*finished, before, *finished, before),
+                [
+                    "DELETE FROM prompt_images WHERE prompt_id IN ({ids})",
+                    "DELETE FROM prompts WHERE id IN ({ids})",
+                ],
+            )
+            (pruned["batches"],) = await self._prune_rows(
+                "SELECT b.id FROM batches b"
+                " WHERE b.state IN (?, ?) AND b.finished_at < ?"
+                " AND b.id < (SELECT MAX(id) FROM batches)"
+                " AND NOT EXISTS (SELECT 1 FROM prompts p WHERE p.batch_id = b.id)"
+                " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.batch_id = b.id) LIMIT ?",
+                (*finished, before),
+                ["DELETE FROM batches WHERE id IN ({ids})"],
+            )
+        if costs_before is not None:
+            pruned["cost_shares"], pruned["turn_costs"] = await self._prune_rows(
+                "SELECT id FROM turn_costs WHERE at < ?"
+                " AND id < (SELECT MAX(id) FROM turn_costs) LIMIT ?",
+                (_stamp(costs_before),),
+                [
+                    "DELETE FROM cost_shares WHERE turn_id IN ({ids})",
+                    "DELETE FROM turn_costs WHERE id IN ({ids})",
+                ],
+            )
+        if audit_before is not None:
+            before = _stamp(audit_before)
+            for table, when in (
+                ("approvals", "COALESCE(decided_at, requested_at)"),
+                ("shell_runs", "started_at"),
+                ("questions", "COALESCE(closed_at, asked_at)"),
+            ):
+                (pruned[table],) = await self._prune_rows(
+                    f"SELECT id FROM {table} WHERE outcome IS NOT NULL AND {when} < ?"
+                    f" AND id < (SELECT MAX(id) FROM {table}) LIMIT ?",
+                    (before,),
+                    [f"DELETE FROM {table} WHERE id IN ({{ids}})"],
+                )
+        return Pruned(**pruned)
+
+    async def _prune_rows(
+        self, select: str, args: Sequence[object], deletes: Sequence[str]
+    ) -> list[int]:
+        """Find ids with ``select`` (its last parameter is the LIMIT) and run ``deletes``
+        (``{ids}`` marks the list) on them, one transaction per chunk, until a chunk comes
+        back short; the rows each of ``deletes`` removed."""
+        removed = [0] * len(deletes)
+        while True:
+            async with self._transaction() as db:
+                async with db.execute(select, (*args, _PRUNE_ROWS)) as cur:
+                    ids = [int(r[0]) for r in await cur.fetchall()]
+                marks = ",".join("?" * len(ids))
+                for i, delete in enumerate(deletes if ids else ()):
+                    cur = await db.execute(delete.format(ids=marks), ids)
+                    removed[i] += cur.rowcount
+            if len(ids) < _PRUNE_ROWS:
+                return removed
+
+
+async def back_up(source: Path, target: Path, *, overwrite: bool = False) -> BackupFile:
+    """Copy the database at ``source`` to ``target`` (mode 0600) with SQLite's online backup
+    API, safe while a bot writes to it; the copy is one self-contained file, checked.
+
+    The copy is written beside ``target`` and renamed onto it once checked, so a failed or
+    cancelled backup leaves no half-written file. Raises StoreError when there is no database
+    at ``source``, when ``target`` exists and ``overwrite`` is False, when the source or the
+    copy is damaged, or when SQLite fails otherwise (the file stays locked past its timeout).
+    """
+    uri, part, reserved = _start_backup(source, target, overwrite=overwrite)
+    try:
+        version = await _copy_checked(uri, part, name=source)
+        size = _finish_backup(part, target)
+    except BaseException as exc:
+        _abandon_backup(part, target if reserved else None)
+        if isinstance(exc, sqlite3.DatabaseError) and _is_damage(exc):
+            raise _damaged(source, str(exc)) from exc
+        if isinstance(exc, sqlite3.Error):
+            raise StoreError(f"could not back up {source}: {exc}") from exc
+        raise
+    return BackupFile(target, size, version)
+
+
+def _start_backup(source: Path, target: Path, *, overwrite: bool) -> tuple[str, Path, bool]:
+    """The source's URI, the empty 0600 file to copy into, and whether ``target`` was
+    reserved for the copy."""
+    if not source.is_file():
+        raise StoreError(f"there is no database at {source}: nothing to back up (store.path)")
+    if target.is_dir():
+        raise StoreError(f"{target} is a folder: name the backup file to write")
+    reserved = False
+    if not overwrite:
+        # Reserve the name at once (0600, never an existing file's), so that a file created
+        # meanwhile, or another backup's, is not overwritten by the rename.
+        try:
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise StoreError(f"{target} exists: choose another name, or pass --force") from None
+        reserved = True
+    # mkstemp creates the file 0600, beside the target so that the rename stays on one disk.
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(handle)
+    # mode=rw: a file gone meanwhile is an error rather than a new empty database.
+    return f"{source.absolute().as_uri()}?mode=rw", Path(name), reserved
+
+
+def _finish_backup(part: Path, target: Path) -> int:
+    os.replace(part, target)
+    return target.stat().st_size
+
+
+def _abandon_backup(part: Path, reserved: Path | None) -> None:
+    part.unlink(missing_ok=True)
+    if reserved is not None:
+        reserved.unlink(missing_ok=True)
+
+
+async def _copy_checked(uri: str, part: Path, *, name: Path) -> int:
+    """Back the database at ``uri`` (``name``) up into the empty file ``part``; the copy's
+    schema version."""
+    async with aiosqlite.connect(uri, uri=True) as db:
+        await db.execute("PRAGMA busy_timeout=5000")
+        # The backup runs on the source's thread and uses the copy's connection there.
+        async with aiosqlite.connect(part, check_same_thread=False) as copy:
+            # One step (pages=-1): a write to the source between steps would restart it.
+            await db.backup(copy, pages=-1)
+            # The copy keeps the source's WAL mode in its header; a backup is one file.
+            await copy.execute("PRAGMA journal_mode=DELETE")
+            async with copy.execute("PRAGMA quick_check(5)") as cur:
+                found = [str(r[0]) for r in await cur.fetchall()]
+            if found != ["ok"]:
+                raise StoreError(
+                    f"the copy of {name} fails its check ({'; '.join(found)}): the database "
+                    "itself is damaged; stop the bot and copy the file and its -wal file instead"
+                )
+            async with copy.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def _groups_json(groups: Sequence[MergeGroup]) -> str:

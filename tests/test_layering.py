@@ -26,7 +26,13 @@ FORBIDDEN = ("discord", "slack_bolt", "slack_sdk", "websockets", "aiohttp")
 CONCRETE = {"bot.session": COMPOSITION_ROOTS}
 
 # Third-party libraries each owned by exactly one module of bot/.
-OWNERS = {"pexpect": "session.py", "aiosqlite": "store.py", "google.genai": "merge_gemini.py"}
+OWNERS = {
+    "pexpect": "session.py",
+    "aiosqlite": "store.py",
+    "google.genai": "merge_gemini.py",
+    "prometheus_client": "telemetry.py",
+    "PIL": "images.py",
+}
 
 
 def _imports(source: str) -> set[str]:

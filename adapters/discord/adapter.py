@@ -254,6 +254,11 @@ class DiscordAdapter:
                 raise
             raise refused from None
 
+    async def is_connected(self) -> bool:
+        """The gateway is up and the client has its READY (for readiness)."""
+        client = self._client
+        return client is not None and client.is_ready() and not client.is_closed()
+
     async def stop(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()

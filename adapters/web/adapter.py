@@ -331,6 +331,11 @@ class WebAdapter:
         log.info("sharing through %s", self._tunnel.describe)
         await self._tunnel.run(self._tunnel_port, self._address.move, self._complain)
 
+    @property
+    def client_count(self) -> int:
+        """WebSocket connections open now (pages and terminals)."""
+        return len(self._open)
+
     async def stop(self) -> None:
         self._unsubscribe()
         for ws in list(self._open):
