@@ -37,6 +37,7 @@ bench: $(VENV)/.dev-installed $(CLAUDE_LOCAL)
 	$(BIN)/python -m bench.merge --data tests/data/merge.jsonl
 	$(BIN)/python -m bench.web
 	$(BIN)/python -m bench.latency
+	$(BIN)/python -m bench.soak
 
 $(VENV)/bin/python:
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is needed")'
