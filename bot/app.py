@@ -25,9 +25,10 @@ from typing import Self
 from adapters.web import WebAdapter
 from adapters.web.ops import OpsServer
 from adapters.web.share import CommandTunnel, NgrokTunnel, Tunnel
+from agents.repl import ReplSession
 from bot import ConcordiaError
 from bot.agent import AgentSession
-from bot.config import NGROK_TOKEN_ENV, ClaudeSettings, Settings, ShareProvider
+from bot.config import NGROK_TOKEN_ENV, AgentKind, ClaudeSettings, Settings, ShareProvider
 from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_environment
 from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
 from bot.delivery import redeliver
@@ -276,8 +277,9 @@ class App:
     Use as ``async with App(...) as app`` (everything opened), then `serve` until stopped.
     `add` binds one more adapter before `serve` (tests bind the in-memory one). Each agent
     comes from ``agent_factory``; by default it is Claude (`bot.session.ClaudeSession`) with
-    ``agent_env`` and ``confinement``. Whatever the agent, ``agent_env``'s credentials are
-    redacted from every output.
+    ``agent_env`` and ``confinement``, or with ``agent.kind = "repl"`` a terminal program
+    (`agents.repl.ReplSession`) with ``agent_env``. Whatever the agent, ``agent_env``'s
+    credentials are redacted from every output.
     """
 
     def __init__(
@@ -293,7 +295,9 @@ class App:
         self.settings = settings
         self._agent_env = dict(agent_env)
         self._confinement = confinement
-        self._agent_factory = agent_factory or self._claude
+        self._agent_factory = agent_factory or (
+            self._repl if settings.agent.kind is AgentKind.REPL else self._claude
+        )
         self._tokens = tokens
         self._environ = os.environ if environ is None else environ
         self._stack = contextlib.AsyncExitStack()
@@ -439,6 +443,10 @@ class App:
             env=self._agent_env,
             confinement=self._confinement,
         )
+
+    def _repl(self, party: str, session_id: str | None) -> AgentSession:
+        """``agent.kind = "repl"``: ``agent.command`` on a pty, with Claude's environment."""
+        return ReplSession(self.settings.agent, self.settings.claude, env=self._agent_env)
 
     async def _shut_down_parties(self) -> None:
         """Stop intake and end every running turn, kept for a re-run; within half the stop's

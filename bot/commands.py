@@ -58,6 +58,8 @@ class Overview:
     metrics: tuple[str, ...]  # lines of counters and timings
     held_until: datetime | None = None  # the API refused a turn: the queue waits until then
     agent_running: bool = True  # False while the agent is stopped for want of use
+    agent: str = "Claude"  # the agent in a few words (`AgentSettings.describe`)
+    has_approvals: bool = True  # False on a driver that never asks before acting
 
 
 class CommandTarget(Protocol):
@@ -153,12 +155,15 @@ async def _status(target: CommandTarget, command: Command, role: Role) -> Comman
     else:
         last = f"last turn ended {seen.last_turn_age_s:.0f} s ago"
     lines = [
-        f"party {target.name}: Claude is {state}; {len(seen.pending)} prompt(s) queued; {last}",
+        f"party {target.name}: {seen.agent} is {state}; {len(seen.pending)} prompt(s) queued; "
+        f"{last}",
         f"restarts: {seen.restarts}; merger: {seen.merger}; participants: {seen.participants}; "
         f"spent today: ${await target.spend.today():.2f}",
         *seen.metrics,
         *_shell_lines(target, runs),
-        f"always allowed: {', '.join(target.approval_rules()) or 'nothing'}",
+        f"always allowed: {', '.join(target.approval_rules()) or 'nothing'}"
+        if seen.has_approvals
+        else "approvals: not available on this driver (the agent never asks before it acts)",
     ]
     if role is Role.HOST and (link := await target.join_link()):
         lines.append(f"join link (give it to teammates only): {link}")

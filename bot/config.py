@@ -28,6 +28,8 @@ from bot.model import Answerers
 from bot.state_dir import DATABASE_NAME, default_state_dir, inside
 
 __all__ = [
+    "AgentKind",
+    "AgentSettings",
     "ApprovalSettings",
     "BudgetSettings",
     "ClaudeSettings",
@@ -337,6 +339,13 @@ class ApprovalSettings(_Section):
     timeout_s: float = Field(default=120.0, gt=0, le=86_400)
 
 
+class AgentKind(enum.StrEnum):
+    """Which driver runs a party's agent."""
+
+    CLAUDE = "claude"  # `claude -p` in stream-json (bot.session)
+    REPL = "repl"  # any interactive terminal program through a pty (agents.repl)
+
+
 class AgentSettings(_Section):
     idle_stop_s: float = Field(
         default=900.0,
@@ -345,6 +354,56 @@ class AgentSettings(_Section):
         description="a party's agent is stopped after this long without a turn, and resumes "
         "the same conversation when next needed; 0 keeps it running once started",
     )
+    kind: AgentKind = AgentKind.CLAUDE
+    command: tuple[str, ...] = Field(
+        default=(), description="the repl driver's program and its arguments"
+    )
+    prompt_marker: str = Field(
+        default="^> ?$",
+        min_length=1,
+        description="a regex matched on the rendered screen's last non-empty line (trailing "
+        "spaces stripped): the program waits for input",
+    )
+    idle_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=60,
+        description="output quiet this long while the prompt marker shows ends a repl turn",
+    )
+    columns: int = Field(default=120, ge=20, le=1000)
+    rows: int = Field(default=40, ge=5, le=1000)
+    startup: tuple[str, ...] = Field(
+        default=(), description="keys sent once at start, each once the screen has settled"
+    )
+
+    @field_validator("prompt_marker")
+    @classmethod
+    def _compiles(cls, marker: str) -> str:
+        try:
+            re.compile(marker)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+        return marker
+
+    @model_validator(mode="after")
+    def _repl_has_command(self) -> Self:
+        if self.kind is AgentKind.REPL and not self.command:
+            raise ValueError(
+                'agent.command is required when agent.kind = "repl": set it to the program '
+                'and its arguments, e.g. command = ["python3", "-i"]'
+            )
+        return self
+
+    def describe(self) -> str:
+        """The agent in a few words, as `status` names it."""
+        if self.kind is AgentKind.REPL:
+            return f"the repl agent `{shlex.join(self.command)}`"
+        return "Claude"
+
+    @property
+    def has_approvals(self) -> bool:
+        """Whether the driver asks before the agent acts (the repl driver cannot)."""
+        return self.kind is AgentKind.CLAUDE
 
 
 class QuestionSettings(_Section):

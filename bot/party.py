@@ -393,6 +393,8 @@ class Party:
             metrics=tuple(self.metrics.lines()),
             held_until=self._runner.held_until,
             agent_running=self.session.is_running,
+            agent=self._settings.agent.describe(),
+            has_approvals=self._settings.agent.has_approvals,
         )
 
     def approval_rules(self) -> list[str]:

@@ -23,7 +23,7 @@ ADAPTER_SHARED = frozenset({"attachments", "wire"})
 FORBIDDEN = ("discord", "slack_bolt", "slack_sdk", "websockets", "aiohttp")
 
 # The concrete agent: only the composition root builds one; the core drives `bot.agent`.
-CONCRETE = {"bot.session": COMPOSITION_ROOTS}
+CONCRETE = {"bot.session": COMPOSITION_ROOTS, "agents": COMPOSITION_ROOTS}
 
 # Third-party libraries each owned by exactly one module of bot/.
 OWNERS = {
@@ -174,6 +174,7 @@ def test_owned_libraries_are_imported_by_their_owner_only() -> None:
         ("party.py", "from adapters import memory\n", "adapters.memory"),
         ("relay.py", "from adapters.attachments import fold\n", "adapters.attachments"),
         ("party.py", "from bot.session import ClaudeSession\n", "bot.session"),
+        ("party.py", "from agents.repl import ReplSession\n", "agents.repl"),
         ("party.py", "import pexpect\n", "pexpect"),
         ("store.py", "from pexpect import fdpexpect\n", "pexpect.fdpexpect"),
         ("party.py", "import aiosqlite\n", "aiosqlite"),
