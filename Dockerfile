@@ -30,6 +30,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 COPY pyproject.toml README.md /src/
 COPY bot /src/bot
 COPY adapters /src/adapters
+COPY agents /src/agents
 COPY migrations /src/migrations
 RUN python -m venv /opt/concordia \
     && /opt/concordia/bin/pip install "/src${EXTRAS:+[${EXTRAS}]}"
