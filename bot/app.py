@@ -114,11 +114,24 @@ def bot_secret_names(settings: Settings) -> list[str]:
     ]
 
 
+_AGENT_PREFIXES: dict[AgentKind, tuple[str, ...]] = {
+    AgentKind.CODEX: ("OPENAI_", "CODEX_"),
+    AgentKind.GEMINI: ("GEMINI_", "GOOGLE_"),
+}
+"""What each other agent's CLI reads besides Claude's allow-list: its key, base URL, home."""
+
+
 def agent_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
-    """Claude's environment: the allow-listed part of ``environ``, ``claude.env``, the stored
-    key if no credential is set; never the bot's own secrets (`bot.confinement`)."""
+    """The agent's environment: the allow-listed part of ``environ`` (and what the kind's CLI
+    reads), ``claude.env``, the stored key if no credential is set; never the bot's own
+    secrets (`bot.confinement`): the Gemini CLI gets no key held in ``gemini.api_key_env``."""
     claude = settings.claude
-    env = agent_environment(environ, claude.env, bot_secret_names=bot_secret_names(settings))
+    env = agent_environment(
+        environ,
+        claude.env,
+        bot_secret_names=bot_secret_names(settings),
+        prefixes=_AGENT_PREFIXES.get(settings.agent.kind, ()),
+    )
     # Few retries: an API outage should fail the turn with the API's message, not hang it.
     env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(claude.api_max_retries))
     env.setdefault("DISABLE_AUTOUPDATER", "1")

@@ -17,7 +17,7 @@ import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, assert_never
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -344,6 +344,10 @@ class AgentKind(enum.StrEnum):
 
     CLAUDE = "claude"  # `claude -p` in stream-json (bot.session)
     REPL = "repl"  # any interactive terminal program through a pty (agents.repl)
+    CODEX = "codex"  # the OpenAI Codex CLI through `codex app-server` (agents.codex)
+    GEMINI = (
+        "gemini"  # the Gemini CLI, one `--output-format stream-json` run a turn (agents.gemini)
+    )
 
 
 class AgentSettings(_Section):
@@ -356,7 +360,10 @@ class AgentSettings(_Section):
     )
     kind: AgentKind = AgentKind.CLAUDE
     command: tuple[str, ...] = Field(
-        default=(), description="the repl driver's program and its arguments"
+        default=(),
+        description="the agent's program and its arguments: required for repl; for codex and "
+        "gemini the CLI and extra arguments (default: the project-local install, else the "
+        "kind's name on PATH)",
     )
     prompt_marker: str = Field(
         default="^> ?$",
@@ -396,14 +403,23 @@ class AgentSettings(_Section):
 
     def describe(self) -> str:
         """The agent in a few words, as `status` names it."""
-        if self.kind is AgentKind.REPL:
-            return f"the repl agent `{shlex.join(self.command)}`"
-        return "Claude"
+        match self.kind:
+            case AgentKind.CLAUDE:
+                return "Claude"
+            case AgentKind.REPL:
+                return f"the repl agent `{shlex.join(self.command)}`"
+            case AgentKind.CODEX:
+                return "Codex"
+            case AgentKind.GEMINI:
+                return "Gemini CLI"
+            case unknown:
+                assert_never(unknown)
 
     @property
     def has_approvals(self) -> bool:
-        """Whether the driver asks before the agent acts (the repl driver cannot)."""
-        return self.kind is AgentKind.CLAUDE
+        """Whether the driver asks before the agent acts (the repl driver cannot, nor the
+        Gemini CLI's headless mode)."""
+        return self.kind in (AgentKind.CLAUDE, AgentKind.CODEX)
 
 
 class QuestionSettings(_Section):

@@ -131,9 +131,11 @@ def agent_environment(
     extra: Mapping[str, str],
     *,
     bot_secret_names: Iterable[str],
+    prefixes: tuple[str, ...] = (),
 ) -> dict[str, str]:
-    """The agent's environment: the allow-listed part of ``environ``, then ``extra``
-    (``claude.env``, which the host chose).
+    """The agent's environment: the allow-listed part of ``environ`` (with the variables
+    starting with ``prefixes``: the credentials and switches another agent's CLI reads),
+    then ``extra`` (``claude.env``, which the host chose).
 
     Whatever the lists say, no variable named in ``bot_secret_names`` (the chat platforms'
     token variables, Gemini's key variable), no ``CONCORDIA_*`` setting and no variable
@@ -145,7 +147,7 @@ def agent_environment(
     env = {
         name: value
         for name, value in environ.items()
-        if name in AGENT_ENVIRONMENT or name.startswith(AGENT_ENVIRONMENT_PREFIXES)
+        if name in AGENT_ENVIRONMENT or name.startswith((*AGENT_ENVIRONMENT_PREFIXES, *prefixes))
     }
     env.update(extra)
     dropped = sorted(
