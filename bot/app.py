@@ -25,6 +25,7 @@ from typing import Self
 from adapters.web import WebAdapter
 from adapters.web.ops import OpsServer
 from adapters.web.share import CommandTunnel, NgrokTunnel, Tunnel
+from agents.program import agent_program, program_version
 from agents.repl import ReplSession
 from bot import ConcordiaError
 from bot.agent import AgentSession
@@ -43,7 +44,7 @@ from bot.ports import Adapter, ChatAdapter, ChatOutput, ConnectedAdapter, Outbox
 from bot.relay import ThreadRelay
 from bot.retention import Retention
 from bot.safety import Redactor
-from bot.session import ClaudeSession, find_command
+from bot.session import ClaudeSession
 from bot.state_dir import (
     ADDRESS_NAME,
     DATABASE_NAME,
@@ -379,8 +380,11 @@ class App:
         merger = self._merger = build_merger(settings, self._environ)
         if isinstance(merger, GeminiMerger):
             stack.push_async_callback(merger.aclose)
-        if self._agent_factory == self._claude:
-            find_command(settings.claude)  # a wrong claude.command is said at start, not later
+        program = agent_program(settings.agent, settings.claude)
+        if self._agent_factory in (self._claude, self._repl):
+            program.require()  # a wrong command is said at start, not with the first prompt
+        version = await program_version(program)
+        agent_label = settings.agent.describe() + (f" {version}" if version else "")
         for name in settings.party_names():
             agent = OnDemandAgent(
                 functools.partial(self._agent_factory, name),
@@ -399,6 +403,7 @@ class App:
                 invites=books[name],
                 redactor=self._redactor,
                 telemetry=self.telemetry,
+                agent=agent_label,
             )
             await self.parties[name].load()
         self._web = WebAdapter(

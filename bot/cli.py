@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 
 from adapters.web.http import WILDCARD_HOSTS, local_base, tls_context
 from adapters.web.ops import ask_running
+from agents.program import agent_program, program_version
 from bot import ConcordiaError
+from bot.agent import SessionError
 from bot.app import (
     App,
     BotTokens,
@@ -34,6 +36,7 @@ from bot.app import (
 from bot.config import (
     CONFIG_ENV,
     NGROK_TOKEN_ENV,
+    AgentKind,
     ClaudeSettings,
     Settings,
     ShareProvider,
@@ -56,6 +59,7 @@ _API_KEY_VAR = "ANTHROPIC_API_KEY"
 _CREDENTIAL_VARS = (_API_KEY_VAR, "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")
 _DEFAULT_API_BASE = "https://api.anthropic.com"
 _KEY_CHECK_TIMEOUT_S = 15.0
+_GEMINI_CLI_KEY = "GEMINI_API_KEY"  # what the Gemini CLI reads for its key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,19 +264,15 @@ async def _doctor(settings: Settings) -> int:
     """Say what would stop `concordia run` from working, each with its fix; 1 if anything."""
     problems: list[str] = []
     claude = settings.claude
-    found = shutil.which(claude.command)
-    if found is None:
-        problems.append(
-            f"claude.command {claude.command!r} is not on PATH: `make run` installs a pinned one "
-            "into .tools/, or set claude.command to its path"
-        )
+    program = agent_program(settings.agent, settings.claude)
+    try:
+        found = program.require()
+    except SessionError as exc:
+        problems.append(str(exc))
     else:
-        version = await _claude_version(found)
-        print(f"✓ claude: {found} ({version or 'version unknown'})")
-    if has_credentials(agent_env(settings, os.environ)):
-        print("✓ Claude has credentials")
-    else:
-        problems.append("Claude has no credentials: run `concordia setup` or set ANTHROPIC_API_KEY")
+        version = await program_version(program)
+        print(f"✓ {settings.agent.describe()} {version or '(version unknown)'}: {found}")
+    problems += _credential_problems(settings)
     if not claude.workdir.is_dir():
         problems.append(f"claude.workdir {claude.workdir} is not a directory")
     print(f"✓ state folder: {settings.state_dir} (outside the working tree)")
@@ -357,15 +357,24 @@ def _web_problems(settings: Settings) -> list[str]:
     return problems
 
 
-async def _claude_version(command: str) -> str:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            command, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), _KEY_CHECK_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        return ""
-    return out.decode(errors="replace").strip()
+def _credential_problems(settings: Settings) -> list[str]:
+    """Whether the agent will find a key: Claude's are checked; the Gemini CLI's default
+    variable must not be the merger's (the bot's secrets never reach the agent)."""
+    env = agent_env(settings, os.environ)
+    match settings.agent.kind:
+        case AgentKind.CLAUDE:
+            if not has_credentials(env):
+                return ["Claude has no credentials: run `concordia setup` or set ANTHROPIC_API_KEY"]
+            print("✓ Claude has credentials")
+        case AgentKind.GEMINI if settings.gemini.api_key_env == _GEMINI_CLI_KEY:
+            return [
+                f"the Gemini CLI reads ${_GEMINI_CLI_KEY}, which is also the merger's key "
+                "(gemini.api_key_env) and so is kept from the agent: give the merger its own "
+                'variable (gemini.api_key_env = "MERGER_GEMINI_API_KEY")'
+            ]
+        case _:
+            pass  # the CLI's own login is its business: `codex login`, gemini's OAuth
+    return []
 
 
 async def _invite(settings: Settings, args: argparse.Namespace) -> int:

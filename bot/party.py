@@ -94,8 +94,10 @@ class Party:
         invites: InviteBook,
         redactor: Redactor,
         telemetry: Telemetry,
+        agent: str,
     ):
         self.name = name
+        self._agent = agent  # the agent and its version in a few words, as `status` names it
         self._telemetry = telemetry
         self._settings = settings
         self._store = store
@@ -393,7 +395,7 @@ class Party:
             metrics=tuple(self.metrics.lines()),
             held_until=self._runner.held_until,
             agent_running=self.session.is_running,
-            agent=self._settings.agent.describe(),
+            agent=self._agent,
             has_approvals=self._settings.agent.has_approvals,
         )
 

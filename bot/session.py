@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -47,7 +46,7 @@ from bot.pace import Backoff, Jitter
 from bot.stream_json import StreamLine, TurnParser, parse_line
 
 # The events are `bot.agent`'s; they are re-exported for callers driving a session directly.
-__all__ = ["ClaudeSession", "find_command", "stream_json_command"]
+__all__ = ["ClaudeSession", "stream_json_command"]
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +77,6 @@ class _Exited:
 
     exit_status: int | None
     tail: str
-
-
-def find_command(settings: ClaudeSettings) -> str:
-    """The path ``claude.command`` runs; raises SessionError, saying how to fix it, when
-    there is none."""
-    found = shutil.which(settings.command)
-    if found is None:
-        raise SessionError(
-            f"claude.command {settings.command!r} was not found: install Claude Code "
-            "(make run does) or set claude.command to its path"
-        )
-    return found
 
 
 def stream_json_command(
