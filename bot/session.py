@@ -287,7 +287,9 @@ class ClaudeSession:
         if message is None:
             self._note_text(line)
             return
-        if message.get("session_id"):
+        if message.get("type") == "result" and message.get("session_id"):
+            # Only a finished turn's conversation is on disk to resume: a CLI killed during
+            # its first turn saved nothing, and `--resume` of its id fails.
             self.session_id = str(message["session_id"])
         if isinstance(mode := message.get("permissionMode"), str):
             self._mode = mode  # it changes by itself: an approved plan leaves plan mode
