@@ -19,7 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,6 +201,25 @@ class Confinement:
                 "filesystem": {"denyRead": [p.as_posix() for p in self._paths()]},
             }
         return json.dumps(settings, separators=(",", ":"))
+
+    def wrap(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run where the denied paths show nothing, for an agent that takes no
+        ``--settings`` (every driver but Claude's): bubblewrap gives it the host's file
+        system with an empty tmpfs over each denied folder and an unreadable /dev/null (the
+        mount is nodev) over each denied file, and a PID namespace of its own, so that no /proc entry of the bot is there.
+        It dies with the bot (``--die-with-parent``). ``argv`` unchanged when the OS sandbox
+        is off (`bot.app` says so at start)."""
+        if not self.is_sandboxed:
+            return list(argv)
+        command = ["bwrap", "--dev-bind", "/", "/", "--unshare-pid", "--proc", "/proc"]
+        for path in self._paths():
+            if path.is_relative_to("/proc"):
+                continue  # the new /proc holds only the agent's own processes
+            if path.is_dir():
+                command += ["--tmpfs", str(path)]
+            elif path.exists():
+                command += ["--ro-bind", "/dev/null", str(path)]
+        return [*command, "--die-with-parent", "--", *argv]
 
     def _paths(self) -> list[Path]:
         """Each denied path as given and, when a symlink leads elsewhere, as resolved."""

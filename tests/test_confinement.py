@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bot import app
 from bot.config import ConfigError, load_settings
-from bot.confinement import Confinement, SandboxSupport, agent_environment
+from bot.confinement import Confinement, SandboxSupport, agent_environment, sandbox_support
 from tests.conftest import _to_toml
 
 BOT_SECRETS = {
@@ -175,3 +177,40 @@ def test_claude_args_may_not_replace_the_settings(tmp_path: Path) -> None:
     config.write_text(_to_toml({"claude": {"args": ["--settings", "{}"]}}))
     with pytest.raises(ConfigError, match="may not hold --settings"):
         load_settings(config, environ={}, base=tmp_path)
+
+
+@pytest.mark.skipif(not sandbox_support().is_available, reason="needs bubblewrap (.ci/run has it)")
+def test_a_wrapped_agent_sees_none_of_the_bots_files_nor_its_process(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "tokens.json").write_text('{"host": "host-invite-secret"}')
+    credentials = tmp_path / "credentials.json"
+    credentials.write_text('{"api_key": "sk-ant-secret"}')
+    work = tmp_path / "work"
+    work.mkdir()
+    confinement = Confinement(
+        denied=(state, credentials, Path(f"/proc/{os.getpid()}")), is_sandboxed=True
+    )
+    probe = (
+        "import os, pathlib, sys\n"
+        "state, creds, work, bot = sys.argv[1:]\n"
+        "print('state:', sorted(os.listdir(state)))\n"
+        "try:\n"
+        "    print('credentials:', repr(pathlib.Path(creds).read_text()))\n"
+        "except PermissionError:\n"
+        "    print('credentials: denied')\n"
+        "print('bot process:', os.path.exists('/proc/' + bot))\n"
+        "pathlib.Path(work, 'made').write_text('ok')\n"
+    )
+    argv = [sys.executable, "-c", probe, str(state), str(credentials), str(work), str(os.getpid())]
+    out = subprocess.run(
+        confinement.wrap(argv), capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    assert out.splitlines() == ["state: []", "credentials: denied", "bot process: False"]
+    assert (work / "made").read_text() == "ok", "the working tree stays the agent's to change"
+    assert (state / "tokens.json").exists(), "the bot's own files are untouched"
+
+
+def test_without_the_sandbox_the_command_is_unchanged() -> None:
+    confinement = Confinement(denied=(Path("/tmp/state"),), is_sandboxed=False)
+    assert confinement.wrap(["codex", "app-server"]) == ["codex", "app-server"]
