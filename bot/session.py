@@ -42,8 +42,8 @@ from bot.agent import (
 from bot.config import ClaudeSettings
 from bot.confinement import Confinement
 from bot.model import Image, TurnStatus
-from bot.pace import Backoff, Jitter
 from bot.stream_json import StreamLine, TurnParser, parse_line
+from bot.supervisor import Lifeline
 
 # The events are `bot.agent`'s; they are re-exported for callers driving a session directly.
 __all__ = ["ClaudeSession", "stream_json_command"]
@@ -68,7 +68,6 @@ _INLINE_WRITE_BYTES = 16384
 _TAIL_LINES = 20
 # A process that lived this long before dying starts the restart backoff afresh: it is a new
 # failure, not the next of a crash loop.
-_CALM_LIFE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,14 +116,16 @@ class ClaudeSession:
         self._confinement = confinement
         self.session_id = session_id
         self.ready = asyncio.Event()
-        self.restarts = 0
+        self._lifeline = Lifeline(
+            "claude",
+            backoff_s=settings.restart_backoff_s,
+            backoff_max_s=settings.restart_backoff_max_s,
+        )
         self._lines: asyncio.Queue[StreamLine | _Exited] = asyncio.Queue()
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_lock = asyncio.Lock()
         self._supervisor: asyncio.Task[None] | None = None
         self._is_turn_active = False
-        self._is_stopping = False
-        self._planned_restart: asyncio.Event = asyncio.Event()
         self._start_fresh = False
         self._parser = TurnParser()
         self._process_cost_usd = 0.0  # what this process's turns cost so far
@@ -135,6 +136,10 @@ class ClaudeSession:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
+
+    @property
+    def restarts(self) -> int:
+        return self._lifeline.restarts
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -166,7 +171,7 @@ class ClaudeSession:
 
     async def stop(self) -> None:
         """Close stdin, give the process a moment to exit, then kill its process group."""
-        self._is_stopping = True
+        self._lifeline.is_stopping = True
         if self._proc is not None:
             await self._terminate(self._proc)
         if self._supervisor is not None:
@@ -182,7 +187,7 @@ class ClaudeSession:
         if self._is_turn_active:
             raise RuntimeError("restart() while a turn runs: interrupt it first")
         self._start_fresh = fresh
-        self._planned_restart.set()
+        self._lifeline.plan_restart()
         if self._proc is not None:
             await self._terminate(self._proc)
 
@@ -221,11 +226,6 @@ class ClaudeSession:
         self.ready.set()
 
     async def _supervise(self) -> None:
-        backoff = Backoff(
-            self._settings.restart_backoff_s,
-            self._settings.restart_backoff_max_s,
-            jitter=Jitter.EQUAL,
-        )
         while True:
             proc = self._proc
             assert proc is not None
@@ -240,23 +240,8 @@ class ClaudeSession:
             exit_status = await asyncio.to_thread(proc.wait)
             tail = "\n".join(self._tail)
             self._lines.put_nowait(_Exited(exit_status, tail))
-            if self._is_stopping:
+            if not await self._lifeline.after_exit(exit_status, time.monotonic() - started, tail):
                 return
-            if self._planned_restart.is_set():
-                self._planned_restart.clear()
-                log.info("claude restarted on request")
-            else:
-                self.restarts += 1
-                if time.monotonic() - started > _CALM_LIFE_S:
-                    backoff.reset()
-                delay_s = backoff.delay()
-                log.warning(
-                    "claude exited unexpectedly (status %s); restarting in %.1f s",
-                    exit_status,
-                    delay_s,
-                    extra={"exit_status": exit_status, "tail": tail[-500:]},
-                )
-                await asyncio.sleep(delay_s)  # pacing: restart backoff
             self._spawn()
 
     async def _pump(self, fd: int) -> None:
