@@ -20,15 +20,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, assert_never
 
 from adapters.web import WebAdapter
 from adapters.web.ops import OpsServer
 from adapters.web.share import CommandTunnel, NgrokTunnel, Tunnel
+from agents.codex import CodexSession
 from agents.program import agent_program, program_version
 from agents.repl import ReplSession
 from bot import ConcordiaError
-from bot.agent import AgentSession
+from bot.agent import AgentSession, SessionError
 from bot.config import NGROK_TOKEN_ENV, AgentKind, ClaudeSettings, Settings, ShareProvider
 from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_environment
 from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
@@ -290,10 +291,9 @@ class App:
 
     Use as ``async with App(...) as app`` (everything opened), then `serve` until stopped.
     `add` binds one more adapter before `serve` (tests bind the in-memory one). Each agent
-    comes from ``agent_factory``; by default it is Claude (`bot.session.ClaudeSession`) with
-    ``agent_env`` and ``confinement``, or with ``agent.kind = "repl"`` a terminal program
-    (`agents.repl.ReplSession`) with ``agent_env``. Whatever the agent, ``agent_env``'s
-    credentials are redacted from every output.
+    comes from ``agent_factory``; by default it is the driver ``agent.kind`` names (Claude's
+    `bot.session.ClaudeSession`, or one of `agents/`) with ``agent_env`` and ``confinement``.
+    Whatever the agent, ``agent_env``'s credentials are redacted from every output.
     """
 
     def __init__(
@@ -309,9 +309,7 @@ class App:
         self.settings = settings
         self._agent_env = dict(agent_env)
         self._confinement = confinement
-        self._agent_factory = agent_factory or (
-            self._repl if settings.agent.kind is AgentKind.REPL else self._claude
-        )
+        self._agent_factory = agent_factory or self._agent
         self._tokens = tokens
         self._environ = os.environ if environ is None else environ
         self._stack = contextlib.AsyncExitStack()
@@ -381,7 +379,7 @@ class App:
         if isinstance(merger, GeminiMerger):
             stack.push_async_callback(merger.aclose)
         program = agent_program(settings.agent, settings.claude)
-        if self._agent_factory in (self._claude, self._repl):
+        if self._agent_factory == self._agent:
             program.require()  # a wrong command is said at start, not with the first prompt
         version = await program_version(program)
         agent_label = settings.agent.describe() + (f" {version}" if version else "")
@@ -453,18 +451,25 @@ class App:
         self.address.watch(record)
         self._stack.callback(path.unlink, missing_ok=True)
 
-    def _claude(self, party: str, session_id: str | None) -> AgentSession:
-        """The default agent: the `claude` CLI, with this run's environment and confinement."""
-        return ClaudeSession(
-            self.settings.claude,
-            session_id=session_id,
-            env=self._agent_env,
-            confinement=self._confinement,
-        )
-
-    def _repl(self, party: str, session_id: str | None) -> AgentSession:
-        """``agent.kind = "repl"``: ``agent.command`` on a pty, with Claude's environment."""
-        return ReplSession(self.settings.agent, self.settings.claude, env=self._agent_env)
+    def _agent(self, party: str, session_id: str | None) -> AgentSession:
+        """The agent ``agent.kind`` names, with this run's environment and confinement."""
+        agent, claude = self.settings.agent, self.settings.claude
+        env, confinement = self._agent_env, self._confinement
+        match agent.kind:
+            case AgentKind.CLAUDE:
+                return ClaudeSession(
+                    claude, session_id=session_id, env=env, confinement=confinement
+                )
+            case AgentKind.REPL:
+                return ReplSession(agent, claude, env=env)
+            case AgentKind.CODEX:
+                return CodexSession(
+                    agent, claude, session_id=session_id, env=env, confinement=confinement
+                )
+            case AgentKind.GEMINI:
+                raise SessionError("the gemini driver is being wired")
+            case unknown:
+                assert_never(unknown)
 
     async def _shut_down_parties(self) -> None:
         """Stop intake and end every running turn, kept for a re-run; within half the stop's

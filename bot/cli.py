@@ -500,7 +500,7 @@ async def _run(settings: Settings, config: Path | None) -> int:
         )
         return 2
     claude_env = agent_env(settings, os.environ)
-    if not has_credentials(claude_env):
+    if settings.agent.kind is AgentKind.CLAUDE and not has_credentials(claude_env):
         if not sys.stdin.isatty():
             print(
                 "concordia: Claude has no credentials: "
@@ -576,7 +576,9 @@ def _bot_tokens(settings: Settings) -> BotTokens | None:
 
 
 def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
-    if settings.claude.sandbox is SandboxMode.OFF:
+    if settings.agent.kind is not AgentKind.CLAUDE:
+        _say_wrapper(settings, support)
+    elif settings.claude.sandbox is SandboxMode.OFF:
         print(
             'concordia: Claude\'s sandbox is off (claude.sandbox = "off"): a command you '
             "approve can read anything this user can",
@@ -593,6 +595,25 @@ def _say_sandbox(settings: Settings, support: SandboxSupport) -> None:
         )
     else:
         log.info("Claude's commands run in its sandbox (%s)", support.mechanism)
+
+
+def _say_wrapper(settings: Settings, support: SandboxSupport) -> None:
+    """Another agent takes no deny rules: only bubblewrap around it hides Concordia's files."""
+    name = settings.agent.describe()
+    if settings.claude.sandbox is not SandboxMode.OFF and support.is_available:
+        log.info("%s runs under %s, Concordia's files hidden from it", name, support.mechanism)
+        return
+    why = (
+        'claude.sandbox = "off"'
+        if settings.claude.sandbox is SandboxMode.OFF
+        else f"the sandbox is not available: {support.missing}"
+    )
+    print(
+        f"concordia: {name} is not confined ({why}): it can read Concordia's state folder, "
+        "invite tokens included, and anything else this user can",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _announce(settings: Settings, address: JoinAddress, invites: Mapping[str, Invites]) -> None:

@@ -73,6 +73,11 @@ class CommandTarget(Protocol):
     def name(self) -> str: ...
 
     @property
+    def agent_name(self) -> str:
+        """What messages call the agent ("Claude", "Codex")."""
+        ...
+
+    @property
     def shells(self) -> ShellQueue | None:
         """The party's shell command queue; None when the shell is off."""
         ...
@@ -320,11 +325,13 @@ async def _invite(target: CommandTarget, command: Command, role: Role) -> Comman
 
 
 async def _restart(target: CommandTarget, command: Command, role: Role) -> CommandResult:
-    return _restarting(command.name, target.restart(fresh=False), "restarting Claude")
+    what = f"restarting {target.agent_name}"
+    return _restarting(command.name, target.restart(fresh=False), what)
 
 
 async def _new(target: CommandTarget, command: Command, role: Role) -> CommandResult:
-    return _restarting(command.name, target.restart(fresh=True), "a fresh Claude conversation")
+    what = f"a fresh {target.agent_name} conversation"
+    return _restarting(command.name, target.restart(fresh=True), what)
 
 
 def _restarting(name: str, is_interrupting: bool, what: str) -> CommandResult:

@@ -401,19 +401,26 @@ class AgentSettings(_Section):
             )
         return self
 
-    def describe(self) -> str:
-        """The agent in a few words, as `status` names it."""
+    @property
+    def name(self) -> str:
+        """What the party's messages call the agent ("Claude restarted")."""
         match self.kind:
             case AgentKind.CLAUDE:
                 return "Claude"
             case AgentKind.REPL:
-                return f"the repl agent `{shlex.join(self.command)}`"
+                return "The repl agent"
             case AgentKind.CODEX:
                 return "Codex"
             case AgentKind.GEMINI:
                 return "Gemini CLI"
             case unknown:
                 assert_never(unknown)
+
+    def describe(self) -> str:
+        """The agent in a few words, as `status` names it."""
+        if self.kind is AgentKind.REPL:
+            return f"the repl agent `{shlex.join(self.command)}`"
+        return self.name
 
     @property
     def has_approvals(self) -> bool:

@@ -205,10 +205,10 @@ class Confinement:
     def wrap(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run where the denied paths show nothing, for an agent that takes no
         ``--settings`` (every driver but Claude's): bubblewrap gives it the host's file
-        system with an empty tmpfs over each denied folder and an unreadable /dev/null (the
-        mount is nodev) over each denied file, and a PID namespace of its own, so that no /proc entry of the bot is there.
-        It dies with the bot (``--die-with-parent``). ``argv`` unchanged when the OS sandbox
-        is off (`bot.app` says so at start)."""
+        system with an empty tmpfs over each denied folder, an unreadable /dev/null (the
+        mount is nodev) over each denied file, and a PID namespace of its own, so that no
+        /proc entry of the bot is there. It dies with the bot (``--die-with-parent``).
+        ``argv`` unchanged when the OS sandbox is off (`bot.app` says so at start)."""
         if not self.is_sandboxed:
             return list(argv)
         command = ["bwrap", "--dev-bind", "/", "/", "--unshare-pid", "--proc", "/proc"]

@@ -243,8 +243,8 @@ class Party:
             return CommandResult("join", False, "That invite token was refused.")
         self._join_attempts.succeeded(account)
         text = f"Welcome to party {self.name} ({role.value}). Mention me with a prompt."
-        if role.may_approve:
-            text += " You may also decide on the tools Claude asks to use."
+        if role.may_approve and self._settings.agent.has_approvals:
+            text += f" You may also decide on the tools {self.agent_name} asks to use."
         return CommandResult("join", True, text)
 
     async def leave(self, author: Author) -> None:
@@ -374,6 +374,11 @@ class Party:
         return self._approvals.decide(approval_id, _cleaned(author), role, decision)
 
     # -- what a command may ask (bot.commands.CommandTarget) ------------------------------
+
+    @property
+    def agent_name(self) -> str:
+        """What messages call the agent ("Claude", "Codex")."""
+        return self._settings.agent.name
 
     @property
     def shells(self) -> ShellQueue | None:

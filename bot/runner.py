@@ -104,6 +104,7 @@ class Runner:
     ) -> None:
         self.name = name
         self._settings = settings
+        self._agent = settings.agent.name
         self._store = store
         self.session = session
         self._merger = merger
@@ -151,7 +152,7 @@ class Runner:
         self.wake.set()
         if self._running is not None:
             self._questions.cancel_all(
-                "Concordia is restarting: Claude will ask again", QuestionOutcome.ABANDONED
+                f"Concordia is restarting: {self._agent} will ask again", QuestionOutcome.ABANDONED
             )
             self._controls.put_nowait(_Cancel())
         await self._idle.wait()
@@ -170,7 +171,9 @@ class Runner:
             batch_id = open_batch.batch.batch_id
             note = f"batch {batch_id} was cut off by a restart; re-running it once"
             if unanswered and open_batch.was_sent:
-                note += f" (question {unanswered} was left unanswered: Claude will ask again)"
+                note += (
+                    f" (question {unanswered} was left unanswered: {self._agent} will ask again)"
+                )
                 unanswered = ""
             await self._run_batch(open_batch.batch, note=note if open_batch.was_sent else "")
         if unanswered:  # its batch had ended after all: nothing will ask it again
@@ -238,7 +241,9 @@ class Runner:
                         await self._store.set_session_id(self.name, None)
                     self._publish(
                         Notice(
-                            "started a fresh Claude conversation" if fresh else "Claude restarted"
+                            f"started a fresh {self._agent} conversation"
+                            if fresh
+                            else f"{self._agent} restarted"
                         )
                     )
                 case _:
@@ -278,7 +283,8 @@ class Runner:
                 batch = await self._store.mark_sent(batch)
             if batch.attempt > _MAX_ATTEMPTS:
                 detail = (
-                    f"Claude stopped mid-turn {_MAX_ATTEMPTS} times on this batch; giving up on it"
+                    f"{self._agent} stopped mid-turn {_MAX_ATTEMPTS} times on this batch; "
+                    "giving up on it"
                 )
                 await self._finish(batch, TurnStatus.ERROR, detail)
                 return
@@ -301,7 +307,7 @@ class Runner:
                 )
                 self._publish(
                     Notice(
-                        f"Claude stopped in the middle of batch {batch.batch_id}; "
+                        f"{self._agent} stopped in the middle of batch {batch.batch_id}; "
                         "restarting it and re-running the batch once"
                     )
                 )
@@ -422,8 +428,8 @@ class Runner:
                     self._questions.cancel_all("the turn was cancelled")
                 case _Restart():
                     await self.session.interrupt()
-                    self._approvals.cancel_all("Claude is restarting: denied")
-                    self._questions.cancel_all("Claude is restarting")
+                    self._approvals.cancel_all(f"{self._agent} is restarting: denied")
+                    self._questions.cancel_all(f"{self._agent} is restarting")
                     self._controls.put_nowait(control)  # applied once the turn has ended
                     return
                 case _:

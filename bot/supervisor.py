@@ -31,6 +31,11 @@ class Lifeline:
         self.is_stopping = False
         self.restarts = 0
 
+    @property
+    def is_exit_expected(self) -> bool:
+        """Whether the process is ending because it was asked to (a stop, a restart)."""
+        return self.is_stopping or self._is_planned
+
     def plan_restart(self) -> None:
         """The next exit is asked for: restart at once, without counting it."""
         self._is_planned = True

@@ -13,8 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +22,14 @@ import pytest
 
 from tests.conftest import make_settings
 from tests.e2e.harness import BotProcess, Client
-from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
-
-SLOW_STEPS = 40
-SLOW_INTERVAL_S = 0.15
-
-
-@dataclass(frozen=True)
-class FarEnd:
-    """One driver's far end, running: the settings that point the real CLI at it, what the
-    model was sent, and how to tell the agent's process among the bot's children."""
-
-    kind: str
-    sections: dict[str, dict[str, object]]
-    user_texts: Callable[[], list[str]]
-    process_marker: str
-
-
-@contextlib.asynccontextmanager
-async def _claude(tmp_path: Path) -> AsyncIterator[FarEnd]:
-    async with FakeAnthropic(slow_interval_s=SLOW_INTERVAL_S, slow_steps=SLOW_STEPS) as api:
-        home = tmp_path / "home"
-        home.mkdir(exist_ok=True)
-        yield FarEnd(
-            kind="claude",
-            sections={
-                "claude": {"env": claude_env(home, api.base_url), "command": claude_command()}
-            },
-            user_texts=lambda: [t.user_text for t in api.turns],
-            process_marker="claude",
-        )
-
-
-FAR_ENDS = {
-    "claude": pytest.param(_claude, marks=pytest.mark.claude, id="claude"),
-}
+from tests.far_ends import FAR_ENDS, FarEnd, FarEndFactory
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.parametrize("far_end", FAR_ENDS.values())]
 
 
 @contextlib.asynccontextmanager
 async def _bot(
-    far_end: Callable[[Path], contextlib.AbstractAsyncContextManager[FarEnd]],
+    far_end: FarEndFactory,
     tmp_path: Path,
     **party: object,
 ) -> AsyncIterator[tuple[FarEnd, Path]]:
@@ -76,7 +41,8 @@ async def _bot(
 def _agent_pid(bot: BotProcess, marker: str) -> int:
     assert bot.proc is not None
     children = psutil.Process(bot.proc.pid).children(recursive=True)
-    found = [c for c in children if marker in " ".join(c.cmdline())]
+    # The agent itself, not the bubblewrap around it.
+    found = [c for c in children if marker in " ".join(c.cmdline()) and c.name() != "bwrap"]
     assert found, f"no {marker} child among {[c.cmdline() for c in children]}"
     return found[0].pid
 

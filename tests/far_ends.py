@@ -1,0 +1,78 @@
+"""Each agent driver's far end, for the tests and benchmarks that run `concordia run` on every
+``agent.kind``: a fake of the API the agent's real CLI calls, the settings that point the CLI
+at it, and what the model was sent."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
+from tests.fakes.openai_api import FakeOpenAI, codex_command, codex_env
+
+__all__ = ["FAR_ENDS", "SLOW_INTERVAL_S", "SLOW_STEPS", "FarEnd", "FarEndFactory"]
+
+SLOW_STEPS = 40
+SLOW_INTERVAL_S = 0.15
+"""A SLOW reply streams for 6 s: long enough to cancel or kill it mid-turn."""
+
+
+@dataclass(frozen=True)
+class FarEnd:
+    """One driver's far end, running: the settings sections that point the real CLI at it
+    (for `tests.conftest.make_settings`), the user text of each request the model got, and
+    a word in the agent process's command line (to find it among the bot's children)."""
+
+    kind: str
+    sections: dict[str, dict[str, object]]
+    user_texts: Callable[[], list[str]]
+    process_marker: str
+
+
+FarEndFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[FarEnd]]
+
+
+@contextlib.asynccontextmanager
+async def claude(tmp_path: Path) -> AsyncIterator[FarEnd]:
+    """`claude -p` stream-json against the fake Anthropic API."""
+    async with FakeAnthropic(slow_interval_s=SLOW_INTERVAL_S, slow_steps=SLOW_STEPS) as api:
+        env = claude_env(_home(tmp_path), api.base_url)
+        yield FarEnd(
+            kind="claude",
+            sections={"claude": {"env": env, "command": claude_command()}},
+            user_texts=lambda: [t.user_text for t in api.turns],
+            process_marker="claude",
+        )
+
+
+@contextlib.asynccontextmanager
+async def codex(tmp_path: Path) -> AsyncIterator[FarEnd]:
+    """`codex app-server` against the fake OpenAI Responses API."""
+    async with FakeOpenAI(slow_interval_s=SLOW_INTERVAL_S, slow_steps=SLOW_STEPS) as api:
+        env = codex_env(_home(tmp_path), api.base_url)
+        yield FarEnd(
+            kind="codex",
+            sections={
+                "claude": {"env": env},
+                "agent": {"kind": "codex", "command": [codex_command()]},
+            },
+            user_texts=api.user_texts,
+            process_marker="app-server",
+        )
+
+
+def _home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return home
+
+
+FAR_ENDS = {
+    "claude": pytest.param(claude, marks=pytest.mark.claude, id="claude"),
+    "codex": pytest.param(codex, marks=pytest.mark.codex, id="codex"),
+}
+"""Every driver's far end, as pytest parameters marked with the CLI they need."""
