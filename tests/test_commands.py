@@ -72,6 +72,7 @@ class FakeParty:
     """A `CommandTarget` that records what the commands asked of it."""
 
     name: str = PARTY
+    agent_name: str = "Claude"
     shells: ShellQueue | FakeShells | None = None
     running: Batch | None = None
     is_ready: bool = True
