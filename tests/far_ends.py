@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,13 +25,15 @@ SLOW_INTERVAL_S = 0.15
 @dataclass(frozen=True)
 class FarEnd:
     """One driver's far end, running: the settings sections that point the real CLI at it
-    (for `tests.conftest.make_settings`), the user text of each request the model got, and
-    a word in the agent process's command line (to find it among the bot's children)."""
+    (for `tests.conftest.make_settings`), the user text of each request the model got, a
+    word in the agent process's command line (to find it among the bot's children), and
+    the requests' whole bodies."""
 
     kind: str
     sections: dict[str, dict[str, object]]
     user_texts: Callable[[], list[str]]
     process_marker: str
+    bodies: Callable[[], list[dict[str, Any]]]  # every request's body: all the model saw
 
 
 FarEndFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[FarEnd]]
@@ -46,6 +49,7 @@ async def claude(tmp_path: Path) -> AsyncIterator[FarEnd]:
             sections={"claude": {"env": env, "command": claude_command()}},
             user_texts=lambda: [t.user_text for t in api.turns],
             process_marker="claude",
+            bodies=lambda: [t.body for t in api.turns],
         )
 
 
@@ -62,6 +66,7 @@ async def codex(tmp_path: Path) -> AsyncIterator[FarEnd]:
             },
             user_texts=api.user_texts,
             process_marker="app-server",
+            bodies=lambda: [t.body for t in api.turns],
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,11 +21,14 @@ from typing import Any
 import psutil
 import pytest
 
+from bot.confinement import sandbox_support
+from tests import far_ends
 from tests.conftest import make_settings
 from tests.e2e.harness import BotProcess, Client
 from tests.far_ends import FAR_ENDS, FarEnd, FarEndFactory
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.parametrize("far_end", FAR_ENDS.values())]
+pytestmark = pytest.mark.timeout(180)
+every_driver = pytest.mark.parametrize("far_end", FAR_ENDS.values())
 
 
 @contextlib.asynccontextmanager
@@ -60,6 +64,7 @@ def _done(frames: list[dict[str, Any]], batch_id: int) -> bool:
     return any(f["type"] == "done" and f["batch_id"] == batch_id for f in frames)
 
 
+@every_driver
 async def test_three_clients_merged_into_one_turn_streamed_to_all(
     far_end: Any, tmp_path: Path
 ) -> None:
@@ -101,6 +106,7 @@ async def test_three_clients_merged_into_one_turn_streamed_to_all(
     assert _states(tmp_path) == ["done"] * 4
 
 
+@every_driver
 async def test_cancel_mid_turn_then_the_next_turn_works(far_end: Any, tmp_path: Path) -> None:
     async with (
         _bot(far_end, tmp_path) as (end, config),
@@ -121,6 +127,7 @@ async def test_cancel_mid_turn_then_the_next_turn_works(far_end: Any, tmp_path: 
         assert "next one" in end.user_texts()[-1]
 
 
+@every_driver
 async def test_the_agent_killed_mid_turn_is_restarted_and_the_batch_rerun(
     far_end: Any, tmp_path: Path
 ) -> None:
@@ -142,6 +149,7 @@ async def test_the_agent_killed_mid_turn_is_restarted_and_the_batch_rerun(
     assert _states(tmp_path) == ["done"]
 
 
+@every_driver
 async def test_a_200_kb_prompt_arrives_whole(far_end: Any, tmp_path: Path) -> None:
     big = "".join(f"line {n:05d} of the big prompt\n" for n in range(7000))[:200_000]
     assert len(big) == 200_000
@@ -157,6 +165,7 @@ async def test_a_200_kb_prompt_arrives_whole(far_end: Any, tmp_path: Path) -> No
         assert big.strip() in end.user_texts()[-1], "the 200 kB prompt reached the model whole"
 
 
+@every_driver
 async def test_the_bot_killed_mid_batch_loses_nothing(far_end: Any, tmp_path: Path) -> None:
     async with _bot(far_end, tmp_path) as (end, config):
         async with (
@@ -186,3 +195,30 @@ async def test_the_bot_killed_mid_batch_loses_nothing(far_end: Any, tmp_path: Pa
         texts = end.user_texts()
         assert sum("release notes" in t for t in texts) == 2, "ran, then was re-run once"
         assert sum("tag the release" in t for t in texts) == 1
+
+
+@pytest.mark.codex
+@pytest.mark.skipif(not sandbox_support().is_available, reason="needs bubblewrap (.ci/run has it)")
+async def test_an_approved_codex_command_cannot_read_concordias_files(tmp_path: Path) -> None:
+    """Codex's own sandbox lets a command read the whole disk: the bubblewrap around it hides
+    the state folder (invite tokens) and the config. Checked on what reached the model."""
+    async with (
+        _bot(far_ends.codex, tmp_path) as (end, config),
+        BotProcess(config, tmp_path) as bot,
+        Client(bot.port, bot.host_token, "host") as host,
+    ):
+        await host.expect("welcome")
+        state = tmp_path / "state"
+        assert any(state.iterdir()), "the bot keeps its database and tokens there"
+        await host.prompt("x", f"TOOL_BASH ls -a {state}; cat {config} {state}/*; echo probed")
+        approval = await host.expect("approval", within_s=60)
+        await host.send(
+            {"type": "approve", "approval_id": approval["approval_id"], "decision": "allow"}
+        )
+        done = await host.expect("done", within_s=60)
+        assert done["status"] == "success"
+        result = end.user_texts()[-1]
+        assert "probed" in result, "the command ran and its output reached the model"
+        sent = "\n".join(json.dumps(body) for body in end.bodies())
+        for secret in (bot.host_token, bot.invite, "concordia.db", "collect_window_s"):
+            assert secret not in sent
