@@ -1,17 +1,19 @@
-"""Per-turn overhead of the bot: N sequential prompts through `concordia run` vs `claude` alone.
+"""Per-turn overhead of the bot over driving the same agent CLI directly, for each driver.
 
-(a) the bot: one WebSocket client sends a prompt and waits for its batch's `done` before
-sending the next, so each prompt is its own batch and turn (collect window 0).
-(b) direct: one `claude -p` stream-json process fed the same user lines one at a time,
-each waiting for its `result` line.
+N sequential prompts through `concordia run` with ``agent.kind = KIND`` (one WebSocket
+client; each prompt its own batch and turn, collect window 0), and the same prompts given
+to the same CLI without the bot:
 
-Both talk to the same in-process FakeAnthropic and each gets one unmeasured warm-up
-turn. Both stay up for the whole run and their turns alternate (bot, direct, direct,
-bot, ...), so drift (the conversation growing, the machine's other load) falls on both
-sides alike. The difference includes the WebSocket hop, the store's writes (accept,
-batch, sent, done) and the merge.
+- claude: one `claude -p` stream-json process fed user lines, each awaited to `result`;
+- codex: one `codex app-server`, each turn a `turn/start` awaited to `turn/completed`;
 
-    python -m bench.overhead [--prompts 20]
+Both sides talk to the same in-process fake API and get one unmeasured warm-up turn. Both
+stay up for the whole run and their turns alternate (bot, direct, direct, bot, ...), so
+drift (the conversation growing, the machine's other load) falls on both sides alike. The
+difference includes the WebSocket hop, the store's writes (accept, batch, sent, done), the
+merge and, except for claude, the bubblewrap the bot runs the agent in.
+
+    python -m bench.overhead [--agent claude|codex] [--prompts 20] [--stream-s 0]
 """
 
 from __future__ import annotations
@@ -25,17 +27,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from bench._common import bot_config, command_line, percentile, print_table, scratch
+from bench._common import command_line, percentile, print_table, scratch
 from tests.conftest import make_settings
 from tests.e2e.harness import BotProcess, Client
-from tests.fakes.anthropic_api import FakeAnthropic
+from tests.far_ends import FACTORIES, FarEnd
 
 _TURN_TIMEOUT_S = 60.0
 _EXIT_TIMEOUT_S = 10.0
 # stream-json's first line lists every tool and can be far longer than asyncio's 64 KiB.
 _LINE_LIMIT_BYTES = 16 * 1024 * 1024
-_DIRECT_FLAGS = (
+_CLAUDE_FLAGS = (
     "-p",
     "--input-format",
     "stream-json",
@@ -44,6 +47,7 @@ _DIRECT_FLAGS = (
     "--verbose",
     "--include-partial-messages",
 )
+_PACE = {"member_burst": 1_000_000, "member_prompts_per_minute": 1e9}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +62,16 @@ class _BotTurn:
 
 @dataclass(frozen=True, slots=True)
 class _DirectTurn:
-    """Seconds from writing the user line to the first text delta and to `result`."""
+    """Seconds from handing the CLI the prompt to its first text and to the turn's end."""
 
     first_output_s: float
     result_s: float
+
+
+class _Direct(Protocol):
+    """The CLI driven without the bot: one turn at a time."""
+
+    async def turn(self, text: str) -> _DirectTurn: ...
 
 
 async def _bot_turn(client: Client, client_id: str, text: str) -> _BotTurn:
@@ -84,63 +94,33 @@ async def _bot_turn(client: Client, client_id: str, text: str) -> _BotTurn:
 
 
 @contextlib.asynccontextmanager
-async def _bot_client(api: FakeAnthropic, root: Path) -> AsyncIterator[Client]:
-    """`concordia run` (collect window 0) and one joined client, warmed up by one turn."""
-    config = bot_config(root, api, party={"collect_window_s": 0.0})
+async def _bot_client(end: FarEnd, root: Path) -> AsyncIterator[Client]:
+    """`concordia run` on ``end``'s agent (collect window 0) and one joined client, warmed up
+    by one turn."""
+    make_settings(root, None, **end.sections, party={"collect_window_s": 0.0, **_PACE})
+    config = root / "config.toml"
     async with BotProcess(config, root) as bot, Client(bot.port, bot.invite, "bench") as client:
         await client.expect("welcome", _TURN_TIMEOUT_S)
         await _bot_turn(client, "warm-up", "bench warm-up")
         yield client
 
 
-async def _direct_turn(proc: asyncio.subprocess.Process, text: str) -> _DirectTurn:
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    started = time.monotonic()
-    first_output_s = float("nan")
-    line = {"type": "user", "message": {"role": "user", "content": text}}
-    proc.stdin.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
-    await proc.stdin.drain()
-    async with asyncio.timeout(_TURN_TIMEOUT_S):
-        while True:
-            raw = await proc.stdout.readline()
-            if not raw:
-                raise RuntimeError(f"claude exited mid-turn with status {await proc.wait()}")
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                continue  # a warning on stderr (merged into stdout)
-            if not isinstance(message, dict):
-                continue
-            kind = message.get("type")
-            if kind == "stream_event" and first_output_s != first_output_s:
-                delta = (message.get("event") or {}).get("delta") or {}
-                if delta.get("type") == "text_delta":
-                    first_output_s = time.monotonic() - started
-            if kind == "result":
-                if message.get("subtype") != "success" or message.get("is_error"):
-                    raise RuntimeError(f"claude's turn failed: {raw.decode()[:300]}")
-                return _DirectTurn(first_output_s, time.monotonic() - started)
-
-
 @contextlib.asynccontextmanager
-async def _direct_claude(
-    api: FakeAnthropic, root: Path
+async def _process(
+    end: FarEnd, root: Path, *argv: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """One `claude -p` stream-json process with the bot's claude environment, warmed up."""
-    claude = make_settings(root, api).claude
+    """``argv`` with the environment and working directory the bot would give the agent."""
+    claude = make_settings(root, None, **end.sections).claude
     proc = await asyncio.create_subprocess_exec(
-        claude.command,
-        *_DIRECT_FLAGS,
+        *argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.DEVNULL,
         cwd=claude.workdir,
         env=claude.env,
         limit=_LINE_LIMIT_BYTES,
     )
     try:
-        await _direct_turn(proc, "bench warm-up")
         yield proc
     finally:
         assert proc.stdin is not None
@@ -151,6 +131,129 @@ async def _direct_claude(
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+
+
+async def _lines(proc: asyncio.subprocess.Process) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects the process writes a line each (anything else skipped)."""
+    assert proc.stdout is not None
+    while True:
+        raw = await proc.stdout.readline()
+        if not raw:
+            raise RuntimeError(f"the CLI exited mid-turn with status {await proc.wait()}")
+        with contextlib.suppress(ValueError):
+            message = json.loads(raw)
+            if isinstance(message, dict):
+                yield message
+
+
+def _send(proc: asyncio.subprocess.Process, message: dict[str, Any]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write((json.dumps(message, ensure_ascii=False) + "\n").encode())
+
+
+class _ClaudeDirect:
+    """One `claude -p` stream-json process: a user line, then its `result` line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self._proc = proc
+
+    async def turn(self, text: str) -> _DirectTurn:
+        started = time.monotonic()
+        first_output_s = float("nan")
+        _send(self._proc, {"type": "user", "message": {"role": "user", "content": text}})
+        async with asyncio.timeout(_TURN_TIMEOUT_S):
+            async for message in _lines(self._proc):
+                kind = message.get("type")
+                if kind == "stream_event" and first_output_s != first_output_s:
+                    delta = (message.get("event") or {}).get("delta") or {}
+                    if delta.get("type") == "text_delta":
+                        first_output_s = time.monotonic() - started
+                if kind == "result":
+                    if message.get("subtype") != "success" or message.get("is_error"):
+                        raise RuntimeError(f"claude's turn failed: {str(message)[:300]}")
+                    return _DirectTurn(first_output_s, time.monotonic() - started)
+        raise AssertionError("unreachable")
+
+
+class _CodexDirect:
+    """One `codex app-server`: `turn/start` on one thread, then its `turn/completed`, with
+    the thread settings the bot's driver uses."""
+
+    def __init__(self, proc: asyncio.subprocess.Process):
+        self._proc = proc
+        self._ids = iter(range(1, 1_000_000))
+        self._thread = ""
+
+    async def _call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        rpc_id = next(self._ids)
+        _send(self._proc, {"id": rpc_id, "method": method, "params": params})
+        async with asyncio.timeout(_TURN_TIMEOUT_S):
+            async for message in _lines(self._proc):
+                if message.get("id") == rpc_id and "method" not in message:
+                    if "error" in message:
+                        raise RuntimeError(f"codex refused {method}: {message['error']}")
+                    result: dict[str, Any] = message["result"]
+                    return result
+        raise AssertionError("unreachable")
+
+    async def open(self, cwd: str) -> None:
+        info = {"name": "bench", "title": "bench", "version": "0"}
+        await self._call("initialize", {"clientInfo": info, "capabilities": None})
+        _send(self._proc, {"method": "initialized"})
+        thread = await self._call(
+            "thread/start",
+            {
+                "cwd": cwd,
+                "approvalPolicy": "untrusted",
+                "sandbox": "workspace-write",
+                "approvalsReviewer": "user",
+            },
+        )
+        self._thread = thread["thread"]["id"]
+
+    async def turn(self, text: str) -> _DirectTurn:
+        started = time.monotonic()
+        first_output_s = float("nan")
+        text_input = {"type": "text", "text": text, "text_elements": []}
+        await self._call("turn/start", {"threadId": self._thread, "input": [text_input]})
+        async with asyncio.timeout(_TURN_TIMEOUT_S):
+            async for message in _lines(self._proc):
+                method = message.get("method")
+                if method == "item/agentMessage/delta" and first_output_s != first_output_s:
+                    first_output_s = time.monotonic() - started
+                if method == "turn/completed":
+                    status = message["params"]["turn"]["status"]
+                    if status != "completed":
+                        raise RuntimeError(f"codex's turn ended {status}: {str(message)[:300]}")
+                    return _DirectTurn(first_output_s, time.monotonic() - started)
+        raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def _direct(kind: str, end: FarEnd, root: Path) -> AsyncIterator[_Direct]:
+    """``kind``'s CLI without the bot, warmed up by one turn."""
+    direct: _Direct
+    match kind:
+        case "claude":
+            command = str(end.sections["claude"]["command"])
+            async with _process(end, root, command, *_CLAUDE_FLAGS) as proc:
+                direct = _ClaudeDirect(proc)
+                await direct.turn("bench warm-up")
+                yield direct
+        case "codex":
+            (cli,) = end.sections["agent"]["command"]  # type: ignore[misc]
+            async with _process(end, root, str(cli), "app-server") as proc:
+                codex = _CodexDirect(proc)
+                await codex.open(_workdir(end, root))
+                await codex.turn("bench warm-up")
+                yield codex
+        case _:
+            raise ValueError(f"no direct driver for {kind!r}")
+
+
+def _workdir(end: FarEnd, root: Path) -> str:
+    """The agent's working directory, absolute (codex wants its thread's so)."""
+    return str(make_settings(root, None, **end.sections).claude.workdir.resolve())
 
 
 def _row(name: str, turns_s: list[float]) -> list[str]:
@@ -170,40 +273,44 @@ def _mean_ms(values_s: list[float]) -> str:
     return f"{statistics.mean(values_s) * 1000:.2f}"
 
 
-async def _main(prompt_count: int, stream_s: float) -> None:
+async def _main(kind: str, prompt_count: int, stream_s: float) -> None:
     # With --stream-s the fake streams each reply over that long (the SLOW trigger), as a
-    # real model does; without it a turn is the bare CLI + fake API round trip (~20 ms).
+    # real model does; without it a turn is the bare CLI + fake API round trip.
     slow = "SLOW " if stream_s else ""
     prompts = [f"{slow}bench prompt {i}" for i in range(prompt_count)]
     bot: list[_BotTurn] = []
     direct: list[_DirectTurn] = []
     steps = 10
-    async with FakeAnthropic(slow_interval_s=stream_s / steps or 0.5, slow_steps=steps) as api:
-        with scratch("concordia-bench-bot-") as bot_root, scratch("concordia-bench-cli-") as root:
-            async with _bot_client(api, bot_root) as client, _direct_claude(api, root) as proc:
-                for i, text in enumerate(prompts):
-                    # ABBA order: neither side always runs right after the other.
-                    if i % 2 == 0:
-                        bot.append(await _bot_turn(client, f"p{i}", text))
-                        direct.append(await _direct_turn(proc, text))
-                    else:
-                        direct.append(await _direct_turn(proc, text))
-                        bot.append(await _bot_turn(client, f"p{i}", text))
+    far_end = FACTORIES[kind]
+    with scratch("concordia-bench-bot-") as bot_root, scratch("concordia-bench-cli-") as root:
+        async with (
+            far_end(bot_root, slow_interval_s=stream_s / steps or 0.5, slow_steps=steps) as end,
+            _bot_client(end, bot_root) as client,
+            _direct(kind, end, root) as cli,
+        ):
+            for i, text in enumerate(prompts):
+                # ABBA order: neither side always runs right after the other.
+                if i % 2 == 0:
+                    bot.append(await _bot_turn(client, f"p{i}", text))
+                    direct.append(await cli.turn(text))
+                else:
+                    direct.append(await cli.turn(text))
+                    bot.append(await _bot_turn(client, f"p{i}", text))
 
     bot_s = sum(t.done_s for t in bot)
     direct_s = sum(t.result_s for t in direct)
-    print(f"{prompt_count} sequential prompts, one turn each, the two sides alternating")
+    print(f"agent {kind}: {prompt_count} sequential prompts, one turn each, sides alternating")
     print("(each side had one unmeasured warm-up turn)")
     print()
     print_table(
         ["path", "total s", "mean ms", "p50 ms", "p90 ms", "min ms", "max ms"],
         [
             _row("bot (client send -> done)", [t.done_s for t in bot]),
-            _row("claude direct (line -> result)", [t.result_s for t in direct]),
+            _row(f"{kind} direct (prompt -> turn end)", [t.result_s for t in direct]),
         ],
     )
     print()
-    print(f"ratio bot/direct:  {bot_s / direct_s:.4f}   (goal <= 1.02)")
+    print(f"ratio bot/direct:  {bot_s / direct_s:.4f}")
     print(
         f"per-turn overhead: {(bot_s - direct_s) / prompt_count * 1000:.2f} ms"
         "   ((bot - direct) / N; includes the WebSocket hop and the store's writes)"
@@ -220,12 +327,12 @@ async def _main(prompt_count: int, stream_s: float) -> None:
                 "-",
             ],
             [
-                "batch -> first output (claude + API to first delta)",
+                "batch -> first output (agent + API to first text)",
                 _mean_ms([t.first_output_s - t.batch_s for t in bot]),
                 _mean_ms([t.first_output_s for t in direct]),
             ],
             [
-                "first output -> done / result",
+                "first output -> done / turn end",
                 _mean_ms([t.done_s - t.first_output_s for t in bot]),
                 _mean_ms([t.result_s - t.first_output_s for t in direct]),
             ],
@@ -235,6 +342,7 @@ async def _main(prompt_count: int, stream_s: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
+    parser.add_argument("--agent", choices=sorted(FACTORIES), default="claude")
     parser.add_argument("--prompts", type=int, default=20, help="measured turns per side")
     parser.add_argument(
         "--stream-s",
@@ -247,9 +355,10 @@ def main() -> None:
         parser.error("--prompts must be >= 1")
     if args.stream_s < 0:
         parser.error("--stream-s must be >= 0")
-    print(command_line("bench.overhead", {"prompts": args.prompts, "stream-s": args.stream_s}))
+    shown = {"agent": args.agent, "prompts": args.prompts, "stream-s": args.stream_s}
+    print(command_line("bench.overhead", shown))
     print()
-    asyncio.run(_main(args.prompts, args.stream_s))
+    asyncio.run(_main(args.agent, args.prompts, args.stream_s))
 
 
 if __name__ == "__main__":

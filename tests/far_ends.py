@@ -8,14 +8,14 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
 from tests.fakes.openai_api import FakeOpenAI, codex_command, codex_env
 
-__all__ = ["FAR_ENDS", "SLOW_INTERVAL_S", "SLOW_STEPS", "FarEnd", "FarEndFactory"]
+__all__ = ["FACTORIES", "FAR_ENDS", "SLOW_INTERVAL_S", "SLOW_STEPS", "FarEnd", "FarEndFactory"]
 
 SLOW_STEPS = 40
 SLOW_INTERVAL_S = 0.15
@@ -36,14 +36,22 @@ class FarEnd:
     bodies: Callable[[], list[dict[str, Any]]]  # every request's body: all the model saw
 
 
-FarEndFactory = Callable[[Path], contextlib.AbstractAsyncContextManager[FarEnd]]
+class FarEndFactory(Protocol):
+    """Starts a far end for a test's or benchmark's files under ``root``; a SLOW reply
+    streams ``slow_steps`` deltas ``slow_interval_s`` apart."""
+
+    def __call__(
+        self, root: Path, *, slow_interval_s: float = ..., slow_steps: int = ...
+    ) -> contextlib.AbstractAsyncContextManager[FarEnd]: ...
 
 
 @contextlib.asynccontextmanager
-async def claude(tmp_path: Path) -> AsyncIterator[FarEnd]:
+async def claude(
+    root: Path, *, slow_interval_s: float = SLOW_INTERVAL_S, slow_steps: int = SLOW_STEPS
+) -> AsyncIterator[FarEnd]:
     """`claude -p` stream-json against the fake Anthropic API."""
-    async with FakeAnthropic(slow_interval_s=SLOW_INTERVAL_S, slow_steps=SLOW_STEPS) as api:
-        env = claude_env(_home(tmp_path), api.base_url)
+    async with FakeAnthropic(slow_interval_s=slow_interval_s, slow_steps=slow_steps) as api:
+        env = claude_env(_home(root), api.base_url)
         yield FarEnd(
             kind="claude",
             sections={"claude": {"env": env, "command": claude_command()}},
@@ -54,10 +62,12 @@ async def claude(tmp_path: Path) -> AsyncIterator[FarEnd]:
 
 
 @contextlib.asynccontextmanager
-async def codex(tmp_path: Path) -> AsyncIterator[FarEnd]:
+async def codex(
+    root: Path, *, slow_interval_s: float = SLOW_INTERVAL_S, slow_steps: int = SLOW_STEPS
+) -> AsyncIterator[FarEnd]:
     """`codex app-server` against the fake OpenAI Responses API."""
-    async with FakeOpenAI(slow_interval_s=SLOW_INTERVAL_S, slow_steps=SLOW_STEPS) as api:
-        env = codex_env(_home(tmp_path), api.base_url)
+    async with FakeOpenAI(slow_interval_s=slow_interval_s, slow_steps=slow_steps) as api:
+        env = codex_env(_home(root), api.base_url)
         yield FarEnd(
             kind="codex",
             sections={
@@ -70,14 +80,17 @@ async def codex(tmp_path: Path) -> AsyncIterator[FarEnd]:
         )
 
 
-def _home(tmp_path: Path) -> Path:
-    home = tmp_path / "home"
+def _home(root: Path) -> Path:
+    home = root / "home"
     home.mkdir(exist_ok=True)
     return home
 
 
-FAR_ENDS = {
-    "claude": pytest.param(claude, marks=pytest.mark.claude, id="claude"),
-    "codex": pytest.param(codex, marks=pytest.mark.codex, id="codex"),
-}
+FACTORIES: dict[str, FarEndFactory] = {"claude": claude, "codex": codex}
+"""Each ``agent.kind``'s far end."""
+
+FAR_ENDS = [
+    pytest.param(claude, marks=pytest.mark.claude, id="claude"),
+    pytest.param(codex, marks=pytest.mark.codex, id="codex"),
+]
 """Every driver's far end, as pytest parameters marked with the CLI they need."""

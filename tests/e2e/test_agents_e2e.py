@@ -28,7 +28,7 @@ from tests.e2e.harness import BotProcess, Client
 from tests.far_ends import FAR_ENDS, FarEnd, FarEndFactory
 
 pytestmark = pytest.mark.timeout(180)
-every_driver = pytest.mark.parametrize("far_end", FAR_ENDS.values())
+every_driver = pytest.mark.parametrize("far_end", FAR_ENDS)
 
 
 @contextlib.asynccontextmanager
