@@ -26,10 +26,11 @@ from adapters.web import WebAdapter
 from adapters.web.ops import OpsServer
 from adapters.web.share import CommandTunnel, NgrokTunnel, Tunnel
 from agents.codex import CodexSession
+from agents.gemini import GeminiSession
 from agents.program import agent_program, program_version
 from agents.repl import ReplSession
 from bot import ConcordiaError
-from bot.agent import AgentSession, SessionError
+from bot.agent import AgentSession
 from bot.config import NGROK_TOKEN_ENV, AgentKind, ClaudeSettings, Settings, ShareProvider
 from bot.confinement import Confinement, SandboxMode, SandboxSupport, agent_environment
 from bot.credentials import API_KEY_VAR, CREDENTIAL_VARS, stored_api_key
@@ -134,6 +135,11 @@ def agent_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
         bot_secret_names=bot_secret_names(settings),
         prefixes=_AGENT_PREFIXES.get(settings.agent.kind, ()),
     )
+    if settings.agent.kind is AgentKind.GEMINI:
+        # The Gemini CLI loads the first .env above its workdir into its environment, but
+        # only into variables not set: set to nothing, the bot's own cannot come from there.
+        for name in bot_secret_names(settings):
+            env.setdefault(name, "")
     # Few retries: an API outage should fail the turn with the API's message, not hang it.
     env.setdefault("CLAUDE_CODE_MAX_RETRIES", str(claude.api_max_retries))
     env.setdefault("DISABLE_AUTOUPDATER", "1")
@@ -467,7 +473,9 @@ class App:
                     agent, claude, session_id=session_id, env=env, confinement=confinement
                 )
             case AgentKind.GEMINI:
-                raise SessionError("the gemini driver is being wired")
+                return GeminiSession(
+                    agent, claude, session_id=session_id, env=env, confinement=confinement
+                )
             case unknown:
                 assert_never(unknown)
 

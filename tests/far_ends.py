@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import pytest
 
 from tests.fakes.anthropic_api import FakeAnthropic, claude_command, claude_env
+from tests.fakes.gemini_api import FakeGeminiForCli, gemini_cli_env, gemini_command
 from tests.fakes.openai_api import FakeOpenAI, codex_command, codex_env
 
 __all__ = ["FACTORIES", "FAR_ENDS", "SLOW_INTERVAL_S", "SLOW_STEPS", "FarEnd", "FarEndFactory"]
@@ -80,17 +81,39 @@ async def codex(
         )
 
 
+@contextlib.asynccontextmanager
+async def gemini(
+    root: Path, *, slow_interval_s: float = SLOW_INTERVAL_S, slow_steps: int = SLOW_STEPS
+) -> AsyncIterator[FarEnd]:
+    """`gemini --output-format stream-json`, one run a turn, against the fake Gemini API."""
+    async with FakeGeminiForCli(slow_interval_s=slow_interval_s, slow_steps=slow_steps) as api:
+        env = gemini_cli_env(_home(root), api.base_url)
+        yield FarEnd(
+            kind="gemini",
+            sections={
+                "claude": {"env": env},
+                "agent": {"kind": "gemini", "command": [gemini_command()]},
+                # The CLI's own key is GEMINI_API_KEY: the merger's must be another.
+                "gemini": {"api_key_env": "MERGER_GEMINI_API_KEY"},
+            },
+            user_texts=api.user_texts,
+            process_marker="gemini",
+            bodies=lambda: [t.body for t in api.turns],
+        )
+
+
 def _home(root: Path) -> Path:
     home = root / "home"
     home.mkdir(exist_ok=True)
     return home
 
 
-FACTORIES: dict[str, FarEndFactory] = {"claude": claude, "codex": codex}
+FACTORIES: dict[str, FarEndFactory] = {"claude": claude, "codex": codex, "gemini": gemini}
 """Each ``agent.kind``'s far end."""
 
 FAR_ENDS = [
     pytest.param(claude, marks=pytest.mark.claude, id="claude"),
     pytest.param(codex, marks=pytest.mark.codex, id="codex"),
+    pytest.param(gemini, marks=pytest.mark.gemini, id="gemini"),
 ]
 """Every driver's far end, as pytest parameters marked with the CLI they need."""
