@@ -6,6 +6,8 @@ to the same CLI without the bot:
 
 - claude: one `claude -p` stream-json process fed user lines, each awaited to `result`;
 - codex: one `codex app-server`, each turn a `turn/start` awaited to `turn/completed`;
+- gemini: one `gemini --output-format stream-json` process a turn (the prompt on stdin,
+  `--resume` of the first turn's session), awaited to its `result` line;
 
 Both sides talk to the same in-process fake API and get one unmeasured warm-up turn. Both
 stay up for the whole run and their turns alternate (bot, direct, direct, bot, ...), so
@@ -13,7 +15,7 @@ drift (the conversation growing, the machine's other load) falls on both sides a
 difference includes the WebSocket hop, the store's writes (accept, batch, sent, done), the
 merge and, except for claude, the bubblewrap the bot runs the agent in.
 
-    python -m bench.overhead [--agent claude|codex] [--prompts 20] [--stream-s 0]
+    python -m bench.overhead [--agent claude|codex|gemini] [--prompts 20] [--stream-s 0]
 """
 
 from __future__ import annotations
@@ -229,6 +231,41 @@ class _CodexDirect:
         raise AssertionError("unreachable")
 
 
+class _GeminiDirect:
+    """The Gemini CLI as the bot's driver runs it: one headless stream-json process a turn,
+    the prompt on stdin, resuming the conversation the first turn began."""
+
+    def __init__(self, end: FarEnd, root: Path):
+        self._end = end
+        self._root = root
+        self._session = ""
+
+    async def turn(self, text: str) -> _DirectTurn:
+        (cli,) = self._end.sections["agent"]["command"]  # type: ignore[misc]
+        argv = [str(cli), "--skip-trust", "--output-format", "stream-json"]
+        if self._session:
+            argv += ["--resume", self._session]
+        started = time.monotonic()
+        first_output_s = float("nan")
+        async with _process(self._end, self._root, *argv) as proc:
+            assert proc.stdin is not None
+            proc.stdin.write(text.encode())
+            proc.stdin.close()
+            async with asyncio.timeout(_TURN_TIMEOUT_S):
+                async for message in _lines(proc):
+                    kind = message.get("type")
+                    if kind == "init":
+                        self._session = str(message["session_id"])
+                    is_answer = kind == "message" and message.get("role") == "assistant"
+                    if is_answer and first_output_s != first_output_s:
+                        first_output_s = time.monotonic() - started
+                    if kind == "result":
+                        if message.get("status") != "success":
+                            raise RuntimeError(f"gemini's turn failed: {str(message)[:300]}")
+                        return _DirectTurn(first_output_s, time.monotonic() - started)
+        raise AssertionError("unreachable")
+
+
 @contextlib.asynccontextmanager
 async def _direct(kind: str, end: FarEnd, root: Path) -> AsyncIterator[_Direct]:
     """``kind``'s CLI without the bot, warmed up by one turn."""
@@ -247,6 +284,10 @@ async def _direct(kind: str, end: FarEnd, root: Path) -> AsyncIterator[_Direct]:
                 await codex.open(_workdir(end, root))
                 await codex.turn("bench warm-up")
                 yield codex
+        case "gemini":
+            direct = _GeminiDirect(end, root)
+            await direct.turn("bench warm-up")
+            yield direct
         case _:
             raise ValueError(f"no direct driver for {kind!r}")
 
