@@ -1,13 +1,17 @@
 """ReplSession: the `bot.agent.AgentSession` that is any interactive terminal program
 (``agent.command``) on a pty, its screen rendered by a terminal emulator (pyte).
 
-A turn types the prompt and streams what appears below it; it ends once the output has
-been quiet for ``agent.idle_s`` AND the last non-empty screen line matches
-``agent.prompt_marker`` (a marker seen while output goes on is not the end). The session's
-supervisor task owns the process: it spawns it, feeds every byte to the screen, sends
-``agent.startup``, and restarts it with backoff when it dies. The party's runner is the only
-caller of `run`, `interrupt` and `restart`. The driver never asks before the agent acts:
-there are no approvals on it.
+The program waits for input where ``agent.prompt_marker`` matches the line the cursor is on
+(a TUI keeps its input line above a footer) or the last non-empty line. A turn types the
+prompt, presses Enter once the screen has settled, and ends once the output has been quiet
+for ``agent.idle_s`` AND the marker shows (a marker seen while output goes on is not the
+end). The answer is what the turn changed above the input line, less the echo of the
+prompt: what stayed as it was at the top (earlier output) and just above the input line (an
+input box's frame, a status row), and all below the input line (a footer), is the program's
+own. The session's supervisor task owns the process: it spawns it, feeds every byte to the
+screen, sends ``agent.startup``, and restarts it with backoff when it dies. The party's
+runner is the only caller of `run`, `interrupt` and `restart`. The driver never asks before
+the agent acts: there are no approvals on it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Self
 import pexpect
 import pyte
 
+from agents.program import agent_program
 from bot.agent import (
     AgentEvent,
     PlanRequest,
@@ -40,8 +45,9 @@ from bot.agent import (
     TurnEnd,
 )
 from bot.config import AgentSettings, ClaudeSettings
+from bot.confinement import Confinement
 from bot.model import Image, TurnStatus
-from bot.pace import Backoff, Jitter
+from bot.supervisor import Lifeline
 
 __all__ = ["ReplSession", "strip_echo"]
 
@@ -51,10 +57,16 @@ _READ_CHUNK_BYTES = 65536
 # A canonical pty line holds at most 4095 bytes; 1000 characters are at most 4000 bytes.
 _WRITE_CHUNK_CHARS = 1000
 _CTRL_C = "\x03"
+_ENTER = "\r"
+# Kill the line (the tty's VKILL, readline's unix-line-discard), then Backspace (the tty's
+# VERASE, as xterm sends it), which joins a multi-line input's line to the one above.
+_KILL_LINE, _BACKSPACE = "\x15", "\x7f"
 _PASTE_START, _PASTE_END = "\x1b[200~", "\x1b[201~"
 _BRACKETED_PASTE_MODE = 2004 << 5  # how pyte keeps the private mode ?2004 (DEC modes << 5)
-# A process that lived this long before dying starts the restart backoff afresh.
-_CALM_LIFE_S = 60.0
+_ALTERNATE_SCREEN_MODE = 1049 << 5
+# A program may elide the middle of a long echo (Claude Code's TUI shows "(N lines hidden)")
+# but shows its end: these many of the prompt's last letters and digits mark where it ends.
+_ECHO_TAIL_CHARS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +81,58 @@ _CHANGED = "changed"  # on the update queue: the screen changed
 
 
 def strip_echo(text: str, prompt: str) -> str | None:
-    """``text`` (what appeared below the prompt line) without the program's echo of
-    ``prompt``: the echo is the shortest start of ``text`` holding every non-blank character
-    of the prompt in order (prompt markers, continuation marks and wraps between them), up
-    to the end of its line. None while the echo may still be arriving; ``text`` as it is
-    when it plainly holds no echo (the program does not echo)."""
-    wanted = [c for c in prompt if not c.isspace()]
+    """``text`` (what appeared from the prompt line on) without the program's echo of
+    ``prompt``, which runs to the end of its line. Only letters and digits count: the echo
+    may be wrapped, indented, hold prompt markers and continuation marks, or be rendered
+    (Claude Code's TUI drops Markdown's code fences from it). For a prompt of more than 200
+    of them, the echo ends where its last 200 first appear in a row (its middle may be
+    elided); else at the shortest start of ``text`` holding all of them in order. None
+    while the echo may still be arriving; ``text`` as it is when it plainly holds no echo
+    (the program does not echo)."""
+    wanted = "".join(c for c in prompt if c.isalnum())
     limit = 2 * len(prompt) + 200  # an echo is at most the prompt plus markers and wraps
+    last = _run_end(text, wanted[-_ECHO_TAIL_CHARS:]) if len(wanted) > _ECHO_TAIL_CHARS else -1
+    if last < 0:
+        last = _subsequence_end(text[: limit + 1], wanted)
+    if last < 0:
+        return None if len(text) <= limit else text
+    end = text.find("\n", last)
+    return "" if end < 0 else text[end + 1 :]
+
+
+def _subsequence_end(text: str, wanted: str) -> int:
+    """Where in ``text`` the last of ``wanted``'s characters, found in order, is; -1 when
+    they are not all there."""
+    if not wanted:
+        return 0
     i = 0
     for pos, char in enumerate(text):
-        if i == len(wanted):
-            end = text.find("\n", pos - 1)
-            return "" if end < 0 else text[end + 1 :]
-        if pos > limit:
-            return text
         if char == wanted[i]:
             i += 1
-    if i == len(wanted):
-        return ""
-    return None if len(text) <= limit else text
+            if i == len(wanted):
+                return pos
+    return -1
+
+
+def _run_end(text: str, wanted: str) -> int:
+    """Where in ``text`` the first run of ``wanted`` (letters and digits only: anything
+    else between its characters skipped) ends; -1 when there is none."""
+    places = [pos for pos, char in enumerate(text) if char.isalnum()]
+    found = "".join(text[pos] for pos in places).find(wanted)
+    return -1 if found < 0 else places[found + len(wanted) - 1]
+
+
+def _changed(before: list[str], after: list[str]) -> tuple[int, int]:
+    """The span of ``after`` that differs from ``before``: past their common start, short
+    of their common end (which never reaches into the common start)."""
+    start = 0
+    while start < min(len(before), len(after)) and before[start] == after[start]:
+        start += 1
+    end_before, end = len(before), len(after)
+    while start < min(end_before, end) and before[end_before - 1] == after[end - 1]:
+        end_before -= 1
+        end -= 1
+    return start, end
 
 
 class _Screen(pyte.Screen):
@@ -112,9 +157,15 @@ class _Screen(pyte.Screen):
         """What was scrolled off, then the screen, each line without trailing spaces."""
         return [*self.scrolled, *(line.rstrip() for line in self.display)]
 
-    def last_line(self) -> str:
-        """The last non-empty line on the screen ("" when it is blank)."""
-        return next((line.rstrip() for line in reversed(self.display) if line.strip()), "")
+    def last_row(self) -> int:
+        """The row of the last non-empty line on the screen (0 when it is blank)."""
+        rows = self.display
+        return next((y for y in range(len(rows) - 1, -1, -1) if rows[y].strip()), 0)
+
+    def draws_below_cursor(self) -> bool:
+        """Whether anything shows below the cursor's line: a TUI's footer under its input
+        line, where a REPL has nothing below the line it writes."""
+        return any(line.strip() for line in self.display[self.cursor.y + 1 :])
 
 
 class ReplSession:
@@ -132,6 +183,7 @@ class ReplSession:
         claude: ClaudeSettings,
         *,
         env: Mapping[str, str],
+        confinement: Confinement,
     ):
         if not settings.command:
             raise ValueError("ReplSession needs agent.command")
@@ -139,14 +191,17 @@ class ReplSession:
         self._workdir: Path = claude.workdir
         self._turn_timeout_s = claude.turn_timeout_s
         self._grace_s = claude.interrupt_grace_s
-        self._backoff = Backoff(
-            claude.restart_backoff_s, claude.restart_backoff_max_s, jitter=Jitter.EQUAL
+        self._lifeline = Lifeline(
+            "the repl agent",
+            backoff_s=claude.restart_backoff_s,
+            backoff_max_s=claude.restart_backoff_max_s,
         )
+        self._confinement = confinement
+        self._claude = claude
         self._env = {"TERM": "xterm-256color", **env}
         self._marker = re.compile(settings.prompt_marker)
         self.session_id: str | None = None
         self.ready = asyncio.Event()
-        self.restarts = 0
         self._proc: pexpect.spawn | None = None
         self._screen = _Screen(settings.columns, settings.rows)
         self._stream = pyte.Stream(self._screen)
@@ -156,12 +211,14 @@ class ReplSession:
         self._supervisor: asyncio.Task[None] | None = None
         self._is_turn_active = False
         self._was_interrupted = False
-        self._is_stopping = False
-        self._planned_restart = asyncio.Event()
 
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def restarts(self) -> int:
+        return self._lifeline.restarts
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -193,7 +250,7 @@ class ReplSession:
 
     async def stop(self) -> None:
         """Hang up the program, give it ``claude.interrupt_grace_s``, then kill its group."""
-        self._is_stopping = True
+        self._lifeline.is_stopping = True
         supervisor = self._supervisor
         if supervisor is None:
             return
@@ -208,7 +265,7 @@ class ReplSession:
         changes nothing)."""
         if self._is_turn_active:
             raise RuntimeError("restart() while a turn runs: interrupt it first")
-        self._planned_restart.set()
+        self._lifeline.plan_restart()
         self._signal_group(signal.SIGHUP)
 
     # -- the process ----------------------------------------------------------------------
@@ -216,10 +273,12 @@ class ReplSession:
     def _spawn(self) -> pexpect.spawn:
         command = self._settings.command
         log.info("starting the repl agent", extra={"command": command[0]})
+        path = agent_program(self._settings, self._claude).require()
+        argv = self._confinement.wrap([path, *command[1:]])
         try:
             proc = pexpect.spawn(
-                command[0],
-                list(command[1:]),
+                argv[0],
+                argv[1:],
                 cwd=str(self._workdir),
                 env=self._env,
                 dimensions=(self._settings.rows, self._settings.columns),
@@ -239,6 +298,16 @@ class ReplSession:
         self._last_output = time.monotonic()
         return proc
 
+    def _input_row(self) -> int | None:
+        """The screen row where the program waits for input: the cursor's line when the
+        marker matches it, else the last non-empty line when it matches that; None when
+        the marker shows on neither."""
+        screen = self._screen
+        for row in (screen.cursor.y, screen.last_row()):
+            if self._marker.search(screen.display[row].rstrip()):
+                return row
+        return None
+
     def _signal_group(self, signum: int) -> None:
         if self._proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -251,24 +320,7 @@ class ReplSession:
             self.ready.clear()
             tail = "\n".join(self._screen.text_lines()[-5:]).strip()
             self._updates.put_nowait(_Exited(exit_status, tail))
-            if self._is_stopping:
-                return
-            if self._planned_restart.is_set():
-                self._planned_restart.clear()
-                log.info("the repl agent restarted on request")
-            else:
-                self.restarts += 1
-                if time.monotonic() - started > _CALM_LIFE_S:
-                    self._backoff.reset()
-                delay_s = self._backoff.delay()
-                log.warning(
-                    "the repl agent exited unexpectedly (status %s); restarting in %.1f s",
-                    exit_status,
-                    delay_s,
-                    extra={"exit_status": exit_status},
-                )
-                await asyncio.sleep(delay_s)  # pacing: restart backoff
-            if self._is_stopping:
+            if not await self._lifeline.after_exit(exit_status, time.monotonic() - started, tail):
                 return
             proc = self._spawn()
 
@@ -289,6 +341,7 @@ class ReplSession:
             chunks.put_nowait(data)
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        is_full_screen = False
         startup = list(self._settings.startup)
         deadline = time.monotonic() + self._turn_timeout_s
         loop.add_reader(fd, readable)
@@ -308,6 +361,14 @@ class ReplSession:
                     break
                 self._stream.feed(decoder.decode(data))
                 self._last_output = time.monotonic()
+                if not is_full_screen and _ALTERNATE_SCREEN_MODE in self._screen.mode:
+                    is_full_screen = True
+                    log.warning(
+                        "the repl agent switched to the alternate screen: a full-screen "
+                        "program redraws what fits on it, so a longer answer comes back cut; "
+                        "run it inline if it can (Claude Code: CLAUDE_CODE_DISABLE_ALTERNATE_"
+                        "SCREEN=1 in claude.env)"
+                    )
                 if self._screen.reply:
                     # A few bytes, written at once and outside the lock: a prompt being
                     # typed must not hold up the answer the program waits for.
@@ -336,18 +397,24 @@ class ReplSession:
             await waiter
 
     async def _start_up(self, startup: list[str], deadline: float) -> None:
-        """The screen settled before the program was ready: send the next startup key, or,
-        with none left, be ready if the marker shows. Raises SessionError past ``deadline``."""
-        if startup:
+        """The screen settled before the program was ready: be ready if the marker shows,
+        else send the next startup key. The keys answer what stands before the prompt; a
+        restarted program that remembers their answers asks nothing, and keys sent to its
+        prompt could recall and resend an earlier one. Raises SessionError past
+        ``deadline``."""
+        if self._input_row() is not None:
+            self.ready.set()
+        elif startup:
             await self._write(startup.pop(0))
             self._last_output = time.monotonic()
-        elif self._marker.search(self._screen.last_line()):
-            self.ready.set()
         elif time.monotonic() > deadline:
+            rows = self._screen.display
+            cursor_line = rows[self._screen.cursor.y].rstrip()[-80:]
+            last_line = rows[self._screen.last_row()].rstrip()[-80:]
             raise SessionError(
-                f"agent.prompt_marker {self._settings.prompt_marker!r} did not match the "
-                f"screen's last line {self._screen.last_line()[-80:]!r} within "
-                f"claude.turn_timeout_s ({self._turn_timeout_s:g} s) of starting "
+                f"agent.prompt_marker {self._settings.prompt_marker!r} matched neither the "
+                f"cursor's line {cursor_line!r} nor the screen's last line {last_line!r} "
+                f"within claude.turn_timeout_s ({self._turn_timeout_s:g} s) of starting "
                 f"{self._settings.command[0]!r}: fix the marker or agent.startup"
             )
         else:
@@ -372,8 +439,12 @@ class ReplSession:
     async def run(
         self, prompt: str, *, images: Sequence[Image] = (), plan: bool = False
     ) -> AsyncIterator[AgentEvent]:
-        """Type one prompt and yield what appears below it; the last event is a `TurnEnd`.
+        """Type one prompt and yield its answer as it becomes final; the last event is a
+        `TurnEnd`, whose ``result`` is all the deltas joined.
 
+        A line is final once it is above the cursor of a program that writes where its
+        cursor is (a REPL); on one that draws below its input line (a TUI, redrawing its
+        screen at will), once it has scrolled off the screen; the rest when the turn ends.
         ``images`` and ``plan`` are not available on a terminal program and raise
         SessionError. Raises `SessionDied` if the program exits before the turn ends (the
         supervisor is already restarting it). A turn longer than ``claude.turn_timeout_s``
@@ -391,41 +462,55 @@ class ReplSession:
         self._was_interrupted = False
         screen = self._screen
         screen.scrolled.clear()
-        start_line = screen.cursor.y  # the prompt line: the marker, then the echo
-        emitted = 0  # lines of the answer already yielded
+        before = screen.text_lines()[: screen.cursor.y]  # what stood above the input line
+        is_boxed = screen.draws_below_cursor()
+        answer: list[str] = []  # the answer's lines already yielded
         timed_out = False
         deadline = time.monotonic() + self._turn_timeout_s
         try:
-            sent_at = time.monotonic()
-            await self._write(self._typed(prompt))
+            sent_at = await self._enter(prompt, deadline)
+            keys_at = sent_at  # when keys last went in: quiet counts from then
             while True:
-                lines = screen.text_lines()[start_line:]
-                finished = lines[: len(screen.scrolled) + screen.cursor.y - start_line]
-                answer = strip_echo("\n".join(finished), prompt)
-                if answer is not None and answer:
-                    new = answer.split("\n")[emitted:]
-                    if new:
-                        emitted += len(new)
-                        yield TextDelta("\n".join(new) + "\n")
                 now = time.monotonic()
-                quiet_s = now - max(self._last_output, sent_at)
-                has_output = self._last_output > sent_at
-                is_marked = has_output and bool(self._marker.search(screen.last_line()))
-                if is_marked and quiet_s >= self._settings.idle_s:
-                    rest = self._answer_rest(lines, prompt, emitted)
-                    if rest:
-                        yield TextDelta(rest)
-                    result = self._answer_rest(lines, prompt, 0)
+                quiet_s = now - max(self._last_output, keys_at)
+                is_quiet = quiet_s >= self._settings.idle_s
+                # The marker counts once the program answered Enter, or was interrupted
+                # (cut before Enter, it has nothing to answer).
+                has_output = self._last_output > sent_at or self._was_interrupted
+                input_row = self._input_row() if has_output else None
+                is_over = input_row is not None and is_quiet
+                # Mid-frame a TUI's cursor may be anywhere: once it drew below, it does.
+                is_boxed = is_boxed or screen.draws_below_cursor()
+                lines = screen.text_lines()
+                top = len(screen.scrolled)
+                row = screen.cursor.y if input_row is None else input_row
+                start, end = _changed(before, lines[: top + row])
+                if is_boxed and not is_over:
+                    end = min(end, max(start, top))
+                final = _answer(lines[start:end], prompt, is_over)
+                if len(final) > len(answer):
+                    new = "\n".join(final[len(answer) :])
+                    yield TextDelta(f"\n{new}" if answer else new)
+                    answer += final[len(answer) :]
+                if is_over:
+                    result = "\n".join(answer)
                     if timed_out:
-                        end = TurnEnd(TurnStatus.ERROR, result, self._timeout_message())
+                        turn_end = TurnEnd(TurnStatus.ERROR, result, self._timeout_message())
                     elif self._was_interrupted:
-                        end = TurnEnd(TurnStatus.INTERRUPTED, result)
+                        turn_end = TurnEnd(TurnStatus.INTERRUPTED, result)
                     else:
-                        end = TurnEnd(TurnStatus.SUCCESS, result)
+                        turn_end = TurnEnd(TurnStatus.SUCCESS, result)
                     # Over before the caller reads it: it may stop iterating at the TurnEnd.
                     self._is_turn_active = False
-                    yield end
+                    yield turn_end
                     return
+                if self._was_interrupted and input_row is None and is_quiet:
+                    # An interrupted program may put the prompt back on its input line for
+                    # editing (Claude Code's TUI does when it had no answer yet): kill it,
+                    # line by line, so that the next prompt is not typed after it.
+                    await self._write((_KILL_LINE + _BACKSPACE) * (prompt.count("\n") + 1))
+                    keys_at = time.monotonic()
+                    continue
                 if now >= deadline:
                     if timed_out:
                         log.error("the repl agent ignored the interrupt; killing it")
@@ -440,7 +525,7 @@ class ReplSession:
                         deadline = time.monotonic() + self._grace_s
                     continue
                 wait_s = deadline - now
-                if is_marked:
+                if input_row is not None or self._was_interrupted:
                     wait_s = min(wait_s, self._settings.idle_s - quiet_s)
                 try:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can drop a cancellation.
@@ -453,37 +538,46 @@ class ReplSession:
                         self._is_turn_active = False
                         yield TurnEnd(TurnStatus.ERROR, "", self._timeout_message())
                         return
-                    raise SessionDied(
-                        f"the repl agent exited mid-turn ({item.exit_status}): "
-                        f"{item.tail[-300:]}".strip(),
-                        exit_status=item.exit_status,
-                    )
+                    raise _died(item)
         finally:
             self._is_turn_active = False
 
-    def _typed(self, prompt: str) -> str:
-        """The keys that enter ``prompt``: one bracketed paste when the program turned
-        bracketed paste on, else the lines as typed; then Enter."""
-        keys = prompt.replace("\r\n", "\n").replace("\n", "\r")
-        if _BRACKETED_PASTE_MODE in self._screen.mode:
-            return f"{_PASTE_START}{keys}{_PASTE_END}\r"
-        return keys + "\r"
+    async def _enter(self, prompt: str, deadline: float) -> float:
+        """Type ``prompt``, then press Enter once the screen has settled (a TUI takes a long
+        paste in many reads and counts an Enter that comes amid them as part of it); the
+        time just before Enter went. Raises SessionDied if the program exits meanwhile."""
+        await self._write(self._typed(prompt))
+        typed_at = time.monotonic()
+        while True:
+            now = time.monotonic()
+            quiet_s = now - max(self._last_output, typed_at)
+            if quiet_s >= self._settings.idle_s or now >= deadline:
+                break
+            try:
+                async with asyncio.timeout(min(self._settings.idle_s - quiet_s, deadline - now)):
+                    item = await self._updates.get()
+            except TimeoutError:
+                continue
+            if isinstance(item, _Exited):
+                raise _died(item)
+        entered_at = time.monotonic()  # before: the answer may come while the write returns
+        if not self._was_interrupted:  # a turn cut before Enter is not entered
+            await self._write(_ENTER)
+        return entered_at
 
-    def _answer_rest(self, lines: list[str], prompt: str, emitted: int) -> str:
-        """The answer's lines from ``emitted`` on, once the turn is over: everything below
-        the echo but the closing marker line."""
-        text = "\n".join(lines).rstrip()
-        answer = strip_echo(text, prompt)
-        if answer is None:  # no echo: all below the prompt line is the answer
-            answer = text.partition("\n")[2]
-        kept = answer.split("\n")
-        if kept and self._marker.search(kept[-1]):
-            kept.pop()
-        return "\n".join(kept[emitted:]).rstrip()
+    def _typed(self, prompt: str) -> str:
+        """The keys that type ``prompt``, Enter aside: one bracketed paste when the program
+        turned bracketed paste on, else the lines as typed."""
+        keys = prompt.replace("\r\n", "\n").replace("\n", _ENTER)
+        if _BRACKETED_PASTE_MODE in self._screen.mode:
+            return f"{_PASTE_START}{keys}{_PASTE_END}"
+        return keys
 
     async def interrupt(self) -> bool:
-        """Press Ctrl-C. Returns False when no turn is running; the turn still ends with its
-        `TurnEnd` (INTERRUPTED) once the program shows its marker again."""
+        """Press Ctrl-C (the terminal's interrupt: a REPL's KeyboardInterrupt, a TUI's
+        stop). Returns False when no turn is running; the turn still ends with its
+        `TurnEnd` (INTERRUPTED) once the program shows its marker again, the prompt killed
+        first if the program put it back on its input line."""
         if not self._is_turn_active:
             return False
         self._was_interrupted = True
@@ -510,6 +604,26 @@ class ReplSession:
 _NO_APPROVALS = (
     "approvals are not available on the repl driver: it never asks before the agent acts"
 )
+
+
+def _answer(region: list[str], prompt: str, is_over: bool) -> list[str]:
+    """The answer's lines in ``region`` (the lines the turn changed, from the prompt line
+    on): below the echo, without blank lines around them (a blank line waits for the line
+    after it). None of it while the echo may still be arriving; once the turn ``is_over``
+    with no echo found, all below the prompt line."""
+    text = strip_echo("\n".join(region), prompt)
+    if text is None and not is_over:
+        return []
+    lines = region[1:] if text is None else text.split("\n")
+    kept = [n for n, line in enumerate(lines) if line.strip()]
+    return lines[kept[0] : kept[-1] + 1] if kept else []
+
+
+def _died(exited: _Exited) -> SessionDied:
+    return SessionDied(
+        f"the repl agent exited mid-turn ({exited.exit_status}): {exited.tail[-300:]}".strip(),
+        exit_status=exited.exit_status,
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -467,7 +467,7 @@ class App:
                     claude, session_id=session_id, env=env, confinement=confinement
                 )
             case AgentKind.REPL:
-                return ReplSession(agent, claude, env=env)
+                return ReplSession(agent, claude, env=env, confinement=confinement)
             case AgentKind.CODEX:
                 return CodexSession(
                     agent, claude, session_id=session_id, env=env, confinement=confinement

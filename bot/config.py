@@ -368,19 +368,22 @@ class AgentSettings(_Section):
     prompt_marker: str = Field(
         default="^> ?$",
         min_length=1,
-        description="a regex matched on the rendered screen's last non-empty line (trailing "
-        "spaces stripped): the program waits for input",
+        description="a regex matched on the rendered line the cursor is on and on the last "
+        "non-empty line (trailing spaces stripped): where it matches, the program waits for input",
     )
     idle_s: float = Field(
         default=0.5,
         gt=0,
         le=60,
-        description="output quiet this long while the prompt marker shows ends a repl turn",
+        description="output quiet this long while the prompt marker shows ends a repl turn; a "
+        "typed prompt gets its Enter once the screen was quiet this long",
     )
     columns: int = Field(default=120, ge=20, le=1000)
     rows: int = Field(default=40, ge=5, le=1000)
     startup: tuple[str, ...] = Field(
-        default=(), description="keys sent once at start, each once the screen has settled"
+        default=(),
+        description="keys sent at start, each once the screen has settled, until the prompt "
+        "marker shows",
     )
 
     @field_validator("prompt_marker")

@@ -17,6 +17,7 @@ from agents.repl import ReplSession, strip_echo
 from bot.agent import SessionDied, SessionError, TextDelta, ToolRequest, TurnEnd
 from bot.app import App
 from bot.config import ConfigError, Settings
+from bot.confinement import Confinement, sandbox_support
 from bot.model import OutputText, TurnStatus
 from tests.conftest import NO_CONFINEMENT, make_settings
 from tests.rigs import Events, serving
@@ -41,9 +42,16 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
 
 
-async def _session(tmp_path: Path, command: list[str], **agent: object) -> ReplSession:
+async def _session(
+    tmp_path: Path,
+    command: list[str],
+    confinement: Confinement = NO_CONFINEMENT,
+    **agent: object,
+) -> ReplSession:
     settings = _settings(tmp_path, command, **agent)
-    session = ReplSession(settings.agent, settings.claude, env=_env(tmp_path))
+    session = ReplSession(
+        settings.agent, settings.claude, env=_env(tmp_path), confinement=confinement
+    )
     await session.start()
     await asyncio.wait_for(session.ready.wait(), WITHIN_S)
     return session
@@ -117,6 +125,22 @@ async def test_a_turn_streams_the_answer_and_ends_at_the_marker(
     assert end.result == "42"  # neither the echo nor the closing marker
     text, end = await _turn(python_repl, "print('again')")
     assert end.result == "again"
+
+
+@pytest.mark.skipif(not sandbox_support().is_available, reason="needs bubblewrap (.ci/run has it)")
+async def test_under_the_sandbox_the_program_sees_none_of_the_bots_files(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "tokens.json").write_text("host-invite-secret")
+    confinement = Confinement(denied=(state,), is_sandboxed=True)
+    session = await _session(tmp_path, PYTHON, confinement)
+    try:
+        _, end = await _turn(session, f"import os; print(os.listdir({str(state)!r}))")
+        assert end.result == "[]"
+        _, end = await _turn(session, "print(os.getpid() == 1 or os.getppid())")
+        assert end.result != str(os.getpid()), "the bot's process is not the program's parent"
+    finally:
+        await session.stop()
 
 
 async def test_a_long_multiline_prompt_arrives_whole(python_repl: ReplSession) -> None:
@@ -206,7 +230,9 @@ async def test_a_marker_that_never_shows_ends_serve_naming_the_setting(tmp_path:
         claude={"turn_timeout_s": 1.0},
         agent={"kind": "repl", "command": PYTHON, "prompt_marker": "^never$", "idle_s": 0.1},
     )
-    session = ReplSession(settings.agent, settings.claude, env=_env(tmp_path))
+    session = ReplSession(
+        settings.agent, settings.claude, env=_env(tmp_path), confinement=NO_CONFINEMENT
+    )
     async with session:
         with pytest.raises(SessionError, match=r"agent\.prompt_marker"):
             await asyncio.wait_for(session.serve(), WITHIN_S)

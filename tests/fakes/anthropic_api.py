@@ -12,7 +12,8 @@ Replies are chosen from the user's text (case-sensitive substrings, first match 
   ``retry-after: 20``; 529 ``overloaded_error``; 429 saying the usage limit is reached and
   when it resets (``usage_reset_s`` from now, as ``…|<epoch seconds>``). Later requests
   with the same text are answered (an echo), so a re-run after the hold succeeds.
-- ``SLOW``: the echo, then ``slow_steps`` deltas of ``" ."`` one every ``slow_interval_s``.
+- ``SLOW``: the echo (``slow_start_s`` after the reply's start), then ``slow_steps`` deltas
+  of ``" ."`` one every ``slow_interval_s``.
 - ``LONG``: ``long_reply`` (by default `LONG_REPLY`, about 12,000 characters with fenced
   Python blocks) in slices of 200 characters, ``long_interval_s`` apart.
 - ``TOOL_BASH <command>``: a ``tool_use`` of Bash running ``<command>``; once its result
@@ -172,9 +173,12 @@ class FakeAnthropic:
         long_reply: str = LONG_REPLY,
         long_interval_s: float = 0.0,
         usage_reset_s: float = 2.0,
+        slow_start_s: float = 0.0,
     ) -> None:
         if slow_interval_s < 0:
             raise ValueError(f"slow_interval_s must be >= 0, got {slow_interval_s}")
+        if slow_start_s < 0:
+            raise ValueError(f"slow_start_s must be >= 0, got {slow_start_s}")
         if slow_steps < 0:
             raise ValueError(f"slow_steps must be >= 0, got {slow_steps}")
         if not long_reply:
@@ -182,6 +186,7 @@ class FakeAnthropic:
         if long_interval_s < 0:
             raise ValueError(f"long_interval_s must be >= 0, got {long_interval_s}")
         self._slow_interval_s = slow_interval_s
+        self._slow_start_s = slow_start_s
         self._slow_steps = slow_steps
         self._long_reply = long_reply
         self._long_interval_s = long_interval_s
@@ -351,6 +356,8 @@ class FakeAnthropic:
             yield text
 
     async def _slow_deltas(self, echo: str) -> AsyncGenerator[str, None]:
+        if self._slow_start_s:
+            await asyncio.sleep(self._slow_start_s)  # pacing: a model slow to start answering
         yield echo
         # The stream resumes this generator only after it has written the echo.
         self.first_delta.set()
