@@ -165,6 +165,17 @@ def agent_environment(
     return env
 
 
+def _with_sigint(disposition: str) -> list[str]:
+    """A prefix that runs the rest of the command with SIGINT set to ``disposition`` (a
+    `signal` name): dispositions set to ignore survive exec, and a program resets them."""
+    code = (
+        "import os, signal, sys; "
+        f"signal.signal(signal.SIGINT, signal.{disposition}); "
+        "os.execvp(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", code]
+
+
 @dataclass(frozen=True, slots=True)
 class Confinement:
     """The paths the agent is denied and whether the OS sandbox is on.
@@ -208,7 +219,11 @@ class Confinement:
         system with an empty tmpfs over each denied folder, an unreadable /dev/null (the
         mount is nodev) over each denied file, and a PID namespace of its own, so that no
         /proc entry of the bot is there. It dies with the bot (``--die-with-parent``).
-        ``argv`` unchanged when the OS sandbox is off (`bot.app` says so at start)."""
+
+        An interrupt (Ctrl-C on the pty, SIGINT to the process group) is for the agent:
+        bubblewrap runs with SIGINT ignored, else it would die of it and take the agent
+        down with it, and the agent gets it back as the default. ``argv`` unchanged when
+        the OS sandbox is off (`bot.app` says so at start)."""
         if not self.is_sandboxed:
             return list(argv)
         command = ["bwrap", "--dev-bind", "/", "/", "--unshare-pid", "--proc", "/proc"]
@@ -219,7 +234,8 @@ class Confinement:
                 command += ["--tmpfs", str(path)]
             elif path.exists():
                 command += ["--ro-bind", "/dev/null", str(path)]
-        return [*command, "--die-with-parent", "--", *argv]
+        command += ["--die-with-parent", "--"]
+        return [*_with_sigint("SIG_IGN"), *command, *_with_sigint("SIG_DFL"), *argv]
 
     def _paths(self) -> list[Path]:
         """Each denied path as given and, when a symlink leads elsewhere, as resolved."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,35 @@ def test_a_wrapped_agent_sees_none_of_the_bots_files_nor_its_process(tmp_path: P
 def test_without_the_sandbox_the_command_is_unchanged() -> None:
     confinement = Confinement(denied=(Path("/tmp/state"),), is_sandboxed=False)
     assert confinement.wrap(["codex", "app-server"]) == ["codex", "app-server"]
+
+
+@pytest.mark.skipif(not sandbox_support().is_available, reason="needs bubblewrap (.ci/run has it)")
+def test_an_interrupt_reaches_the_wrapped_agent_and_not_the_bubblewrap(tmp_path: Path) -> None:
+    """Ctrl-C on a pty (SIGINT to the process group) is the agent's to handle: bubblewrap,
+    dying of it, would kill the agent (a TUI's conversation lost at each cancel)."""
+    confinement = Confinement(denied=(tmp_path / "state",), is_sandboxed=True)
+    probe = (
+        "import time\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    time.sleep(30)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted, cleaning up', flush=True)\n"
+        "    time.sleep(0.5)\n"
+        "    print('clean', flush=True)\n"
+    )
+    proc = subprocess.Popen(
+        confinement.wrap([sys.executable, "-c", probe]),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert out == "interrupted, cleaning up\nclean\n", "the agent finished its cleanup"
+    assert proc.returncode == 0

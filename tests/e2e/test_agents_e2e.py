@@ -132,6 +132,9 @@ async def test_cancel_mid_turn_then_the_next_turn_works(far_end: Any, tmp_path: 
         nxt = await alice.expect("done", within_s=60)
         assert nxt["status"] == "success"
         assert "next one" in end.user_texts()[-1]
+        await alice.send({"type": "command", "name": "status", "args": ""})
+        status = await alice.expect("command_result", name="status")
+        assert "restarts: 0" in status["text"], "the interrupt stopped the turn, not the agent"
 
 
 @every_driver
