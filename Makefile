@@ -41,6 +41,9 @@ lint: $(VENV)/.dev-installed
 ## bench: print the benchmark figures (see bench/)
 bench: $(VENV)/.dev-installed $(CLAUDE_LOCAL) $(CODEX_LOCAL) $(GEMINI_LOCAL)
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.overhead --agent codex
+	$(BIN)/python -m bench.overhead --agent gemini
+	$(BIN)/python -m bench.overhead --agent repl --prompts 10
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.discord_stream

@@ -465,6 +465,7 @@ class ReplSession:
         before = screen.text_lines()[: screen.cursor.y]  # what stood above the input line
         is_boxed = screen.draws_below_cursor()
         answer: list[str] = []  # the answer's lines already yielded
+        marked_at: float | None = None  # when the marker last began to show
         timed_out = False
         deadline = time.monotonic() + self._turn_timeout_s
         try:
@@ -478,6 +479,10 @@ class ReplSession:
                 # (cut before Enter, it has nothing to answer).
                 has_output = self._last_output > sent_at or self._was_interrupted
                 input_row = self._input_row() if has_output else None
+                if input_row is None:
+                    marked_at = None
+                elif marked_at is None:
+                    marked_at = self._last_output  # the update that showed the marker
                 is_over = input_row is not None and is_quiet
                 # Mid-frame a TUI's cursor may be anywhere: once it drew below, it does.
                 is_boxed = is_boxed or screen.draws_below_cursor()
@@ -493,6 +498,11 @@ class ReplSession:
                     yield TextDelta(f"\n{new}" if answer else new)
                     answer += final[len(answer) :]
                 if is_over:
+                    assert marked_at is not None
+                    # The completion detection's delay: from the program done (its last
+                    # output, the marker showing) to the turn's end; idle_s and a little.
+                    done_s = now - max(marked_at, self._last_output)
+                    log.debug("turn over %.3f s after the program was done", done_s)
                     result = "\n".join(answer)
                     if timed_out:
                         turn_end = TurnEnd(TurnStatus.ERROR, result, self._timeout_message())

@@ -8,6 +8,10 @@ to the same CLI without the bot:
 - codex: one `codex app-server`, each turn a `turn/start` awaited to `turn/completed`;
 - gemini: one `gemini --output-format stream-json` process a turn (the prompt on stdin,
   `--resume` of the first turn's session), awaited to its `result` line;
+- repl: Claude Code's TUI on a pty, read through pyte: the prompt typed, Enter, and the
+  turn over the moment the whole answer and the prompt marker are on the screen. The
+  driver also waits for quiet (``agent.idle_s``) to be sure: its completion detection's
+  delay, from the program done to the turn's end, is printed from the bot's debug log;
 
 Both sides talk to the same in-process fake API and get one unmeasured warm-up turn. Both
 stay up for the whole run and their turns alternate (bot, direct, direct, bot, ...), so
@@ -15,21 +19,27 @@ drift (the conversation growing, the machine's other load) falls on both sides a
 difference includes the WebSocket hop, the store's writes (accept, batch, sent, done), the
 merge and, except for claude, the bubblewrap the bot runs the agent in.
 
-    python -m bench.overhead [--agent claude|codex|gemini] [--prompts 20] [--stream-s 0]
+    python -m bench.overhead [--agent claude|codex|gemini|repl] [--prompts 20] [--stream-s 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import contextlib
 import json
+import os
+import re
 import statistics
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import pexpect
+import pyte
 
 from bench._common import command_line, percentile, print_table, scratch
 from tests.conftest import make_settings
@@ -50,6 +60,7 @@ _CLAUDE_FLAGS = (
     "--include-partial-messages",
 )
 _PACE = {"member_burst": 1_000_000, "member_prompts_per_minute": 1e9}
+_DONE_AFTER = re.compile(r"turn over (\d+\.\d+) s after the program was done")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +107,21 @@ async def _bot_turn(client: Client, client_id: str, text: str) -> _BotTurn:
 
 
 @contextlib.asynccontextmanager
-async def _bot_client(end: FarEnd, root: Path) -> AsyncIterator[Client]:
-    """`concordia run` on ``end``'s agent (collect window 0) and one joined client, warmed up
-    by one turn."""
-    make_settings(root, None, **end.sections, party={"collect_window_s": 0.0, **_PACE})
+async def _bot_client(end: FarEnd, root: Path) -> AsyncIterator[tuple[BotProcess, Client]]:
+    """`concordia run` on ``end``'s agent (collect window 0, debug log: the repl driver says
+    its completion delay there) and one joined client, warmed up by one turn."""
+    make_settings(
+        root,
+        None,
+        **end.sections,
+        party={"collect_window_s": 0.0, **_PACE},
+        log={"level": "DEBUG"},
+    )
     config = root / "config.toml"
     async with BotProcess(config, root) as bot, Client(bot.port, bot.invite, "bench") as client:
         await client.expect("welcome", _TURN_TIMEOUT_S)
         await _bot_turn(client, "warm-up", "bench warm-up")
-        yield client
+        yield bot, client
 
 
 @contextlib.asynccontextmanager
@@ -266,6 +283,82 @@ class _GeminiDirect:
         raise AssertionError("unreachable")
 
 
+class _ReplDirect:
+    """The program the repl driver runs (Claude Code's TUI, here) on a pty of our own, read
+    through pyte as the driver reads it: the startup keys until the marker shows, then per
+    turn the prompt typed, Enter, and the turn over the moment the whole answer is on the
+    screen with the marker: no wait for quiet, which is the driver's completion detection."""
+
+    def __init__(self, end: FarEnd, root: Path):
+        agent = make_settings(root, None, **end.sections).agent
+        claude = make_settings(root, None, **end.sections).claude
+        self._agent = agent
+        self._marker = re.compile(agent.prompt_marker)
+        self._screen = pyte.Screen(agent.columns, agent.rows)
+        self._stream = pyte.Stream(self._screen)
+        self._proc = pexpect.spawn(
+            agent.command[0],
+            list(agent.command[1:]),
+            cwd=str(claude.workdir),
+            env={"TERM": "xterm-256color", **claude.env},
+            dimensions=(agent.rows, agent.columns),
+        )
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    async def _read(self, within_s: float) -> bool:
+        """Feed what the program wrote within ``within_s`` to the screen; False if nothing."""
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(self._proc.child_fd, readable.set)
+        try:
+            async with asyncio.timeout(within_s):
+                await readable.wait()
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(self._proc.child_fd)
+        self._stream.feed(self._decoder.decode(os.read(self._proc.child_fd, 65536)))
+        return True
+
+    def _is_marked(self) -> bool:
+        screen = self._screen
+        rows = [screen.display[screen.cursor.y], *reversed(screen.display)]
+        last = next((r for r in rows[1:] if r.strip()), "")
+        return any(self._marker.search(r.rstrip()) for r in (rows[0], last))
+
+    async def start(self) -> None:
+        keys = list(self._agent.startup)
+        async with asyncio.timeout(_TURN_TIMEOUT_S):
+            while True:
+                if await self._read(self._agent.idle_s):
+                    continue
+                if self._is_marked():
+                    return
+                if keys:
+                    self._proc.send(keys.pop(0))
+
+    def stop(self) -> None:
+        self._proc.terminate(force=True)
+
+    async def turn(self, text: str) -> _DirectTurn:
+        # Claude Code echoes "ECHO: " and the prompt (SLOW adds dots): all of it on screen.
+        wanted = re.sub(r"\s", "", f"ECHO: {text}")
+        started = time.monotonic()
+        first_output_s = float("nan")
+        self._proc.send(text)
+        while await self._read(self._agent.idle_s):
+            pass  # the echo of what was typed, before Enter (as the driver waits for it)
+        self._proc.send("\r")
+        async with asyncio.timeout(_TURN_TIMEOUT_S):
+            while True:
+                await self._read(_TURN_TIMEOUT_S)
+                shown = re.sub(r"\s", "", "".join(self._screen.display))
+                if "ECHO:" in shown and first_output_s != first_output_s:
+                    first_output_s = time.monotonic() - started
+                if wanted in shown and self._is_marked():
+                    return _DirectTurn(first_output_s, time.monotonic() - started)
+
+
 @contextlib.asynccontextmanager
 async def _direct(kind: str, end: FarEnd, root: Path) -> AsyncIterator[_Direct]:
     """``kind``'s CLI without the bot, warmed up by one turn."""
@@ -288,6 +381,14 @@ async def _direct(kind: str, end: FarEnd, root: Path) -> AsyncIterator[_Direct]:
             direct = _GeminiDirect(end, root)
             await direct.turn("bench warm-up")
             yield direct
+        case "repl":
+            tui = _ReplDirect(end, root)
+            try:
+                await tui.start()
+                await tui.turn("bench warm-up")
+                yield tui
+            finally:
+                tui.stop()
         case _:
             raise ValueError(f"no direct driver for {kind!r}")
 
@@ -326,7 +427,7 @@ async def _main(kind: str, prompt_count: int, stream_s: float) -> None:
     with scratch("concordia-bench-bot-") as bot_root, scratch("concordia-bench-cli-") as root:
         async with (
             far_end(bot_root, slow_interval_s=stream_s / steps or 0.5, slow_steps=steps) as end,
-            _bot_client(end, bot_root) as client,
+            _bot_client(end, bot_root) as (bot_process, client),
             _direct(kind, end, root) as cli,
         ):
             for i, text in enumerate(prompts):
@@ -337,6 +438,8 @@ async def _main(kind: str, prompt_count: int, stream_s: float) -> None:
                 else:
                     direct.append(await cli.turn(text))
                     bot.append(await _bot_turn(client, f"p{i}", text))
+
+        delays_s = [float(m) for m in _DONE_AFTER.findall("".join(bot_process.log))]
 
     bot_s = sum(t.done_s for t in bot)
     direct_s = sum(t.result_s for t in direct)
@@ -378,6 +481,21 @@ async def _main(kind: str, prompt_count: int, stream_s: float) -> None:
                 _mean_ms([t.result_s - t.first_output_s for t in direct]),
             ],
         ],
+    )
+    _print_completion_delay(delays_s)
+
+
+def _print_completion_delay(delays_s: list[float]) -> None:
+    """The repl driver's completion detection: from the program done (its last output, the
+    prompt marker showing) to the turn's end, as the driver logged it."""
+    if not delays_s:
+        return
+    ms = [d * 1000 for d in delays_s]
+    print()
+    print(
+        f"repl completion detection, program done -> turn end ({len(ms)} turns): "
+        f"mean {statistics.mean(ms):.0f} ms, p50 {statistics.median(ms):.0f} ms, "
+        f"max {max(ms):.0f} ms (agent.idle_s is the floor)"
     )
 
 
