@@ -224,8 +224,8 @@ def test_an_interrupt_reaches_the_wrapped_agent_and_not_the_bubblewrap(tmp_path:
     confinement = Confinement(denied=(tmp_path / "state",), is_sandboxed=True)
     probe = (
         "import time\n"
-        "print('ready', flush=True)\n"
         "try:\n"
+        "    print('ready', flush=True)\n"
         "    time.sleep(30)\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted, cleaning up', flush=True)\n"

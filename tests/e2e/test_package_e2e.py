@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -182,7 +183,7 @@ def test_doctor_runs_from_outside_the_checkout(installed: Installed, tmp_path: P
         tmp_path,
         installed.environ(tmp_path / "home"),
     )
-    assert "✓ claude:" in out
+    assert re.search(r"^✓ Claude [\d.]+: \S+/claude$", out, re.MULTILINE), out
     assert "✓ Claude has credentials" in out
     assert "everything needed is in place" in out
 
