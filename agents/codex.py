@@ -10,7 +10,8 @@ Every thread runs with the approval policy ``untrusted`` in the ``workspace-writ
 its approvals routed to us (``approvalsReviewer: user``), whatever the host's codex config
 says: codex asks before each command it runs, and the party's approvers decide. A line codex
 writes that is not JSON or not understood is logged and skipped; a request from codex that
-is not an approval is refused (fail closed).
+is not an approval is refused (fail closed). What codex's messages mean for a turn (its
+events, its approvals and their answers) is `agents.codex_protocol`'s.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import logging
 import mimetypes
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -30,26 +30,32 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeAlias
+from typing import Self
 
+from agents.codex_protocol import (
+    APPROVALS,
+    LOG_CHARS,
+    Approval,
+    JsonObject,
+    RpcId,
+    Turn,
+    answer,
+    json_object,
+    json_str,
+    tool_request,
+)
 from agents.program import agent_program
 from bot.agent import (
     AgentEvent,
-    JsonValue,
-    Outage,
-    OutageKind,
     PlanRequest,
     QuestionRequest,
     SessionDied,
     SessionError,
-    TextDelta,
     ToolRequest,
-    ToolUse,
     TurnEnd,
-    Usage,
 )
 from bot.config import AgentSettings, ClaudeSettings
 from bot.confinement import Confinement
@@ -71,21 +77,11 @@ _REVIEWER = "user"  # not "auto_review": a codex subagent must not decide for th
 # Lines as long as a resumed thread's history or a command's whole output.
 _LINE_LIMIT_BYTES = 64 * 1024 * 1024
 _TAIL_LINES = 20
-_LOG_CHARS = 500
-_SUMMARY_CHARS = 200
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_SHELLS = frozenset({"bash", "sh", "zsh"})
 # JSON-RPC's code for a method the receiver does not provide.
 _METHOD_NOT_FOUND = -32601
 
-_COMMAND_APPROVAL = "item/commandExecution/requestApproval"
-_FILE_APPROVAL = "item/fileChange/requestApproval"
-_PERMISSIONS_APPROVAL = "item/permissions/requestApproval"
-_APPROVALS = frozenset({_COMMAND_APPROVAL, _FILE_APPROVAL, _PERMISSIONS_APPROVAL})
 _WARNINGS = frozenset({"warning", "configWarning", "deprecationNotice"})
-
-_RpcId: TypeAlias = int | str
-_JsonObject: TypeAlias = Mapping[str, object]
 
 _NO_QUESTIONS = (
     "questions and plans are not available on codex: it never asks them through Concordia"
@@ -115,246 +111,16 @@ class _Incoming:
     """A notification, or (with ``rpc_id``) a request, that codex sent during a turn."""
 
     method: str
-    params: _JsonObject
-    rpc_id: _RpcId | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Approval:
-    """An approval codex waits for: how to answer it (its method) and what was asked."""
-
-    rpc_id: _RpcId
-    method: str
-    params: _JsonObject
+    params: JsonObject
+    rpc_id: RpcId | None = None
 
 
 class _Refused(SessionError):
     """codex answered a request with a JSON-RPC error."""
 
-    def __init__(self, method: str, error: _JsonObject):
+    def __init__(self, method: str, error: JsonObject):
         self.detail = str(error.get("message") or "")
         super().__init__(f"codex refused {method}: {self.detail}")
-
-
-# -- reading what codex says ----------------------------------------------------------------
-
-
-def _obj(value: object) -> _JsonObject:
-    """``value`` if it is a JSON object, else an empty one: a missing field reads as absent."""
-    return value if isinstance(value, dict) else {}
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _json(value: object) -> JsonValue:
-    """``value`` as the `bot.agent.JsonValue` it is (it came from `json.loads`)."""
-    if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return str(value)
-
-
-def _one_line(text: str) -> str:
-    return text.strip().splitlines()[0][:_SUMMARY_CHARS] if text.strip() else ""
-
-
-def _shell_command(command: str) -> str:
-    """The script of ``/bin/bash -lc '<script>'`` (how codex runs every command), so the
-    approvers read what will run; ``command`` itself when it has another shape."""
-    try:
-        argv = shlex.split(command)
-    except ValueError:
-        return command
-    if len(argv) == 3 and Path(argv[0]).name in _SHELLS and argv[1] in ("-c", "-lc"):
-        return argv[2]
-    return command
-
-
-def _tool_use(item: _JsonObject) -> ToolUse | None:
-    """The tool use an item that started is, or None for a message, reasoning and the like."""
-    match item.get("type"):
-        case "commandExecution":
-            return ToolUse("Bash", _one_line(_shell_command(_text(item.get("command")))))
-        case "fileChange":
-            changes = item.get("changes")
-            paths = (
-                [_text(_obj(c).get("path")) for c in changes] if isinstance(changes, list) else []
-            )
-            return ToolUse("ApplyPatch", ", ".join(paths)[:_SUMMARY_CHARS])
-        case "mcpToolCall":
-            name = f"{_text(item.get('server'))}.{_text(item.get('tool'))}"
-            return ToolUse(name, json.dumps(item.get("arguments"))[:_SUMMARY_CHARS])
-        case "dynamicToolCall" | "collabAgentToolCall":
-            return ToolUse(
-                _text(item.get("tool")) or "tool",
-                _one_line(_text(item.get("prompt")) or json.dumps(item.get("arguments"))),
-            )
-        case "webSearch":
-            return ToolUse("WebSearch", _one_line(_text(item.get("query"))))
-        case "imageView":
-            return ToolUse("ViewImage", _text(item.get("path")))
-        case _:
-            return None
-
-
-def _tool_request(approval: _Approval, items: Mapping[str, _JsonObject]) -> ToolRequest:
-    """The `ToolRequest` an approval codex asks for is: a command as ``Bash`` (its script as
-    ``command``), a file change as ``ApplyPatch`` (the changes of its item), more
-    permissions as ``Permissions``."""
-    params = approval.params
-    item_id = _text(params.get("itemId"))
-    request_input: dict[str, JsonValue] = {}
-    if approval.method == _COMMAND_APPROVAL:
-        tool = "Bash"
-        request_input["command"] = _shell_command(_text(params.get("command")))
-        request_input["cwd"] = _text(params.get("cwd"))
-    elif approval.method == _FILE_APPROVAL:
-        tool = "ApplyPatch"
-        changes = items.get(item_id, {}).get("changes")
-        request_input["changes"] = _json(changes) if isinstance(changes, list) else []
-        if isinstance(changes, list) and changes:
-            request_input["path"] = _text(_obj(changes[0]).get("path"))
-        if params.get("grantRoot"):
-            request_input["grant_root"] = _text(params.get("grantRoot"))
-    else:
-        tool = "Permissions"
-        request_input["permissions"] = _json(params.get("permissions"))
-        request_input["cwd"] = _text(params.get("cwd"))
-    if params.get("reason"):
-        request_input["reason"] = _text(params.get("reason"))
-    return ToolRequest(str(approval.rpc_id), tool, request_input, item_id)
-
-
-def _answer(approval: _Approval, allow: bool) -> dict[str, object]:
-    """The result that answers ``approval``: once only, for this call alone."""
-    if approval.method == _PERMISSIONS_APPROVAL:
-        asked = _obj(approval.params.get("permissions"))
-        granted = {k: v for k, v in asked.items() if v is not None} if allow else {}
-        return {"permissions": granted, "scope": "turn"}
-    return {"decision": "accept" if allow else "decline"}
-
-
-def _outage(error: _JsonObject) -> Outage | None:
-    """Why the API would not answer, when that is why the turn failed: codex names it in
-    ``codexErrorInfo`` (``usageLimitExceeded`` for a plan's limit or an exhausted quota;
-    a 429 it gave up on comes as ``responseTooManyFailedAttempts`` with its status)."""
-    info = error.get("codexErrorInfo")
-    match info:
-        case "usageLimitExceeded":
-            return Outage(OutageKind.USAGE_LIMIT)
-        case "rateLimitExceeded":
-            return Outage(OutageKind.RATE_LIMITED)
-        case "serverOverloaded":
-            return Outage(OutageKind.OVERLOADED)
-    status = next((_obj(v).get("httpStatusCode") for v in _obj(info).values()), None)
-    match status:
-        case 429:
-            return Outage(OutageKind.RATE_LIMITED)
-        case 503 | 529:
-            return Outage(OutageKind.OVERLOADED)
-        case _:
-            return None
-
-
-@dataclass
-class _Turn:
-    """What one turn's notifications said so far, and the events they make."""
-
-    thread_id: str
-    turn_id: str = ""
-    items: dict[str, _JsonObject] = field(default_factory=dict)  # started items, by id
-    approvals: dict[str, _Approval] = field(default_factory=dict)  # waiting, by request id
-    final_text: str = ""  # the latest agent message that completed
-    input_tokens: int = 0
-    output_tokens: int = 0
-    has_usage: bool = False
-    _text_item: str = ""  # the agent message the deltas are streaming
-    _has_text: bool = False
-
-    def is_ours(self, params: _JsonObject) -> bool:
-        """Whether a notification is about this turn (another thread's, or an earlier turn's,
-        is not)."""
-        thread = params.get("threadId")
-        turn = params.get("turnId")
-        if thread is not None and thread != self.thread_id:
-            return False
-        return not (turn is not None and self.turn_id and turn != self.turn_id)
-
-    def feed(self, method: str, params: _JsonObject) -> list[AgentEvent]:
-        """The events of one notification (``turn/completed`` is the caller's: `end`)."""
-        match method:
-            case "item/agentMessage/delta":
-                return self._delta(_text(params.get("itemId")), _text(params.get("delta")))
-            case "item/started":
-                item = _obj(params.get("item"))
-                self.items[_text(item.get("id"))] = item
-                use = _tool_use(item)
-                return [use] if use is not None else []
-            case "item/completed":
-                item = _obj(params.get("item"))
-                if item.get("type") == "agentMessage":
-                    self.final_text = _text(item.get("text"))
-                return []
-            case "thread/tokenUsage/updated":
-                # "last" is the latest model request's; a turn makes one per tool round.
-                last = _obj(_obj(params.get("tokenUsage")).get("last"))
-                self.input_tokens += _count(last.get("inputTokens"))
-                self.output_tokens += _count(last.get("outputTokens"))
-                self.has_usage = True
-                return []
-            case "error":
-                if params.get("willRetry") is True:
-                    message = _text(_obj(params.get("error")).get("message"))
-                    log.warning("codex retries the model request: %s", message[:_LOG_CHARS])
-                return []
-            case _:
-                return []
-
-    def _delta(self, item_id: str, text: str) -> list[AgentEvent]:
-        if not text:
-            return []
-        if item_id != self._text_item:
-            if self._has_text:
-                text = "\n\n" + text  # a new message after a tool: a paragraph apart
-            self._text_item = item_id
-        self._has_text = True
-        return [TextDelta(text)]
-
-    def end(self, turn: _JsonObject) -> TurnEnd:
-        """The `TurnEnd` of ``turn/completed``'s turn."""
-        usage = Usage(self.input_tokens, self.output_tokens) if self.has_usage else None
-        result = self.final_text or _last_message(turn)
-        match turn.get("status"):
-            case "completed":
-                return TurnEnd(TurnStatus.SUCCESS, result, usage=usage)
-            case "interrupted":
-                return TurnEnd(TurnStatus.INTERRUPTED, result, usage=usage)
-            case status:
-                error = _obj(turn.get("error"))
-                message = _text(error.get("message")) or f"the turn ended {status or 'failed'}"
-                if details := _text(error.get("additionalDetails")):
-                    message = f"{message} ({details})"
-                return TurnEnd(TurnStatus.ERROR, result, message, usage, _outage(error))
-
-
-def _last_message(turn: _JsonObject) -> str:
-    """The text of the turn's last agent message, as ``turn/completed`` lists its items."""
-    items = turn.get("items")
-    texts = [
-        _text(_obj(i).get("text"))
-        for i in (items if isinstance(items, list) else [])
-        if _obj(i).get("type") == "agentMessage"
-    ]
-    return texts[-1] if texts else ""
 
 
 # -- the session --------------------------------------------------------------------------
@@ -396,11 +162,11 @@ class CodexSession:
         self._exited = asyncio.Event()  # the current process has exited
         self._thread_id = ""
         self._next_id = 0
-        self._pending: dict[_RpcId, asyncio.Future[_JsonObject]] = {}
+        self._pending: dict[RpcId, asyncio.Future[JsonObject]] = {}
         self._events: asyncio.Queue[_Incoming | _Exited] = asyncio.Queue()
         self._tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self._supervisor: asyncio.Task[None] | None = None
-        self._turn: _Turn | None = None
+        self._turn: Turn | None = None
         self._was_interrupted = False
         self._start_fresh = False
 
@@ -563,7 +329,7 @@ class CodexSession:
                 err.close()
                 self._fail_pending(proc.returncode)
         if not is_open and not self._lifeline.is_exit_expected:
-            tail = "\n".join(self._tail)[-_LOG_CHARS:]
+            tail = "\n".join(self._tail)[-LOG_CHARS:]
             raise SessionError(f"codex exited while starting ({proc.returncode}): {tail}".strip())
         return proc.returncode
 
@@ -632,14 +398,14 @@ class CodexSession:
                     "sandbox": _SANDBOX,
                     "approvalsReviewer": _REVIEWER,
                 }
-                thread: _JsonObject = {}
+                thread: JsonObject = {}
                 if self.session_id:
                     try:
                         reply = await self._call(
                             "thread/resume",
                             {"threadId": self.session_id, "excludeTurns": True, **settings},
                         )
-                        thread = _obj(reply.get("thread"))
+                        thread = json_object(reply.get("thread"))
                     except _Refused as exc:
                         log.warning(
                             "codex could not resume thread %s (%s); starting a new one",
@@ -649,12 +415,12 @@ class CodexSession:
                         self.session_id = None
                 if not thread:
                     reply = await self._call("thread/start", settings)
-                    thread = _obj(reply.get("thread"))
+                    thread = json_object(reply.get("thread"))
         except TimeoutError:
             raise SessionError(
                 f"codex did not open its thread within claude.turn_timeout_s ({deadline:g} s)"
             ) from None
-        thread_id = _text(thread.get("id"))
+        thread_id = json_str(thread.get("id"))
         if not thread_id:
             raise SessionError("codex opened a thread without an id")
         self._thread_id = thread_id
@@ -684,25 +450,25 @@ class CodexSession:
                 return
             text = _ANSI.sub("", line.decode("utf-8", errors="replace")).strip()
             if text:
-                self._tail.append(text[:_LOG_CHARS])
-                log.debug("codex: %s", text[:_LOG_CHARS])
+                self._tail.append(text[:LOG_CHARS])
+                log.debug("codex: %s", text[:LOG_CHARS])
 
     def _route(self, line: str) -> None:
         """Hand one line to whoever waits for it: a reply to its caller, a notification or
         an approval to the running turn. Anything else is logged and dropped."""
         if not line:
             return
-        log.debug("codex said %s", line[:_LOG_CHARS])
+        log.debug("codex said %s", line[:LOG_CHARS])
         try:
             message = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("codex wrote a line that is not JSON: %s", line[:_LOG_CHARS])
+            log.warning("codex wrote a line that is not JSON: %s", line[:LOG_CHARS])
             return
         if not isinstance(message, dict):
-            log.warning("codex wrote JSON that is not a message: %s", line[:_LOG_CHARS])
+            log.warning("codex wrote JSON that is not a message: %s", line[:LOG_CHARS])
             return
         method, raw_id = message.get("method"), message.get("id")
-        rpc_id: _RpcId | None = None
+        rpc_id: RpcId | None = None
         if isinstance(raw_id, int | str) and not isinstance(raw_id, bool):
             rpc_id = raw_id
         if method is None and rpc_id is not None:
@@ -711,23 +477,23 @@ class CodexSession:
                 future.set_result(message)
             return
         if not isinstance(method, str):
-            log.warning("codex wrote a message we do not understand: %s", line[:_LOG_CHARS])
+            log.warning("codex wrote a message we do not understand: %s", line[:LOG_CHARS])
             return
-        params = _obj(message.get("params"))
+        params = json_object(message.get("params"))
         if rpc_id is not None:
             self._on_request(rpc_id, method, params)
         elif method in _WARNINGS:  # the operator's to read: a bad setting, a deprecation
-            said = _text(params.get("message")) or _text(params.get("summary"))
-            log.warning("codex warns (%s): %s", method, said[:_LOG_CHARS])
+            said = json_str(params.get("message")) or json_str(params.get("summary"))
+            log.warning("codex warns (%s): %s", method, said[:LOG_CHARS])
         elif self._turn is not None:
             self._events.put_nowait(_Incoming(method, params))
         else:
             log.debug("codex said %s between turns", method)
 
-    def _on_request(self, rpc_id: _RpcId, method: str, params: _JsonObject) -> None:
+    def _on_request(self, rpc_id: RpcId, method: str, params: JsonObject) -> None:
         """An approval goes to the running turn; any other request is refused: Concordia
         answers nothing it was not built to (user input, MCP forms, auth refreshes)."""
-        if method in _APPROVALS and self._turn is not None:
+        if method in APPROVALS and self._turn is not None:
             self._events.put_nowait(_Incoming(method, params, rpc_id))
             return
         log.warning("refusing codex's request %s", method)
@@ -743,27 +509,27 @@ class CodexSession:
         if stdin is None or stdin.is_closing():
             raise SessionDied("codex's stdin is closed", exit_status=None)
         data = json.dumps(message, ensure_ascii=False)
-        log.debug("codex hears %s", data[:_LOG_CHARS])
+        log.debug("codex hears %s", data[:LOG_CHARS])
         stdin.write(data.encode() + b"\n")
 
     def _reply(
         self,
-        rpc_id: _RpcId,
+        rpc_id: RpcId,
         *,
         result: Mapping[str, object] | None = None,
-        error: _JsonObject | None = None,
+        error: JsonObject | None = None,
     ) -> None:
         if error is not None:
             self._send({"id": rpc_id, "error": dict(error)})
         else:
             self._send({"id": rpc_id, "result": dict(result or {})})
 
-    async def _call(self, method: str, params: Mapping[str, object]) -> _JsonObject:
+    async def _call(self, method: str, params: Mapping[str, object]) -> JsonObject:
         """Send a request and return its result. Raises `_Refused` on an error reply and
         `SessionDied` when codex exits first; safe to cancel."""
         self._next_id += 1
         rpc_id = self._next_id
-        future: asyncio.Future[_JsonObject] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
         self._pending[rpc_id] = future
         try:
             self._send({"id": rpc_id, "method": method, "params": dict(params)})
@@ -771,8 +537,8 @@ class CodexSession:
         finally:
             self._pending.pop(rpc_id, None)
         if "error" in reply:
-            raise _Refused(method, _obj(reply.get("error")))
-        return _obj(reply.get("result"))
+            raise _Refused(method, json_object(reply.get("error")))
+        return json_object(reply.get("result"))
 
     # -- turns ------------------------------------------------------------------------------
 
@@ -794,7 +560,7 @@ class CodexSession:
             raise SessionError("codex is not running")
         while not self._events.empty():  # leftovers of a process that died between turns
             self._events.get_nowait()
-        turn = self._turn = _Turn(self._thread_id)
+        turn = self._turn = Turn(self._thread_id)
         self._was_interrupted = False
         self._tail.clear()
         deadline = time.monotonic() + self._turn_timeout_s
@@ -814,7 +580,7 @@ class CodexSession:
                     )
             except _Refused as exc:
                 raise SessionError(f"codex would not take the turn: {exc.detail}") from None
-            turn.turn_id = _text(_obj(reply.get("turn")).get("id"))
+            turn.turn_id = json_str(json_object(reply.get("turn")).get("id"))
             self.session_id = turn.thread_id  # the thread has a turn now: it can be resumed
             if self._was_interrupted:  # asked before codex had named the turn
                 await self._send_interrupt()
@@ -852,11 +618,11 @@ class CodexSession:
                     log.debug("codex said %s about another turn", item.method)
                     continue
                 if item.rpc_id is not None:
-                    approval = _Approval(item.rpc_id, item.method, item.params)
+                    approval = Approval(item.rpc_id, item.method, item.params)
                     turn.approvals[str(item.rpc_id)] = approval
-                    yield _tool_request(approval, turn.items)
+                    yield tool_request(approval, turn.items)
                 elif item.method == "turn/completed":
-                    end = turn.end(_obj(item.params.get("turn")))
+                    end = turn.end(json_object(item.params.get("turn")))
                     if timed_out:
                         end = TurnEnd(
                             TurnStatus.ERROR, end.result, self._timeout_message(), end.usage
@@ -909,9 +675,9 @@ class CodexSession:
             return
         if not allow and message:
             await self._steer(turn, f"The approvers declined that request: {message}")
-        self._reply(approval.rpc_id, result=_answer(approval, allow))
+        self._reply(approval.rpc_id, result=answer(approval, allow))
 
-    async def _steer(self, turn: _Turn, text: str) -> None:
+    async def _steer(self, turn: Turn, text: str) -> None:
         params = {
             "threadId": turn.thread_id,
             "expectedTurnId": turn.turn_id,

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from adapters.memory import MemoryAdapter
-from agents.codex import CodexSession, _answer, _Approval, _outage, _tool_request
+from agents.codex import CodexSession
 from agents.codex import codex_command as codex_argv
+from agents.codex_protocol import Approval, _outage, answer, tool_request
 from bot.agent import (
     AgentEvent,
     JsonValue,
@@ -502,28 +503,28 @@ def test_a_file_change_is_asked_with_the_changes_of_its_item() -> None:
     }
     items = {"call_1": {"type": "fileChange", "id": "call_1", "changes": [change]}}
     params = {"threadId": "t", "turnId": "u", "itemId": "call_1", "reason": "edit a.py"}
-    approval = _Approval(7, "item/fileChange/requestApproval", params)
-    request = _tool_request(approval, items)
+    approval = Approval(7, "item/fileChange/requestApproval", params)
+    request = tool_request(approval, items)
     assert request == ToolRequest(
         "7",
         "ApplyPatch",
         {"changes": [change], "path": "/w/a.py", "reason": "edit a.py"},
         "call_1",
     )
-    assert _answer(approval, True) == {"decision": "accept"}
-    assert _answer(approval, False) == {"decision": "decline"}
+    assert answer(approval, True) == {"decision": "accept"}
+    assert answer(approval, False) == {"decision": "decline"}
 
 
 def test_permissions_are_granted_as_asked_for_the_turn_or_not_at_all() -> None:
     asked = {"network": {"enabled": True}, "fileSystem": None}
     params = {"itemId": "i", "cwd": "/w", "reason": None, "permissions": asked}
-    approval = _Approval("p1", "item/permissions/requestApproval", params)
-    assert _tool_request(approval, {}).input == {"permissions": asked, "cwd": "/w"}
-    assert _answer(approval, True) == {
+    approval = Approval("p1", "item/permissions/requestApproval", params)
+    assert tool_request(approval, {}).input == {"permissions": asked, "cwd": "/w"}
+    assert answer(approval, True) == {
         "permissions": {"network": {"enabled": True}},
         "scope": "turn",
     }
-    assert _answer(approval, False) == {"permissions": {}, "scope": "turn"}
+    assert answer(approval, False) == {"permissions": {}, "scope": "turn"}
 
 
 def test_outages_are_read_from_codex_error_info() -> None:

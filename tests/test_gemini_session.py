@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from adapters.memory import MemoryAdapter
-from agents.gemini import GeminiSession, GeminiTurnParser, parse_line
+from agents.gemini import GeminiSession
+from agents.gemini_stream import GeminiTurnParser, parse_line
 from bot.agent import (
     AgentEvent,
     OutageKind,
