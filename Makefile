@@ -24,16 +24,17 @@ run: $(VENV)/.run-installed
 codex: $(CODEX_LOCAL)
 gemini: $(GEMINI_LOCAL)
 
-# Most tests wait on subprocesses and sockets, not the CPU: four workers (pytest-xdist).
+# Most tests wait on subprocesses and sockets, not the CPU: four workers (pytest-xdist), an idle
+# one taking tests queued for another (worksteal), so no worker is left with a long tail.
 PYTEST_WORKERS ?= 4
 
 ## test: install what the tests need (the pinned agent CLIs included) and run the whole suite
 test: $(VENV)/.dev-installed $(CLAUDE_LOCAL) $(CODEX_LOCAL) $(GEMINI_LOCAL)
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 ## test-fast: the suite without the real agent CLIs (their marks), for the edit-test loop
 test-fast: $(VENV)/.dev-installed
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) -m "not claude and not codex and not gemini"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not claude and not codex and not gemini"
 
 ## lint: format check, lint and strict types, as CI runs them
 lint: $(VENV)/.dev-installed
