@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +86,10 @@ def _local_install(kind: AgentKind) -> str:
     return str(local.absolute()) if os.access(local, os.X_OK) else name
 
 
-async def program_version(program: AgentProgram) -> str | None:
+async def program_version(program: AgentProgram, env: Mapping[str, str]) -> str | None:
     """The version ``program --version`` prints ("2.1.331 (Claude Code)" → "2.1.331"), or
-    None when it is missing, has no such flag, or does not answer within 10 s."""
+    None when it is missing, has no such flag, or does not answer within 10 s. It runs with
+    ``env``, the agent's environment: none of the bot's secrets, even for ``--version``."""
     if program.path is None or not program.has_version_flag:
         return None
     try:
@@ -97,6 +99,7 @@ async def program_version(program: AgentProgram) -> str | None:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
+            env=dict(env),
         )
     except OSError:
         return None

@@ -387,7 +387,7 @@ class App:
         program = agent_program(settings.agent, settings.claude)
         if self._agent_factory == self._agent:
             program.require()  # a wrong command is said at start, not with the first prompt
-        version = await program_version(program)
+        version = await program_version(program, self._agent_env)
         agent_label = settings.agent.describe() + (f" {version}" if version else "")
         for name in settings.party_names():
             agent = OnDemandAgent(

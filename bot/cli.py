@@ -270,7 +270,7 @@ async def _doctor(settings: Settings) -> int:
     except SessionError as exc:
         problems.append(str(exc))
     else:
-        version = await program_version(program)
+        version = await program_version(program, agent_env(settings, os.environ))
         print(f"✓ {settings.agent.describe()} {version or '(version unknown)'}: {found}")
     problems += _credential_problems(settings)
     if not claude.workdir.is_dir():

@@ -4,6 +4,7 @@ and `status` naming the agent with its version."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -50,7 +51,7 @@ async def test_the_project_local_cli_is_found_with_its_version(
     monkeypatch.chdir(ROOT)
     program = agent_program(_program(kind), ClaudeSettings())
     assert program.path == str(ROOT / ".tools" / kind / "node_modules" / ".bin" / kind)
-    assert await program_version(program) == version
+    assert await program_version(program, {"PATH": os.environ["PATH"]}) == version
 
 
 async def test_a_repl_program_is_not_asked_its_version() -> None:
@@ -58,7 +59,7 @@ async def test_a_repl_program_is_not_asked_its_version() -> None:
     program = agent_program(_program("repl", [sys.executable, "-i"]), ClaudeSettings())
     assert program.kind is AgentKind.REPL
     assert program.path is not None
-    assert await program_version(program) is None
+    assert await program_version(program, {"PATH": os.environ["PATH"]}) is None
 
 
 async def _doctor(config: Path, env: dict[str, str]) -> tuple[int, str]:
