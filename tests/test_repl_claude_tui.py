@@ -173,13 +173,20 @@ async def test_the_startup_keys_answer_the_tuis_questions(
 ) -> None:
     async with _session(tmp_path, api, is_asked=True) as session:
         await asyncio.wait_for(session.ready.wait(), WITHIN_S)
-        config = json.loads((tmp_path / "home" / ".claude.json").read_text(encoding="utf-8"))
-        workdir = str((tmp_path / "work").resolve())
-        assert config["projects"][workdir]["hasTrustDialogAccepted"] is True
-        assert config["customApiKeyResponses"]["approved"] == [FAKE_KEY[-20:]]
         _, end, _ = await _turn(session, "are you there")
     assert end.result.splitlines()[0] == "● ECHO: are you there"
     assert (await _request(api)).user_text == "are you there"
+    # The TUI keeps the answers in its config (written in its own time: read once it exited).
+    config = json.loads((tmp_path / "home" / ".claude.json").read_text(encoding="utf-8"))
+    # Trust is kept for the project's root: the workdir, or a folder above it holding .git.
+    workdir = (tmp_path / "work").resolve()
+    trusted = [
+        Path(path)
+        for path, project in config.get("projects", {}).items()
+        if project.get("hasTrustDialogAccepted")
+    ]
+    assert any(workdir.is_relative_to(path) for path in trusted), config.get("projects")
+    assert config["customApiKeyResponses"]["approved"] == [FAKE_KEY[-20:]]
 
 
 async def test_without_the_startup_keys_the_trust_dialog_is_never_ready(
